@@ -1,0 +1,109 @@
+"""The part of a widget run that happens off the GUI thread.
+
+A :class:`Job` is a frozen description of one request (which volume, which prompt points, which
+predictor); :func:`run_job` loads the predictor if needed, embeds the volume if needed, predicts,
+and always *returns* a :class:`JobResult`: exceptions are caught and carried back, so a failing
+run becomes a notification in the widget and never a traceback in the console.
+
+Nothing here imports napari, Qt or torch; the library is imported lazily on first use.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Point = tuple[float, float, float]
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class Job:
+    """One prediction request, built on the GUI thread and run on a worker thread.
+
+    ``positive`` / ``negative`` are (z, y, x) voxel coordinates of ``volume``; ``spacing`` is
+    (z, y, x) in mm. ``predictor`` is the cached predictor for this image layer (None: load one
+    from ``weights`` on ``device``); ``embed`` says whether ``set_image`` must run first.
+    """
+
+    seq: int
+    image_key: int
+    image_version: int
+    volume: Any
+    spacing: tuple[float, float, float]
+    positive: Sequence[Point]
+    negative: Sequence[Point]
+    predictor: Any | None
+    embed: bool
+    weights: str | None
+    device: str
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def cancel(self) -> None:
+        """Ask the run to stop at its next checkpoint (between windows)."""
+        self._cancel.set()
+
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+
+@dataclass
+class JobResult:
+    """What came back from :func:`run_job`: a prediction, or the error that stopped it.
+
+    ``embedded`` is True when the predictor now holds the embedding of ``job``'s volume, so the
+    widget can cache the predictor for that image version.
+    """
+
+    job: Job
+    predictor: Any | None = None
+    prediction: Any | None = None
+    error: BaseException | None = None
+    embedded: bool = False
+
+
+def load_predictor(weights: str | None, device: str) -> Any:
+    """The predictor for ``weights`` (None: shipped default) on ``device``; lazy library import."""
+    from napari_miqsam.inference.predictor import Predictor
+
+    return Predictor.from_weights(weights, device=device)
+
+
+def run_job(job: Job, report: ProgressFn | None = None, loader: Callable[..., Any] = load_predictor) -> JobResult:
+    """Run ``job`` to the end; never raises (the error is returned in the result)."""
+    result = JobResult(job=job, predictor=job.predictor, embedded=not job.embed)
+
+    def progress(stage: str) -> Callable[[int, int], None]:
+        def _report(done: int, total: int) -> None:
+            if report is not None:
+                report(stage, int(done), int(total))
+
+        return _report
+
+    try:
+        if result.predictor is None:
+            progress("Loading model")(0, 0)
+            result.predictor = loader(job.weights, job.device)
+        if job.embed:
+            volume = np.asarray(job.volume)
+            result.predictor.set_image(
+                volume, spacing=job.spacing, progress=progress("Embedding volume"), cancel=job.cancelled
+            )
+            result.embedded = True
+        if job.cancelled():
+            from napari_miqsam.errors import CancelledError
+
+            raise CancelledError("The run was cancelled.")
+        progress("Predicting")(0, 0)
+        result.prediction = result.predictor.predict(
+            job.positive, job.negative, progress=progress("Predicting"), cancel=job.cancelled
+        )
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported to the user
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        result.error = exc
+    return result

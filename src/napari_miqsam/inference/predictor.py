@@ -1,0 +1,278 @@
+"""Predictor: embed a volume once, answer many clicks from the cache (the SAM contract, in 3D).
+
+    predictor = Predictor.from_weights()              # shipped default weights
+    predictor.set_image(volume, spacing=(2.5, 0.8, 0.8))   # expensive: the encoder, once
+    prediction = predictor.predict(positive=[(40, 120, 96)])  # cheap: PC-IQG + CQRD + head
+    labels, table = prediction.labels(threshold=0.5)        # no model call
+
+Volumes larger than one window are covered by overlapping sliding windows; the queries are made
+once (each click's features from the window that owns it) and decoded in every window, so lesions
+anywhere in the volume are found; instances cut by window borders are merged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import CancelledError, InputError, NotReadyError, OutOfMemoryError, WeightsError
+from ..model.config import MIQSAMConfig, get_config
+from ..model.encoder import Embedding
+from ..model.miqsam import MIQSAM3D
+from ..model.weights import DEFAULT_WEIGHTS, load_weights
+from .postprocess import instance_scores, split_instances, to_original_grid
+from .prediction import Prediction
+from .preprocess import GridMap, as_volume, check_spacing, normalise_intensity
+from .resample import resample_to_model
+from .tiling import Window, plan_windows
+
+Progress = Callable[[int, int], None]
+Cancel = Callable[[], bool]
+STRIDE = 2  # mask features are at stride 2 of the model grid
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu. Raises InputError for an unavailable device."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was requested but no CUDA GPU is available; use 'cpu' or 'auto'")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise InputError("device 'mps' was requested but Apple MPS is not available; use 'cpu' or 'auto'")
+    if device not in ("cpu", "cuda", "mps"):
+        raise InputError(f"unknown device {device!r}; choose auto, cpu, cuda or mps")
+    return torch.device(device)
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, (MemoryError, getattr(torch.cuda, "OutOfMemoryError", MemoryError))) or "out of memory" in str(exc).lower()
+
+
+@dataclass
+class CachedWindow:
+    window: Window
+    embedding: Embedding
+    valid_shape: tuple[int, int, int]  # unpadded size of the window in model voxels
+
+
+class Predictor:
+    """Caches the volume embedding; see the module docstring.
+
+    Attributes:
+        trained: False when the weights are untrained (e.g. ``from_config``); say so to the user.
+        embed_calls: how many times the encoder has run (one per window per ``set_image``).
+    """
+
+    def __init__(self, model: MIQSAM3D, *, trained: bool = True, device: str = "auto",
+                 cache_dtype: torch.dtype = torch.float32, metadata: dict | None = None):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg: MIQSAMConfig = model.cfg
+        self.trained = trained
+        self.metadata = metadata or {}
+        self.cache_dtype = cache_dtype
+        self.embed_calls = 0
+        self._windows: list[CachedWindow] = []
+        self._grid: GridMap | None = None
+        self._padded: tuple[int, int, int] | None = None
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_weights(cls, path: str | Path | None = None, device: str = "auto", **kw) -> "Predictor":
+        """Load a .safetensors file (None: the shipped default weights)."""
+        path = Path(path) if path is not None else DEFAULT_WEIGHTS
+        if not path.exists():
+            if path == DEFAULT_WEIGHTS:
+                raise WeightsError(f"the shipped default weights are missing ({path}); reinstall napari-miqsam or pass a weights file")
+            raise WeightsError(f"weights file not found: {path}")
+        model, meta = load_weights(path)
+        return cls(model, trained=meta.get("trained", "false") == "true", device=device, metadata=meta, **kw)
+
+    @classmethod
+    def from_config(cls, name: str = "tiny", seed: int = 0, device: str = "cpu", **overrides) -> "Predictor":
+        """An untrained model of a named config (tests, smoke runs)."""
+        torch.manual_seed(seed)
+        return cls(MIQSAM3D(get_config(name, **overrides)), trained=False, device=device)
+
+    # ----------------------------------------------------------------- embedding
+    @property
+    def is_image_set(self) -> bool:
+        return bool(self._windows)
+
+    @property
+    def grid(self) -> GridMap:
+        if self._grid is None:
+            raise NotReadyError("no image is set: call set_image(volume, spacing) before predict()")
+        return self._grid
+
+    def reset_image(self) -> None:
+        self._windows, self._grid, self._padded = [], None, None
+
+    def set_image(self, volume: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
+                  modality: str = "auto", channel: int | None = None,
+                  progress: Progress | None = None, cancel: Cancel | None = None) -> None:
+        """Normalise, resample to the model spacing and run the encoder once per window.
+
+        volume: (z, y, x) array of any numeric dtype (a 4D array needs ``channel``).
+        spacing: (z, y, x) voxel size in mm. modality: 'auto' (CT detected from HU range), 'ct', 'other'.
+        Raises InputError for unusable input, CancelledError if ``cancel()`` turns True between
+        windows, OutOfMemoryError if the device runs out of memory. The previous cache is dropped.
+        """
+        self.reset_image()
+        vol = as_volume(volume, channel)
+        sp = check_spacing(spacing)
+        grid = GridMap.build(vol.shape, sp, self.cfg.spacing)
+        norm = normalise_intensity(vol, self.cfg.ct_level, self.cfg.ct_half_width, modality)
+        model_vol = resample_to_model(norm, grid.model_shape)
+        del norm
+        padded = tuple(n + (n % STRIDE) for n in grid.model_shape)
+        if padded != grid.model_shape:
+            model_vol = F.pad(model_vol, [0, padded[2] - model_vol.shape[2], 0, padded[1] - model_vol.shape[1],
+                                          0, padded[0] - model_vol.shape[0]], value=-1.0)
+        windows = plan_windows(padded, self.cfg.window, self.cfg.overlap)
+        cached = []
+        try:
+            for i, win in enumerate(windows):
+                if cancel is not None and cancel():
+                    raise CancelledError("embedding cancelled")
+                crop = model_vol[tuple(slice(a, b) for a, b in zip(win.start, win.stop))]
+                cached.append(self._embed_window(win, crop))
+                if progress is not None:
+                    progress(i + 1, len(windows))
+        except RuntimeError as exc:
+            if is_oom(exc):
+                raise OutOfMemoryError(
+                    f"out of memory while embedding a {vol.shape} volume on {self.device}; try the CPU or a smaller window"
+                ) from exc
+            raise
+        except MemoryError as exc:
+            raise OutOfMemoryError(f"out of memory while embedding a {vol.shape} volume; try a smaller window") from exc
+        self._windows, self._grid, self._padded = cached, grid, padded
+
+    def _embed_window(self, win: Window, crop: torch.Tensor) -> CachedWindow:
+        m = self.cfg.pad_multiple
+        valid = tuple(crop.shape)
+        target = [-(-n // m) * m for n in valid]
+        x = F.pad(crop, [0, target[2] - valid[2], 0, target[1] - valid[1], 0, target[0] - valid[0]], value=-1.0)
+        with torch.inference_mode():
+            emb = self.model.embed(x[None, None].to(self.device))
+        self.embed_calls += 1
+        return CachedWindow(win, emb.to(self.cache_dtype) if self.cache_dtype != torch.float32 else emb, valid)
+
+    # ----------------------------------------------------------------- prompting
+    def _check_points(self, points, name: str) -> np.ndarray:
+        pts = np.asarray(points if points is not None else [], dtype=float)
+        if pts.size == 0:
+            return np.zeros((0, 3))
+        if pts.ndim == 1:
+            pts = pts[None]
+        if pts.ndim != 2 or pts.shape[1] != 3:
+            raise InputError(f"{name} points must be (z, y, x) triples, got an array of shape {pts.shape}")
+        if not np.isfinite(pts).all():
+            raise InputError(f"{name} points contain NaN or infinite coordinates")
+        shape = np.asarray(self.grid.shape)
+        outside = np.any((pts < -0.5) | (pts > shape - 0.5), axis=1)
+        if outside.any():
+            bad = tuple(round(float(v), 1) for v in pts[outside][0])
+            raise InputError(f"{name} point {bad} (z, y, x) lies outside the volume of shape {tuple(shape)}")
+        return pts
+
+    def _owner(self, point_model: np.ndarray) -> int:
+        p = np.clip(np.floor(point_model + 0.5), 0, np.asarray(self._padded) - 1)
+        for i, cw in enumerate(self._windows):
+            if cw.window.contains_owned(p):
+                return i
+        return 0
+
+    def predict(self, positive: Sequence[Sequence[float]], negative: Sequence[Sequence[float]] = (), *,
+                progress: Progress | None = None, cancel: Cancel | None = None) -> Prediction:
+        """Find every instance of the kind the positive click(s) point at.
+
+        positive / negative: (z, y, x) voxel coordinates of the ORIGINAL volume (floats allowed).
+        Returns a Prediction in the original grid. An instance containing a negative click is
+        removed. Raises NotReadyError before set_image, InputError for points outside the volume
+        or no positive point, CancelledError if ``cancel()`` turns True between windows.
+        """
+        if not self._windows:
+            raise NotReadyError("no image is set: call set_image(volume, spacing) before predict()")
+        pos = self._check_points(positive, "positive")
+        neg = self._check_points(negative, "negative")
+        if len(pos) == 0:
+            raise InputError("at least one positive point is needed (negative points alone say only what is NOT wanted)")
+        grid = self.grid
+        pts_model = grid.to_model(np.concatenate([pos, neg]))
+        labels = torch.tensor([[1] * len(pos) + [0] * len(neg)], device=self.device)
+        with torch.inference_mode():
+            tokens = self._prompt_tokens(pts_model, labels)
+            valid = torch.ones(labels.shape, dtype=torch.bool, device=self.device)
+            queries = self.model.query_generator.queries_from_prompt(tokens, labels, valid)
+            maps = self._decode_all(queries, tokens, valid, progress, cancel)
+        slot, fg, score_map = maps
+        seams = self._seams()
+        ids, n = split_instances(slot, seams)
+        scores = instance_scores(ids, n, score_map)
+        instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg)
+        return Prediction(grid.shape, grid.spacing, instances, pos, neg)
+
+    def _prompt_tokens(self, pts_model: np.ndarray, labels: torch.Tensor) -> torch.Tensor:
+        """Each click's embedding from the window that owns it, (1, P, C)."""
+        qg = self.model.query_generator
+        out = [None] * len(pts_model)
+        for i, p in enumerate(pts_model):
+            cw = self._windows[self._owner(p)]
+            local = torch.tensor(p - np.asarray(cw.window.start), dtype=torch.float32, device=self.device)
+            emb = cw.embedding if cw.embedding.tokens.dtype == torch.float32 else cw.embedding.to(torch.float32)
+            out[i] = qg.point_embeddings(emb, local[None, None], labels[:, i:i + 1])
+        return torch.cat(out, dim=1)
+
+    def _decode_all(self, queries, tokens, valid, progress, cancel):
+        """Decode the queries in every window; fill stride-2 maps of the padded model grid."""
+        shape2 = tuple(n // STRIDE for n in self._padded)
+        slot = np.zeros(shape2, dtype=np.int16)
+        fg = np.zeros(shape2, dtype=np.float32)
+        score_map = np.zeros(shape2, dtype=np.float32)
+        for i, cw in enumerate(self._windows):
+            if cancel is not None and cancel():
+                raise CancelledError("prediction cancelled")
+            emb = cw.embedding if cw.embedding.tokens.dtype == torch.float32 else cw.embedding.to(torch.float32)
+            out = self.model.decoder(emb, queries, tokens, valid)[-1]
+            probs = out.instance_probabilities()[0]  # (N, d2, h2, w2)
+            conf = out.scores[0]  # (N,)
+            best_p, best_q = probs.max(dim=0)
+            if out.competition:
+                fg_w = 1.0 - torch.softmax(out.slot_logits(), dim=1)[0, 0]
+                # a voxel belongs to the query whose slot wins the softmax; background may win
+                assigned = torch.where(out.slot_logits()[0].argmax(dim=0) > 0, best_q + 1, torch.zeros_like(best_q))
+            else:
+                fg_w = best_p
+                assigned = torch.where(best_p > 0.5, best_q + 1, torch.zeros_like(best_q))
+            win = cw.window
+            own = tuple(slice((a - s) // STRIDE, (b - s) // STRIDE) for a, b, s in zip(win.own_start, win.own_stop, win.start))
+            dst = tuple(slice(a // STRIDE, b // STRIDE) for a, b in zip(win.own_start, win.own_stop))
+            slot[dst] = assigned[own].cpu().numpy()
+            fg[dst] = fg_w[own].float().cpu().numpy()
+            score_map[dst] = conf[best_q[own]].float().cpu().numpy()
+            if progress is not None:
+                progress(i + 1, len(self._windows))
+        # crop away the padding of the model grid
+        valid2 = tuple(-(-n // STRIDE) for n in self.grid.model_shape)
+        crop = tuple(slice(0, n) for n in valid2)
+        return slot[crop], fg[crop], score_map[crop]
+
+    def _seams(self) -> list[tuple[int, int]]:
+        seams = set()
+        for cw in self._windows:
+            for axis in range(3):
+                s = cw.window.own_start[axis]
+                if s > 0:
+                    seams.add((axis, s // STRIDE))
+        return sorted(seams)

@@ -1,0 +1,78 @@
+"""CQRD: competitive query refinement decoder.
+
+Each layer, as named steps:
+  1. query self-attention - the queries see each other (and the prompt tokens, so negative clicks
+     say "not this") and compete for instances;
+  2. masked cross-attention - each query attends only to image tokens inside its current mask
+     (from the previous layer's prediction; a query with an empty mask attends everywhere);
+  3. FFN.
+Competition for voxels happens in the head (per-voxel softmax over queries + background). The
+prediction after every layer is returned for deep supervision.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import MIQSAMConfig
+from .encoder import Embedding
+from .head import InstanceHead, LayerOutput
+from .positional import fourier_features, grid_coords
+
+
+class CQRDLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.ffn = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.norm3 = nn.LayerNorm(dim)
+
+    def query_self_attention(self, q: torch.Tensor, prompt: torch.Tensor, prompt_valid: torch.Tensor) -> torch.Tensor:
+        kv = torch.cat([q, prompt], dim=1)
+        pad = torch.cat([torch.zeros(q.shape[:2], dtype=torch.bool, device=q.device), ~prompt_valid], dim=1)
+        return self.norm1(q + self.self_attn(q, kv, kv, key_padding_mask=pad, need_weights=False)[0])
+
+    def masked_cross_attention(self, q: torch.Tensor, tokens: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.norm2(q + self.cross_attn(q, keys, tokens, attn_mask=mask, need_weights=False)[0])
+
+    def forward(self, q, prompt, prompt_valid, tokens, keys, mask):
+        q = self.query_self_attention(q, prompt, prompt_valid)
+        q = self.masked_cross_attention(q, tokens, keys, mask)
+        return self.norm3(q + self.ffn(q))
+
+
+class CQRD(nn.Module):
+    def __init__(self, cfg: MIQSAMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.heads = cfg.decoder_heads
+        self.pos = nn.Linear(6 * cfg.fourier_bands, cfg.vit_dim)
+        self.layers = nn.ModuleList(CQRDLayer(cfg.vit_dim, cfg.decoder_heads) for _ in range(cfg.decoder_layers))
+        self.head = InstanceHead(cfg.vit_dim, cfg.mask_dim, cfg.competition)
+
+    def attention_mask(self, out: LayerOutput, token_shape: tuple[int, int, int]) -> torch.Tensor:
+        """Boolean (B * heads, N, T) mask, True = blocked: tokens outside each query's current mask."""
+        probs = out.instance_probabilities().detach()  # (B, N, D2, H2, W2)
+        pooled = F.adaptive_avg_pool3d(probs, token_shape).flatten(2)  # (B, N, T)
+        blocked = pooled < 0.5
+        blocked[blocked.all(dim=-1)] = False  # an empty mask attends everywhere
+        return blocked.repeat_interleave(self.heads, dim=0)
+
+    def forward(self, emb: Embedding, queries: torch.Tensor, prompt: torch.Tensor, prompt_valid: torch.Tensor) -> list[LayerOutput]:
+        tokens = emb.tokens
+        coords = grid_coords(emb.token_shape, self.cfg.patch, self.cfg.window / 2, device=tokens.device, dtype=tokens.dtype)
+        keys = tokens + self.pos(fourier_features(coords, self.cfg.fourier_bands))[None]
+        bg = self.head.background(emb.mask_features)
+        q = queries
+        outputs = [self.head(q, emb.mask_features, bg)]
+        for layer in self.layers:  # deep supervision: a prediction after every layer
+            mask = self.attention_mask(outputs[-1], emb.token_shape)
+            q = layer(q, prompt, prompt_valid, tokens, keys, mask)
+            outputs.append(self.head(q, emb.mask_features, bg))
+        return outputs

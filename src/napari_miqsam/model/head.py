@@ -1,0 +1,61 @@
+"""Instance head: per query a confidence in [0, 1] and a mask.
+
+Mask logits are ``mask_embed(q) . mask_features`` at stride 2. With competition a learned
+background slot joins the queries and a per-voxel softmax over (background, q_1..q_N) makes every
+voxel belong to at most one instance; without it each query's mask is an independent sigmoid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LayerOutput:
+    """Prediction of one decoder layer.
+
+    mask_logits:  (B, N, D2, H2, W2) at stride 2 of the model input.
+    score_logits: (B, N); confidence = sigmoid.
+    bg_logits:    (B, 1, D2, H2, W2) background slot (used only with competition).
+    competition:  whether the slots compete through a softmax.
+    """
+
+    mask_logits: torch.Tensor
+    score_logits: torch.Tensor
+    bg_logits: torch.Tensor
+    competition: bool
+
+    def slot_logits(self) -> torch.Tensor:
+        """(B, 1 + N, ...) logits of (background, queries)."""
+        return torch.cat([self.bg_logits, self.mask_logits], dim=1)
+
+    def instance_probabilities(self) -> torch.Tensor:
+        """(B, N, ...) probability that a voxel belongs to each query's instance."""
+        if self.competition:
+            return torch.softmax(self.slot_logits(), dim=1)[:, 1:]
+        return torch.sigmoid(self.mask_logits)
+
+    @property
+    def scores(self) -> torch.Tensor:
+        return torch.sigmoid(self.score_logits)
+
+
+class InstanceHead(nn.Module):
+    def __init__(self, dim: int, mask_dim: int, competition: bool):
+        super().__init__()
+        self.competition = competition
+        self.norm = nn.LayerNorm(dim)
+        self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, mask_dim))
+        self.score = nn.Linear(dim, 1)
+        self.bg = nn.Conv3d(mask_dim, 1, 1)
+
+    def background(self, mask_features: torch.Tensor) -> torch.Tensor:
+        return self.bg(mask_features)
+
+    def forward(self, q: torch.Tensor, mask_features: torch.Tensor, bg_logits: torch.Tensor) -> LayerOutput:
+        qn = self.norm(q)
+        masks = torch.einsum("bnm,bmzyx->bnzyx", self.mask_embed(qn), mask_features)
+        return LayerOutput(masks, self.score(qn).squeeze(-1), bg_logits, self.competition)

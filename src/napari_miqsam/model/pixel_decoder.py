@@ -1,0 +1,34 @@
+"""Light pixel decoder: fused stride-8 tokens + CNN skips -> per-voxel mask features at stride 2."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cnn import norm
+
+
+class UpBlock(nn.Module):
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int):
+        super().__init__()
+        self.reduce = nn.Conv3d(in_ch, out_ch, 1)
+        self.skip = nn.Conv3d(skip_ch, out_ch, 1)
+        self.conv = nn.Sequential(nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=False), norm(out_ch), nn.GELU())
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(self.reduce(x), size=skip.shape[2:], mode="trilinear", align_corners=False)
+        return self.conv(x + self.skip(skip))
+
+
+class PixelDecoder(nn.Module):
+    def __init__(self, dim: int, cnn_channels: tuple[int, int, int], mask_dim: int):
+        super().__init__()
+        c2, c4, _ = cnn_channels
+        self.up4 = UpBlock(dim, c4, max(mask_dim, c4))
+        self.up2 = UpBlock(max(mask_dim, c4), c2, max(mask_dim, c2))
+        self.out = nn.Conv3d(max(mask_dim, c2), mask_dim, 1)
+
+    def forward(self, fused8: torch.Tensor, f4: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+        """fused8: (B, dim, d, h, w) -> mask features (B, mask_dim, 4d, 4h, 4w) at stride 2."""
+        return self.out(self.up2(self.up4(fused8, f4), f2))

@@ -1,0 +1,79 @@
+"""Model weights as safetensors (no pickle) with the config in the file's metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import WeightsError
+from .config import MIQSAMConfig
+from .miqsam import MIQSAM3D
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "miqsam_cpu.safetensors"
+
+
+def save_weights(model: MIQSAM3D, path: str | Path, *, trained: bool, extra: dict | None = None) -> Path:
+    """Write ``model``'s parameters and config to ``path`` atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {"config": json.dumps(model.cfg.to_dict()), "trained": "true" if trained else "false",
+            "format": "napari-miqsam/1"}
+    for k, v in (extra or {}).items():
+        meta[k] = v if isinstance(v, str) else json.dumps(v)
+    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The string metadata of a weights file (config JSON, trained flag, provenance)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # safetensors raises several types for truncated/foreign files
+        raise WeightsError(f"{path} is not a readable safetensors weights file ({exc})") from exc
+
+
+def load_weights(path: str | Path, device: str = "cpu") -> tuple[MIQSAM3D, dict]:
+    """Build the model described by the file's metadata and load its parameters (never unpickles).
+
+    Raises WeightsError naming the file when it is missing, truncated, or for another architecture.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_metadata(path)
+    if "config" not in meta:
+        raise WeightsError(f"{path} has no napari-miqsam config in its metadata; it was not made by this project")
+    try:
+        cfg = MIQSAMConfig.from_dict(json.loads(meta["config"]))
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"{path} has an unreadable config: {exc}") from exc
+    model = MIQSAM3D(cfg)
+    try:
+        state = load_file(str(path), device=device)
+    except Exception as exc:
+        raise WeightsError(f"{path} could not be read ({exc}); the file may be truncated") from exc
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(
+            f"{path} does not fit the MIQ-SAM3D architecture of its config: "
+            f"{len(result.missing_keys)} missing and {len(result.unexpected_keys)} unexpected tensors"
+        )
+    return model.to(device).eval(), meta
