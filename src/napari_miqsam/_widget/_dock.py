@@ -17,6 +17,7 @@ import logging
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,7 +45,7 @@ from napari_miqsam.errors import CancelledError, MiqsamError, OutOfMemoryError
 
 from ._history import merge_labels, replace_labels
 from ._instance_table import InstanceTable
-from ._worker import Job, JobResult, run_job
+from ._worker import Job, JobResult, load_predictor, run_job
 
 if TYPE_CHECKING:
     import napari
@@ -89,11 +90,6 @@ class _Snapshot:
     counts: dict[int, int] = field(default_factory=dict)
 
 
-def _instance_key(row: dict) -> tuple:
-    """Identity of an instance across thresholds: its size and rounded centroid."""
-    return (int(row["voxels"]), *(round(float(c), 1) for c in row["centroid"]))
-
-
 def _features(rows: list[dict]) -> dict[str, np.ndarray]:
     """The output layer's ``features`` table: one row per instance, keyed by label id."""
     centroids = np.array([r["centroid"] for r in rows], dtype=float).reshape(-1, 3)
@@ -118,6 +114,9 @@ class MiqsamWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
+        #: ``(weights, device) -> Predictor``; runs on the worker thread. Tests and scripts may
+        #: replace it (e.g. with an untrained ``Predictor.from_config('tiny')``).
+        self.predictor_factory: Callable[[str | None, str], Any] = load_predictor
         self._predictors: dict[int, _PredictorEntry] = {}
         self._job: Job | None = None
         self._worker: Any | None = None
@@ -125,7 +124,7 @@ class MiqsamWidget(QWidget):
         self._user_cancelled = False
         self._latest_seq = 0
         self._prediction: Any | None = None
-        self._deleted: set[tuple] = set()
+        self._deleted: set[int] = set()  # ids of the current prediction removed by the user
         self._rows: list[dict] = []
         self._output: Labels | None = None
         self._preview_base: np.ndarray | None = None
@@ -137,7 +136,6 @@ class MiqsamWidget(QWidget):
         self._connect_viewer()
         self._refresh_layer_choices()
         self._bind_keys()
-        self.destroyed.connect(lambda *_: None)
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
@@ -249,7 +247,8 @@ class MiqsamWidget(QWidget):
     # ---------------------------------------------------------- public API
     @property
     def threshold(self) -> float:
-        return self.threshold_slider.value() / 100.0
+        """The confidence threshold in [0, 1] (follows the slider while it is dragged)."""
+        return self.threshold_slider.sliderPosition() / 100.0
 
     @property
     def output_layer(self) -> Labels | None:
@@ -337,14 +336,12 @@ class MiqsamWidget(QWidget):
         if output is None:
             return
         self._flush_preview()
-        row = next((r for r in self._rows if int(r["id"]) == int(instance_id)), None)
         where = np.nonzero(np.asarray(output.data) == instance_id)
         if where[0].size:
             output.data_setitem(where, 0)
-        if row is not None:
-            self._deleted.add(_instance_key(row))
+        self._deleted.add(int(instance_id))
         self._set_rows([r for r in self._rows if int(r["id"]) != int(instance_id)])
-        self._push_snapshot()
+        self._push_snapshot(_label_counts(output.data))
 
     def go_to_instance(self, instance_id: int) -> None:
         """Centre the view (camera and current slice) on an instance's centroid."""
@@ -356,7 +353,7 @@ class MiqsamWidget(QWidget):
         ndim = self.viewer.dims.ndim
         full = np.asarray(self.viewer.dims.point, dtype=float)
         full[ndim - len(world) :] = world
-        self.viewer.dims.point = tuple(full)
+        self.viewer.dims.set_point(range(ndim), tuple(full))
         self.viewer.camera.center = tuple(full[list(self.viewer.dims.displayed)])
         if self.output_layer is not None:
             self.output_layer.selected_label = int(instance_id)
@@ -430,8 +427,6 @@ class MiqsamWidget(QWidget):
         layer = event.value
         layer.events.name.connect(self._refresh_layer_choices)
         self._refresh_layer_choices()
-        if isinstance(layer, Image) and self.image_combo.currentText() == "" and layer.ndim >= 3:
-            self.image_combo.setCurrentText(layer.name)
 
     def _on_layer_removed(self, event: Event) -> None:
         layer = event.value
@@ -503,7 +498,6 @@ class MiqsamWidget(QWidget):
             border_color="white",
             border_width=0.15,
             size=size,
-            out_of_slice_display=True,
         )
         self.viewer.add_layer(points)
         self._refresh_layer_choices()
@@ -638,7 +632,7 @@ class MiqsamWidget(QWidget):
         self._job = job
         self._user_cancelled = False
         relay = self._relay
-        worker = create_worker(run_job, job, relay.progress.emit, _start_thread=False)
+        worker = create_worker(run_job, job, relay.progress.emit, loader=self.predictor_factory, _start_thread=False)
         worker.returned.connect(self._on_job_done)
         self._worker = worker
         self._set_busy(True, "Embedding volume…" if embed else "Predicting…")
@@ -681,18 +675,15 @@ class MiqsamWidget(QWidget):
         if result.predictor is not None:
             self._warn_if_untrained(result.predictor, job)
         current = job.seq == self._latest_seq and not job.superseded()
-        if result.error is not None:
-            if current or not isinstance(result.error, CancelledError):
-                self._report(result.error)
-        elif result.prediction is not None and current and image is not None:
+        if current and result.error is not None:
+            self._report(result.error)
+        elif current and result.prediction is not None and image is not None:
             self._accept(result.prediction, image)
-        if self._pending and image is not None or (self._pending and self.image_layer() is not None):
+        if self._pending:
             self._pending = False
             self._start_run(auto=True)
-        else:
-            self._pending = False
-            if self._job is None:
-                self._set_busy(False)
+        if self._job is None:
+            self._set_busy(False)
 
     def _warn_if_untrained(self, predictor: Any, job: Job) -> None:
         key = (job.weights, job.device)
@@ -731,12 +722,13 @@ class MiqsamWidget(QWidget):
     def _thresholded(self) -> tuple[np.ndarray, list[dict]]:
         labels, rows = self._prediction.labels(self.threshold)
         labels = np.asarray(labels)
-        dropped = [r for r in rows if _instance_key(r) in self._deleted]
+        # Label id k is always instance k of the prediction, whatever the threshold.
+        dropped = [int(r["id"]) for r in rows if int(r["id"]) in self._deleted]
         if dropped:
             lut = np.arange(int(labels.max()) + 1, dtype=labels.dtype)
-            lut[[int(r["id"]) for r in dropped]] = 0
+            lut[dropped] = 0
             labels = lut[labels]
-            rows = [r for r in rows if _instance_key(r) not in self._deleted]
+            rows = [r for r in rows if int(r["id"]) not in self._deleted]
         return labels, list(rows)
 
     def _show(self, *, commit: bool, image: Image | None = None) -> None:
@@ -749,7 +741,7 @@ class MiqsamWidget(QWidget):
             self._flush_preview(refresh=False)
             replace_labels(output, labels)
             self._set_rows(rows)
-            self._push_snapshot()
+            self._push_snapshot(_label_counts(labels))
         else:
             if self._preview_base is None:
                 self._preview_base = np.array(output.data, copy=True)
@@ -832,11 +824,8 @@ class MiqsamWidget(QWidget):
         layer.undo = _after(undo)
         layer.redo = _after(redo)
 
-    def _push_snapshot(self) -> None:
-        output = self.output_layer
-        if output is None:
-            return
-        counts = {int(r["id"]): int(r["voxels"]) for r in self._rows}
+    def _push_snapshot(self, counts: dict[int, int]) -> None:
+        """Remember what the output layer shows now, keyed by its voxel counts per label."""
         self._snapshots.append(_Snapshot(list(self._rows), self._prediction, frozenset(self._deleted), counts))
         del self._snapshots[:-MAX_SNAPSHOTS]
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtGui import QKeySequence
-from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QShortcut, QTableWidget, QTableWidgetItem
+from qtpy.QtGui import QKeySequence, QShortcut
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 COLUMNS = ("id", "score", "volume (mm³)")
 

@@ -42,6 +42,7 @@ class Job:
     weights: str | None
     device: str
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _superseded: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def cancel(self) -> None:
         """Ask the run to stop at its next checkpoint (between windows)."""
@@ -49,6 +50,17 @@ class Job:
 
     def cancelled(self) -> bool:
         return self._cancel.is_set()
+
+    def supersede(self) -> None:
+        """A newer prompt arrived: finish the embedding (still useful) but skip the prediction."""
+        self._superseded.set()
+
+    def superseded(self) -> bool:
+        return self._superseded.is_set()
+
+    def stopped(self) -> bool:
+        """True when the prediction step should not run or should stop."""
+        return self._cancel.is_set() or self._superseded.is_set()
 
 
 @dataclass
@@ -98,9 +110,11 @@ def run_job(job: Job, report: ProgressFn | None = None, loader: Callable[..., An
             from napari_miqsam.errors import CancelledError
 
             raise CancelledError("The run was cancelled.")
+        if job.superseded():
+            return result
         progress("Predicting")(0, 0)
         result.prediction = result.predictor.predict(
-            job.positive, job.negative, progress=progress("Predicting"), cancel=job.cancelled
+            job.positive, job.negative, progress=progress("Predicting"), cancel=job.stopped
         )
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the user
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):

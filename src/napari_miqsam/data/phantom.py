@@ -64,7 +64,7 @@ FOV_MM: tuple[float, float, float] = (120.0, 180.0, 180.0)
 SMALL_SHAPE: tuple[int, int, int] = (32, 64, 64)
 
 # tissue codes of the internal painting map (not exported as labels)
-_AIR, _SFAT, _MUSCLE, _VFAT, _BONE, _SOFT, _BOWEL, _LIVER, _GB = range(9)
+_AIR, _SFAT, _MUSCLE, _VFAT, _BONE, _SOFT, _BOWEL, _LIVER, _GB, _CUR = range(10)
 
 
 @dataclass
@@ -345,15 +345,15 @@ def make_phantom(
 
     # --- body: subcutaneous fat, muscle wall, visceral fat -------------------------------------
     cy = float(ra.uniform(0, 8))
-    ax0, ay0 = float(ra.uniform(76, 86)), float(ra.uniform(58, 68))
+    ax0, ay0 = float(ra.uniform(80, 87)), float(ra.uniform(66, 76))
     zs = 1.0 + 0.03 * np.sin(2 * np.pi * z_ax / 150.0 + ra.uniform(0, 2 * np.pi))
     ry = ((y_ax[None, :] - cy) / (ay0 * zs[:, None])) ** 2  # (nz, ny)
     rx = (x_ax[None, :] / (ax0 * zs[:, None])) ** 2  # (nz, nx)
     # posterior is flatter than anterior
     ry = np.where(y_ax[None, :] > cy, ry ** 1.25, ry).astype(np.float32)
     rho2 = ry[:, :, None] + rx[:, None, :]
-    tf = float(ra.uniform(5, 18))
-    tm = float(ra.uniform(6, 10))
+    tf = float(ra.uniform(4, 14))
+    tm = float(ra.uniform(5, 8))
     amean = 0.5 * (ax0 + ay0)
     r_fat2 = (1 - tf / amean) ** 2
     r_mus2 = (1 - (tf + tm) / amean) ** 2
@@ -369,7 +369,7 @@ def make_phantom(
     del m, body, rho2
 
     # --- spine (extruded along z, discs periodic) ----------------------------------------------
-    y_vb = cy + ay0 - tf - 45.0
+    y_vb = max(cy + ay0 - tf - 36.0, cy + 0.25 * ay0)
     period = float(ra.uniform(24, 30))
     zphase = float(ra.uniform(0, period))
     disc = ((z_ax + zphase) % period) < 6.0  # (nz,)
@@ -377,17 +377,17 @@ def make_phantom(
     if sl is not None:
         _, dy, dx = grid.coords(sl, (0, y_vb, 0))
         dy2, dx2 = dy[0], dx[0]  # (ny,1), (1,nx)
-        vb_q = (dy2 / 13.0) ** 2 + (dx2 / 16.0) ** 2
+        vb_q = (dy2 / 10.0) ** 2 + (dx2 / 12.0) ** 2
         vb_out = vb_q < 1.0
-        vb_in = (dy2 / 11.0) ** 2 + (dx2 / 14.0) ** 2 < 1.0
-        cdy = dy2 - 21.0
-        canal = cdy ** 2 + dx2 ** 2 < 7.0 ** 2
-        arch = (cdy ** 2 + dx2 ** 2 < 11.5 ** 2) & ~canal & (cdy > -4)
-        spinous = (np.abs(dx2) < 3.0) & (cdy > 8) & (cdy < 34)
-        transverse = (np.abs(dx2) < 30) & (np.abs(cdy + 1.0) < 3.0) & (np.abs(dx2) > 9)
+        vb_in = (dy2 / 8.2) ** 2 + (dx2 / 10.2) ** 2 < 1.0
+        cdy = dy2 - 16.0
+        canal = cdy ** 2 + dx2 ** 2 < 6.0 ** 2
+        arch = (cdy ** 2 + dx2 ** 2 < 9.5 ** 2) & ~canal & (cdy > -4)
+        spinous = (np.abs(dx2) < 2.5) & (cdy > 7) & (cdy < 22)
+        transverse = (np.abs(dx2) < 21) & (np.abs(cdy + 1.0) < 2.2) & (np.abs(dx2) > 8)
         # paraspinal muscles and psoas (2D, extruded)
-        para = ((cdy - 13) / 14.0) ** 2 + ((np.abs(dx2) - 20) / 15.0) ** 2 < 1.0
-        psoas = (dy2 / 11.0) ** 2 + ((np.abs(dx2) - 27) / 10.0) ** 2 < 1.0
+        para = ((cdy - 10) / 10.0) ** 2 + ((np.abs(dx2) - 16) / 12.0) ** 2 < 1.0
+        psoas = (dy2 / 9.0) ** 2 + ((np.abs(dx2) - 22) / 8.0) ** 2 < 1.0
         sub_i = img[sl]
         sub_t = tis[sl]
         mus2d = (para | psoas) & ~vb_out
@@ -397,7 +397,7 @@ def make_phantom(
         sub_i[:, bone2d] = cortical_hu
         sub_t[:, bone2d] = _BONE
         sub_i[:, vb_in] = cancellous_hu
-        nd = ~disc
+        nd = (((z_ax + zphase) % period) > 9.0) & (((z_ax + zphase) % period) < 17.0)
         tr = np.zeros(sub_i.shape, bool)
         tr[nd] = transverse & (sub_t[nd] != _AIR)
         sub_i[tr] = cortical_hu * 0.7
@@ -409,8 +409,8 @@ def make_phantom(
 
     # --- aorta and IVC ----------------------------------------------------------------------------
     for (yy, xx, ry_, rx_, hu) in (
-        (y_vb - 21.0, float(ra.uniform(6, 12)), 9.5, 9.5, blood_hu + 40 * phase),
-        (y_vb - 17.0, float(ra.uniform(-24, -18)), 8.0, 11.0, blood_hu),
+        (y_vb - 18.0, float(ra.uniform(5, 10)), 8.0, 8.0, blood_hu + 40 * phase),
+        (y_vb - 15.0, float(ra.uniform(-20, -16)), 7.0, 9.5, blood_hu),
     ):
         sl = grid.box((0, yy, xx), (1e6, ry_, rx_))
         if sl is None:
@@ -433,12 +433,12 @@ def make_phantom(
         keep = (phi > 0.35) & (phi < 2.3)
         by, bx, phi, drr = by[keep], bx[keep], phi[keep], drr[keep]
         z_top = float(ra.uniform(45, 70))
-        rib_gap = float(ra.uniform(20, 26))
-        slope = float(ra.uniform(10, 18))  # mm of descent per radian
+        rib_gap = float(ra.uniform(18, 24))
+        slope = float(ra.uniform(24, 34))  # mm of descent per radian
         for j in range(6):
             zc = z_top - j * rib_gap - slope * phi  # (P,)
-            dz = (z_ax[:, None] - zc[None, :]) / 5.0
-            q = dz * dz + (drr / 4.0)[None, :] ** 2  # (nz, P)
+            dz = (z_ax[:, None] - zc[None, :]) / 4.0
+            q = dz * dz + (drr / 3.5)[None, :] ** 2  # (nz, P)
             iz, ip = np.nonzero(q < 1.0)
             if iz.size == 0:
                 continue
@@ -449,8 +449,8 @@ def make_phantom(
     # --- kidneys ---------------------------------------------------------------------------------
     zr = float(ra.uniform(-40, -15))
     for side, zc in ((-1, zr), (1, zr + float(ra.uniform(5, 20)))):
-        c = (zc, y_vb - 2.0 + float(ra.uniform(-3, 3)), side * float(ra.uniform(44, 52)))
-        semi = (float(ra.uniform(26, 32)), float(ra.uniform(13, 16)), float(ra.uniform(15, 18)))
+        c = (zc, y_vb - 2.0 + float(ra.uniform(-3, 3)), side * float(ra.uniform(40, 46)))
+        semi = (float(ra.uniform(24, 30)), float(ra.uniform(11, 14)), float(ra.uniform(13, 16)))
         rot = _rotation(ra, 0.35)
         h = max(semi) + 1
         sl = grid.box(c, (h, h, h))
@@ -512,6 +512,7 @@ def make_phantom(
             float(ra.uniform(0, 30)) if kind == 0 else (-1000.0 if kind == 1 else float(ra.uniform(-60, 40)))
         )
         wall_hu = 40 + 60 * phase
+        gas_fluid_hu = float(ra.uniform(0, 20))
         for p in pts:
             s2 = grid.box(p, (r, r, r))
             if s2 is None:
@@ -519,21 +520,28 @@ def make_phantom(
             dz, dy, dx = grid.coords(s2, p)
             dd = dz * dz + dy * dy + dx * dx
             sub_t = tis[s2]
-            allowed = (sub_t == _VFAT) | (sub_t == _BOWEL)
-            outer = (dd < r * r) & allowed
-            lumen = outer & (dd < (r - 2.5) ** 2) & (sub_t == _VFAT)
+            free = sub_t == _VFAT
+            mine = free | (sub_t == _CUR)
+            outer = (dd < r * r) & free
+            lumen = (dd < (r - 2.5) ** 2) & mine
             sub_i = img[s2]
-            sub_i[outer & (sub_t == _VFAT)] = wall_hu
+            sub_i[outer] = wall_hu
             if kind == 1:  # gas rises anteriorly (small y) above a fluid level
-                sub_i[lumen & (dy >= 0.3 * r)] = float(ra.uniform(0, 20))
+                sub_i[lumen & (dy >= 0.3 * r)] = gas_fluid_hu
                 sub_i[lumen & (dy < 0.3 * r)] = -1000.0
             else:
                 sub_i[lumen] = inner_hu
-            sub_t[outer] = _BOWEL
+            sub_t[outer] = _CUR
+        lo_ = pts.min(0) - r
+        hi_ = pts.max(0) + r
+        s3 = grid.box((lo_ + hi_) / 2, (hi_ - lo_) / 2)
+        if s3 is not None:
+            sub_t = tis[s3]
+            sub_t[sub_t == _CUR] = _BOWEL
 
     # --- target organ (liver-like) ------------------------------------------------------------------
-    lc = np.array([float(ra.uniform(0, 14)), cy - 4.0 + float(ra.uniform(-4, 4)), float(ra.uniform(-32, -24))])
-    lsemi = (float(ra.uniform(44, 54)), float(ra.uniform(42, 50)), float(ra.uniform(40, 48)))
+    lc = np.array([float(ra.uniform(0, 14)), cy - 8.0 + float(ra.uniform(-4, 4)), float(ra.uniform(-30, -24))])
+    lsemi = (float(ra.uniform(44, 52)), float(ra.uniform(40, 46)), float(ra.uniform(38, 44)))
     lrot = _rotation(ra, 0.25)
     llc = lc + np.array([float(ra.uniform(6, 16)), -float(ra.uniform(18, 26)), float(ra.uniform(30, 40))])
     llsemi = (float(ra.uniform(20, 28)), float(ra.uniform(16, 22)), float(ra.uniform(26, 34)))
@@ -551,6 +559,8 @@ def make_phantom(
         q += 0.07 * _smooth_noise(r_tex, bshape, 18.0 / step)
         sub_t = tis[lsl]
         liver = (q < 1.0) & ((sub_t == _VFAT) | (sub_t == _BOWEL))
+        global _DBG
+        _DBG = tis
         tex = _smooth_noise(r_tex, bshape, 3.0 / step) * np.float32(ra.uniform(2.0, 5.0))
         tex += _smooth_noise(r_tex, bshape, 25.0 / step) * np.float32(ra.uniform(2.0, 6.0))
         tex += np.float32(organ_hu)
@@ -695,13 +705,14 @@ def _place_lesions(
     placed_c: list[np.ndarray] = []
     placed_r: list[float] = []
     table: list[dict] = []
-    cand_all = np.argwhere(dist > margin + d_min / 2)
+    cand_all = np.argwhere(dist > margin + d_min * 0.3)
     for cls, diam in plan:
         shape_params = _lesion_shape(rng, cls, diam / 2.0)
         ok = False
         for attempt in range(6):
             rb = shape_params["bound"]
-            need = rb + margin
+            # the centre is well inside; a big lesion may be clipped by the organ surface
+            need = rb * (0.65 if cls == TUMOUR else 0.8) + margin
             cidx = np.argwhere(dist > need) if attempt else cand_all[dist[tuple(cand_all.T)] > need]
             if len(cidx) == 0:
                 shape_params = _lesion_shape(rng, cls, max(d_min / 2, shape_params["r0"] * 0.7))
@@ -812,12 +823,15 @@ def _paint_lesion(
         detail = {"contrast_hu": contrast, "necrotic": bool(necrotic), "rim": bool(rim)}
     labels[sl][mask] = cls
     centre_vox = grid.index_of(c)
+    n_vox = int(mask.sum())
+    spacing = tuple(s * grid.k for s in grid.step)
     return {
         "class": int(cls),
         "centre_vox": tuple(int(v) for v in centre_vox),
-        "diameter_mm": float(2 * r0 * grid.k),
+        "nominal_diameter_mm": float(2 * r0 * grid.k),
+        "diameter_mm": float(2.0 * (3.0 * n_vox * float(np.prod(spacing)) / (4 * math.pi)) ** (1 / 3)),
         "hu": float(hu),
-        "n_voxels": int(mask.sum()),
+        "n_voxels": n_vox,
         **detail,
     }
 

@@ -19,13 +19,13 @@ class LayerOutput:
 
     mask_logits:  (B, N, D2, H2, W2) at stride 2 of the model input.
     score_logits: (B, N); confidence = sigmoid.
-    bg_logits:    (B, 1, D2, H2, W2) background slot (used only with competition).
+    bg_logits:    (B, 1, D2, H2, W2) background slot (None without competition).
     competition:  whether the slots compete through a softmax.
     """
 
     mask_logits: torch.Tensor
     score_logits: torch.Tensor
-    bg_logits: torch.Tensor
+    bg_logits: torch.Tensor | None
     competition: bool
 
     def slot_logits(self) -> torch.Tensor:
@@ -50,12 +50,13 @@ class InstanceHead(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, mask_dim))
         self.score = nn.Linear(dim, 1)
-        self.bg = nn.Conv3d(mask_dim, 1, 1)
+        if competition:
+            self.bg = nn.Conv3d(mask_dim, 1, 1)
 
-    def background(self, mask_features: torch.Tensor) -> torch.Tensor:
-        return self.bg(mask_features)
+    def background(self, mask_features: torch.Tensor) -> torch.Tensor | None:
+        return self.bg(mask_features) if self.competition else None
 
-    def forward(self, q: torch.Tensor, mask_features: torch.Tensor, bg_logits: torch.Tensor) -> LayerOutput:
+    def forward(self, q: torch.Tensor, mask_features: torch.Tensor, bg_logits: torch.Tensor | None) -> LayerOutput:
         qn = self.norm(q)
         masks = torch.einsum("bnm,bmzyx->bnzyx", self.mask_embed(qn), mask_features)
         return LayerOutput(masks, self.score(qn).squeeze(-1), bg_logits, self.competition)

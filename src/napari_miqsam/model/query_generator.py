@@ -52,7 +52,8 @@ class QueryGenerator(nn.Module):
         self.prompt_norm = nn.LayerNorm(d)
         n = cfg.num_queries if cfg.pciqg else 1
         self.queries = nn.Parameter(torch.randn(n, d) * 0.5)
-        self.film = nn.Linear(d, 2 * d)
+        if cfg.pciqg:
+            self.film = nn.Linear(d, 2 * d)
         self.refine = mlp([d, 2 * d, d])
         self.out_norm = nn.LayerNorm(d)
 

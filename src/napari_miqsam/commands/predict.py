@@ -1,0 +1,114 @@
+"""``miqsam predict``: one or more clicks on a NIfTI/TIFF volume -> instance labels + CSV.
+
+The label volume is written in the input's format and geometry (NIfTI: the same affine and header
+spacing), and a CSV of the instances (id, score, voxels, volume_mm3, centroid) next to it.
+``IMAGE`` may also be a folder: every volume in it is processed (sharded across ranks under torchrun).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import InputError, WriteError
+
+HELP = "segment every lesion of the clicked kind in a NIfTI/TIFF volume; writes labels + CSV"
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", type=Path, help="input volume (.nii, .nii.gz, .tif, .tiff) or a folder of them")
+    p.add_argument("--point", nargs=3, type=float, action="append", metavar=("Z", "Y", "X"), default=[],
+                   help="positive click in voxel coordinates (z, y, x); repeatable")
+    p.add_argument("--negative", nargs=3, type=float, action="append", metavar=("Z", "Y", "X"), default=[],
+                   help="negative click (not this); repeatable")
+    p.add_argument("--threshold", type=float, default=0.5, help="confidence threshold in [0, 1]")
+    p.add_argument("--weights", type=Path, default=None, help=".safetensors weights (default: shipped)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--channel", type=int, default=None, help="channel of a multichannel (4D) volume")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output label file (same format as the input), or a folder when IMAGE is a folder")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def suffix_of(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def write_csv(path: Path, rows: list[dict], overwrite: bool) -> None:
+    """Write the instance table atomically."""
+    if path.exists() and not overwrite:
+        raise WriteError(f"{path} exists; pass --overwrite to replace it")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=path.parent)
+    except OSError as exc:
+        raise WriteError(f"cannot write in {path.parent}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "score", "voxels", "volume_mm3", "centroid_z", "centroid_y", "centroid_x"])
+            for r in rows:
+                w.writerow([r["id"], f"{r['score']:.4f}", r["voxels"], f"{r['volume_mm3']:.2f}",
+                            *(f"{c:.2f}" for c in r["centroid"])])
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def csv_path_for(output: Path) -> Path:
+    name = output.name
+    stem = name[: -len(suffix_of(output))] if suffix_of(output) in VOLUME_SUFFIXES else output.stem
+    return output.with_name(stem + ".csv")
+
+
+def predict_file(predictor, image: Path, output: Path, args) -> int:
+    from ..data.io import read_volume, write_labels
+
+    if suffix_of(output) != suffix_of(image) and not (suffix_of(output) in (".tif", ".tiff") and suffix_of(image) in (".tif", ".tiff")):
+        raise InputError(f"the output {output.name} must have the input's format ({suffix_of(image)})")
+    csv_out = csv_path_for(output)
+    for path in (output, csv_out):
+        if path.exists() and not args.overwrite:
+            raise WriteError(f"{path} exists; pass --overwrite to replace it")
+    vol = read_volume(image)
+    predictor.set_image(vol.data, vol.spacing, channel=args.channel)
+    prediction = predictor.predict(args.point, args.negative)
+    labels, rows = prediction.labels(args.threshold)
+    write_labels(output, labels, like=vol, overwrite=args.overwrite)
+    write_csv(csv_out, rows, args.overwrite)
+    print(f"{image.name}: {len(rows)} instance(s) at threshold {args.threshold} -> {output} (+ {csv_out.name})")
+    return len(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..inference.predictor import Predictor
+    from ..training.loop import distributed_context
+
+    if not args.point:
+        raise InputError("give at least one positive click with --point Z Y X")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise InputError(f"--threshold must lie in [0, 1], got {args.threshold}")
+    predictor = Predictor.from_weights(args.weights, device=args.device)
+    if not predictor.trained:
+        print(f"warning: the weights {args.weights or 'shipped default'} are UNTRAINED; results are meaningless",
+              file=sys.stderr)
+    if args.image.is_dir():
+        rank, world, _ = distributed_context()
+        files = sorted(p for p in args.image.iterdir() if suffix_of(p) in VOLUME_SUFFIXES)
+        if not files:
+            raise InputError(f"no .nii/.nii.gz/.tif/.tiff volume in {args.image}")
+        if not args.output.is_dir():
+            raise WriteError(f"with a folder of volumes, -o must be an existing folder: {args.output}")
+        for f in files[rank::world]:
+            predict_file(predictor, f, args.output / f.name, args)
+        return 0
+    if not args.image.exists():
+        raise InputError(f"input file not found: {args.image}")
+    predict_file(predictor, args.image, args.output, args)
+    return 0

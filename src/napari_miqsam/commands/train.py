@@ -1,0 +1,50 @@
+"""``miqsam train``: train MIQ-SAM3D on phantoms or a real dataset (LiTS / KiTS / MSD layouts).
+
+Runs unchanged under ``torchrun --nproc_per_node=K`` (DistributedDataParallel; only rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "train on generated phantoms or a dataset folder (LiTS, KiTS21, MSD); torchrun-ready"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..training.loop import TrainOptions
+
+    d = TrainOptions()
+    p.add_argument("--config", default=d.config, choices=["tiny", "cpu", "paper"], help="model preset")
+    p.add_argument("--data", default=d.data, help="'phantom' (generated on the fly) or a dataset folder")
+    p.add_argument("--format", default=d.format, choices=["auto", "lits", "kits", "msd"], help="dataset layout")
+    p.add_argument("--out", default=d.out, help="run folder: checkpoint.pt, log.jsonl, miqsam_<config>.safetensors")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch", type=int, default=d.batch, help="patches per step per process")
+    p.add_argument("--patch", type=int, default=d.patch, help="patch side in model voxels (multiple of 16)")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--cases", type=int, default=d.cases, help="number of phantom cases to draw from")
+    p.add_argument("--pool", type=int, default=d.pool, help="prepared cases kept in memory")
+    p.add_argument("--refresh-every", type=int, default=d.refresh_every, help="steps between pool refreshes")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--val-every", type=int, default=d.val_every, help="steps between quick validations (0: off)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: default)")
+    p.add_argument("--ablation", default="{}", help='JSON of config switches, e.g. \'{"gating": false}\'')
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training.loop import TrainOptions, train
+
+    opt = TrainOptions(
+        config=args.config, data=args.data, format=args.format, out=args.out, steps=args.steps,
+        batch=args.batch, patch=args.patch, lr=args.lr, warmup=args.warmup, seed=args.seed,
+        cases=args.cases, pool=args.pool, refresh_every=args.refresh_every,
+        checkpoint_every=args.checkpoint_every, val_every=args.val_every, resume=args.resume,
+        device=args.device, threads=args.threads, ablation=json.loads(args.ablation),
+    )
+    train(opt)
+    return 0

@@ -1,0 +1,165 @@
+"""The training loop: AdamW, warm-up + cosine, gradient clipping, AMP on CUDA, checkpoints with
+``--resume``, periodic validation, DistributedDataParallel under torchrun (only rank 0 writes)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..model.config import get_config
+from ..model.miqsam import MIQSAM3D
+from ..model.weights import save_weights
+from .losses import set_criterion
+from .sampling import augment, collate, sample_example
+from .sources import CasePool, case_loader
+
+
+@dataclass
+class TrainOptions:
+    config: str = "cpu"
+    data: str = "phantom"
+    format: str = "auto"
+    out: str = "runs/miqsam"
+    steps: int = 4000
+    batch: int = 4
+    patch: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 200
+    clip: float = 1.0
+    seed: int = 0
+    cases: int = 2000
+    pool: int = 160
+    refresh_every: int = 8
+    checkpoint_every: int = 250
+    val_every: int = 0
+    val_cases: int = 4
+    resume: bool = False
+    device: str = "auto"
+    threads: int = 0
+    ablation: dict = field(default_factory=dict)  # e.g. {"gating": False}
+
+
+def distributed_context() -> tuple[int, int, int]:
+    """(rank, world, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def lr_at(step: int, opt: TrainOptions) -> float:
+    if step < opt.warmup:
+        return opt.lr * (step + 1) / opt.warmup
+    t = (step - opt.warmup) / max(1, opt.steps - opt.warmup)
+    return opt.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def save_checkpoint(path: Path, model, optim, step: int, elapsed: float, opt: TrainOptions) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optim": optim.state_dict(), "step": step, "elapsed": elapsed,
+                "options": json.dumps(asdict(opt))}, tmp)
+    os.replace(tmp, path)
+
+
+def train(opt: TrainOptions, log=print) -> Path:
+    """Train; returns the path of the exported .safetensors weights (rank 0)."""
+    rank, world, local_rank = distributed_context()
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and opt.device != "cpu" else "gloo"
+        dist.init_process_group(backend)
+    if opt.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(f"cuda:{local_rank}" if opt.device == "cuda" else opt.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
+    torch.manual_seed(opt.seed)  # same initial weights on every rank
+    cfg = get_config(opt.config, **opt.ablation)
+    model = MIQSAM3D(cfg).to(device)
+    optim = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    out = Path(opt.out)
+    ckpt = out / "checkpoint.pt"
+    step, elapsed = 0, 0.0
+    if opt.resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=True)  # never unpickles code
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+        log(f"resumed from {ckpt} at step {step} ({elapsed / 60:.1f} min so far)")
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    n_cases, load = case_loader(opt.data, opt.format, opt.seed, opt.cases)
+    rng = np.random.default_rng(opt.seed * 1000 + rank + step)
+    pool = CasePool(n_cases, load, cfg, opt.pool, rank, world, seed=opt.seed + step)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    use_amp = device.type == "cuda"
+    t0 = time.perf_counter() - elapsed
+    from tqdm import tqdm
+
+    bar = tqdm(total=opt.steps, initial=step, disable=rank != 0, desc="train", dynamic_ncols=True)
+    history = []
+    while step < opt.steps:
+        model.train()
+        for group in optim.param_groups:
+            group["lr"] = lr_at(step, opt)
+        examples = []
+        while len(examples) < opt.batch:
+            ex = sample_example(pool.pick(), opt.patch, rng)
+            if ex is not None:
+                examples.append(augment(ex, rng))
+        batch = collate(examples)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            emb, outputs = ddp(batch["image"].to(device), batch["points"].to(device), batch["labels"].to(device), batch["valid"].to(device))
+            losses = set_criterion(outputs, [t.to(device) for t in batch["targets"]], emb.saliency_logits, batch["saliency"].to(device))
+        optim.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt.clip)
+        optim.step()
+        step += 1
+        if step % opt.refresh_every == 0:
+            pool.refresh()
+        if rank == 0:
+            row = {k: round(float(v), 4) for k, v in losses.items()}
+            row.update(step=step, lr=lr_at(step - 1, opt), grad_norm=round(float(gnorm), 3), minutes=round((time.perf_counter() - t0) / 60, 2))
+            history.append(row)
+            bar.update(1)
+            bar.set_postfix(loss=row["loss"], dice=row["dice"])
+            if step % 50 == 0:
+                with open(out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            if step % opt.checkpoint_every == 0 or step == opt.steps:
+                save_checkpoint(ckpt, model, optim, step, time.perf_counter() - t0, opt)
+            if opt.val_every and step % opt.val_every == 0:
+                log(f"step {step}: validation {validate(model, opt)}")
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    path = out / f"miqsam_{cfg.name}.safetensors"
+    if rank == 0:
+        save_weights(model, path, trained=True, extra={
+            "steps": str(step), "train_minutes": f"{elapsed / 60:.1f}", "data": opt.data,
+            "options": json.dumps(asdict(opt)), "world_size": str(world)})
+        log(f"wrote {path} after {step} steps ({elapsed / 60:.1f} min)")
+    if world > 1:
+        dist.barrier()
+    return path
+
+
+def validate(model: MIQSAM3D, opt: TrainOptions) -> dict:
+    """Quick validation on held-out phantoms (seeds 900_000+, never used for training or the model card)."""
+    from ..data.phantom import make_phantom
+    from ..evaluation.evaluate import evaluate
+    from ..inference.predictor import Predictor
+
+    predictor = Predictor(model, trained=True, device="cpu" if not torch.cuda.is_available() else "auto")
+    cases = [make_phantom(900_000 + i) for i in range(opt.val_cases)]
+    res = evaluate(cases, predictor, clicks=1, seed=0, progress=False)
+    model.train()
+    return {k: round(v, 3) for k, v in res["model"].items() if k in ("dice", "instance_f1", "nsd_1mm")}

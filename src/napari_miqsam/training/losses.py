@@ -1,0 +1,74 @@
+"""Set losses given a matching: mask CE/BCE + Dice on matched queries, confidence BCE, deep
+supervision over every decoder layer, and an auxiliary boundary-saliency loss.
+
+Targets are soft occupancies at stride 2 (the fraction of each 2x2x2 cell inside the instance).
+With competition the mask loss is a per-voxel cross-entropy over (background, queries): the target
+slot of a voxel is the query matched to the instance covering it; unmatched queries get no voxels.
+Without competition each query gets a sigmoid BCE (unmatched ones towards empty).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..model.head import LayerOutput
+from .matching import match_queries
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    mask: float = 5.0
+    dice: float = 5.0
+    conf: float = 2.0
+    saliency: float = 0.5
+
+
+def dice_loss(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Mean soft-Dice loss over rows of (M, V)."""
+    return (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
+
+
+def layer_loss(out: LayerOutput, targets: list[torch.Tensor], w: LossWeights) -> dict[str, torch.Tensor]:
+    """Losses of one decoder layer, averaged over the batch.
+
+    targets[b]: (K_b, d2, h2, w2) soft occupancy of the K_b target instances of batch item b.
+    """
+    probs_all = out.instance_probabilities()
+    terms = {"mask": [], "dice": [], "conf": []}
+    for b, tgt in enumerate(targets):
+        probs = probs_all[b].flatten(1)  # (N, V)
+        t = tgt.flatten(1).to(probs.dtype)  # (K, V)
+        qi, ti = match_queries(probs.detach(), out.scores[b].detach(), t)
+        qi_t = torch.as_tensor(qi, device=probs.device, dtype=torch.long)
+        ti_t = torch.as_tensor(ti, device=probs.device, dtype=torch.long)
+        n = probs.shape[0]
+        if out.competition:
+            slot_t = torch.zeros(n + 1, t.shape[1], device=t.device, dtype=t.dtype)
+            slot_t[qi_t + 1] = t[ti_t]
+            slot_t[0] = (1 - slot_t[1:].sum(0)).clamp(min=0)
+            logp = F.log_softmax(out.slot_logits()[b].flatten(1).float(), dim=0)
+            terms["mask"].append(-(slot_t * logp).sum(0).mean())
+        else:
+            mt = torch.zeros(n, t.shape[1], device=t.device, dtype=t.dtype)
+            mt[qi_t] = t[ti_t]
+            terms["mask"].append(F.binary_cross_entropy_with_logits(out.mask_logits[b].flatten(1).float(), mt))
+        terms["dice"].append(dice_loss(probs[qi_t], t[ti_t]) if len(qi) else probs.sum() * 0)
+        conf_t = torch.zeros(n, device=probs.device)
+        conf_t[qi_t] = 1.0
+        terms["conf"].append(F.binary_cross_entropy_with_logits(out.score_logits[b].float(), conf_t))
+    return {k: torch.stack(v).mean() for k, v in terms.items()}
+
+
+def set_criterion(outputs: list[LayerOutput], targets: list[torch.Tensor], saliency_logits: torch.Tensor,
+                  saliency_target: torch.Tensor, w: LossWeights = LossWeights()) -> dict[str, torch.Tensor]:
+    """Total loss with deep supervision (every layer's prediction weighted equally)."""
+    parts = {"mask": 0.0, "dice": 0.0, "conf": 0.0}
+    for out in outputs:
+        for k, v in layer_loss(out, targets, w).items():
+            parts[k] = parts[k] + v / len(outputs)
+    sal = F.binary_cross_entropy_with_logits(saliency_logits.float(), saliency_target.float())
+    total = w.mask * parts["mask"] + w.dice * parts["dice"] + w.conf * parts["conf"] + w.saliency * sal
+    return {"loss": total, "saliency": sal.detach(), **{k: v.detach() for k, v in parts.items()}}

@@ -1,0 +1,165 @@
+"""Training examples: a case prepared on the model grid, lesion-biased patches, simulated clicks,
+augmentation, and collation.
+
+Prompt simulation: pick a lesion class present, an instance of it, a click inside it (centre /
+interior / near the boundary); sometimes a second positive click on another instance of that class
+and sometimes a negative click on a lesion of another class. Target = ALL instances of the clicked
+class in the patch (instances cut by the patch border stay targets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.instances import instances_of
+from ..data.prompts import CLICK_MODES, simulate_click
+from ..inference.preprocess import GridMap, normalise_intensity
+from ..inference.resample import resample_to_model
+from ..model.config import MIQSAMConfig
+
+LESION_CLASSES = (2, 3)
+
+
+@dataclass
+class PreparedCase:
+    """A case on the model grid. image: (D, H, W) float32 in [-1, 1]; classes: (D, H, W) uint8;
+    instances: (D, H, W) int32 ids; instance_class[i] is the class of id i (index 0 unused)."""
+
+    image: np.ndarray
+    classes: np.ndarray
+    instances: np.ndarray
+    instance_class: np.ndarray
+    name: str = ""
+
+
+def nearest_to_model(labels: np.ndarray, grid: GridMap) -> np.ndarray:
+    """Nearest-neighbour resampling of an integer map onto the model grid."""
+    idx = [np.clip(np.floor((np.arange(m) + 0.5) * f).astype(int), 0, n - 1)
+           for m, f, n in zip(grid.model_shape, grid.scale, grid.shape)]
+    return labels[np.ix_(*idx)]
+
+
+def prepare_case(image: np.ndarray, labels: np.ndarray, spacing, cfg: MIQSAMConfig, name: str = "",
+                 lesion_classes=LESION_CLASSES) -> PreparedCase:
+    """Normalise and resample a case exactly as the Predictor does; instances per lesion class."""
+    grid = GridMap.build(image.shape, spacing, cfg.spacing)
+    img = resample_to_model(normalise_intensity(image, cfg.ct_level, cfg.ct_half_width), grid.model_shape).numpy()
+    cls = nearest_to_model(np.asarray(labels, dtype=np.uint8), grid)
+    inst = np.zeros(cls.shape, dtype=np.int32)
+    inst_class = [0]
+    for c in lesion_classes:
+        ids, n = instances_of(cls, c)
+        if n:
+            inst[ids > 0] = ids[ids > 0] + len(inst_class) - 1
+            inst_class += [c] * n
+    return PreparedCase(img, cls, inst, np.asarray(inst_class, dtype=np.int16), name)
+
+
+@dataclass
+class Example:
+    image: torch.Tensor  # (1, P, P, P)
+    points: torch.Tensor  # (Q, 3) patch voxel coordinates (z, y, x)
+    labels: torch.Tensor  # (Q,) 1 positive, 0 negative
+    targets: torch.Tensor  # (K, P/2, P/2, P/2) soft occupancy at stride 2
+    saliency: torch.Tensor  # (1, P/8, P/8, P/8) boundary target
+
+
+def _crop(arr: np.ndarray, start, size: int, fill) -> np.ndarray:
+    out = np.full((size,) * 3, fill, dtype=arr.dtype)
+    src = tuple(slice(max(0, s), min(n, s + size)) for s, n in zip(start, arr.shape))
+    dst = tuple(slice(a.start - s, a.stop - s) for a, s in zip(src, start))
+    out[dst] = arr[src]
+    return out
+
+
+def _click(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    mode = CLICK_MODES[rng.integers(len(CLICK_MODES))]
+    return np.asarray(simulate_click(mask, mode, rng), dtype=float)
+
+
+def boundary_target(classes: np.ndarray, stride: int = 8) -> torch.Tensor:
+    """1 where a stride-cell contains a boundary between two classes (organ, lesions), (1, d, h, w)."""
+    c = torch.from_numpy(classes.astype(np.int16))
+    edge = torch.zeros_like(c, dtype=torch.bool)
+    for axis in range(3):
+        diff = torch.diff(c, dim=axis) != 0
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - axis) + 1] = 1
+        edge |= F.pad(diff, pad)
+    return F.max_pool3d(edge[None, None].float(), stride)[0]
+
+
+def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg_prob: float = 0.3,
+                   extra_pos_prob: float = 0.2) -> Example | None:
+    """One lesion-centred training example, or None if the case has no lesion."""
+    present = sorted(set(case.instance_class[1:].tolist()))
+    if not present:
+        return None
+    cls = present[rng.integers(len(present))]
+    ids = np.nonzero(case.instance_class == cls)[0]
+    inst = int(ids[rng.integers(len(ids))])
+    where = np.nonzero(case.instances == inst)
+    lo = [int(w.min()) for w in where]
+    hi = [int(w.max()) + 1 for w in where]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    click = _click(case.instances[box] == inst, rng) + np.asarray(lo)
+    margin = min(8, patch // 4)
+    start = []
+    for axis in range(3):
+        n = case.image.shape[axis]
+        if n <= patch:
+            start.append(-int(rng.integers(0, patch - n + 1)))
+        else:
+            s = int(click[axis]) - int(rng.integers(margin, patch - margin))
+            start.append(int(np.clip(s, 0, n - patch)))
+    image = _crop(case.image, start, patch, np.float32(-1.0))
+    inst_p = _crop(case.instances, start, patch, np.int32(0))
+    cls_p = _crop(case.classes, start, patch, np.uint8(0))
+    click_p = click - np.asarray(start)
+    present_ids = np.unique(inst_p[inst_p > 0])
+    target_ids = [i for i in present_ids if case.instance_class[i] == cls]
+    other_ids = [i for i in present_ids if case.instance_class[i] != cls]
+    points, labels = [click_p], [1]
+    if len(target_ids) > 1 and rng.random() < extra_pos_prob:
+        j = target_ids[rng.integers(len(target_ids))]
+        points.append(_click(inst_p == j, rng)); labels.append(1)
+    if other_ids and rng.random() < neg_prob:
+        j = other_ids[rng.integers(len(other_ids))]
+        points.append(_click(inst_p == j, rng)); labels.append(0)
+    onehot = np.stack([(inst_p == i) for i in target_ids]).astype(np.float32)
+    targets = F.avg_pool3d(torch.from_numpy(onehot)[None], 2)[0]
+    return Example(torch.from_numpy(image)[None], torch.tensor(np.asarray(points), dtype=torch.float32),
+                   torch.tensor(labels), targets, boundary_target(cls_p))
+
+
+def augment(ex: Example, rng: np.random.Generator) -> Example:
+    """Random flips, intensity scale/shift, contrast (gamma-like) and noise; masks follow the flips."""
+    img, pts, tg, sal = ex.image, ex.points.clone(), ex.targets, ex.saliency
+    p = img.shape[-1]
+    for axis in range(3):
+        if rng.random() < 0.5:
+            img, tg, sal = img.flip(axis + 1), tg.flip(axis + 1), sal.flip(axis + 1)
+            pts[:, axis] = p - 1 - pts[:, axis]
+    img = img * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.12, 0.12))
+    if rng.random() < 0.3:
+        g = float(rng.uniform(0.8, 1.25))
+        img = torch.sign(img) * img.abs().clamp(max=1.5) ** g
+    img = img + torch.randn_like(img) * float(rng.uniform(0.0, 0.06))
+    return Example(img.clamp(-1.5, 1.5), pts, ex.labels, tg, sal)
+
+
+def collate(batch: list[Example]) -> dict:
+    """Stack a batch; points are padded with a validity mask."""
+    q = max(len(e.labels) for e in batch)
+    pts = torch.zeros(len(batch), q, 3)
+    lab = torch.zeros(len(batch), q, dtype=torch.long)
+    valid = torch.zeros(len(batch), q, dtype=torch.bool)
+    for i, e in enumerate(batch):
+        n = len(e.labels)
+        pts[i, :n], lab[i, :n], valid[i, :n] = e.points, e.labels, True
+    return {"image": torch.stack([e.image for e in batch]), "points": pts, "labels": lab, "valid": valid,
+            "targets": [e.targets for e in batch], "saliency": torch.stack([e.saliency for e in batch])}

@@ -1,0 +1,322 @@
+"""The MIQ-SAM3D dock widget in real napari (pytest-qt, Xvfb), with the real tiny Predictor."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_miqsam._widget import MiqsamWidget  # noqa: E402
+from napari_miqsam._widget._dock import KEY_COMMIT, KEY_NEGATIVE, KEY_RUN, OUTPUT_NAME, PROMPTS_NAME  # noqa: E402
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 60_000
+
+
+class TinyPredictors:
+    """Builds real untrained tiny Predictors and records their ``predict`` calls."""
+
+    def __init__(self, delay_first_predict: float = 0.0, error: BaseException | None = None) -> None:
+        self.predict_calls: list[tuple[list, list]] = []
+        self.set_image_calls = 0
+        self.delay_first_predict = delay_first_predict
+        self.error = error
+        self._lock = threading.Lock()
+
+    def __call__(self, weights: str | None, device: str):
+        from napari_miqsam.inference.predictor import Predictor
+
+        if self.error is not None:
+            raise self.error
+        predictor = Predictor.from_config("tiny", seed=0)
+        predict, set_image = predictor.predict, predictor.set_image
+
+        def counting_predict(positive, negative=(), **kw):
+            with self._lock:
+                first = not self.predict_calls
+                self.predict_calls.append(([tuple(p) for p in positive], [tuple(p) for p in negative]))
+            if first and self.delay_first_predict:
+                time.sleep(self.delay_first_predict)
+            return predict(positive, negative, **kw)
+
+        def counting_set_image(*args, **kw):
+            self.set_image_calls += 1
+            return set_image(*args, **kw)
+
+        predictor.predict = counting_predict
+        predictor.set_image = counting_set_image
+        return predictor
+
+
+@pytest.fixture
+def phantom_widget(make_napari_viewer, qtbot):
+    """A viewer with the phantom sample and the plugin's widget docked (through npe2)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-miqsam", "phantom")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-miqsam", "MIQ-SAM3D")
+    assert isinstance(widget, MiqsamWidget)
+    widget.predictors = TinyPredictors()
+    widget.predictor_factory = widget.predictors
+    yield viewer, widget
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+    widget.shutdown()
+
+
+def tumour_voxel(viewer, index: int = 0) -> np.ndarray:
+    truth = np.asarray(viewer.layers["phantom ground truth"].data)
+    from scipy import ndimage
+
+    lesions, n = ndimage.label(truth == 2, structure=np.ones((3, 3, 3)))
+    assert n > index
+    centre = np.argwhere(lesions == index + 1)
+    return centre[len(centre) // 2]
+
+
+def click(widget, voxel) -> None:
+    points = widget.activate_prompts()
+    points.add(np.asarray(voxel, dtype=float))
+
+
+def wait_done(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
+
+
+def n_labels(layer) -> int:
+    return int(np.count_nonzero(np.unique(np.asarray(layer.data))))
+
+
+def test_point_on_tumour_gives_instance_layer_with_scores(phantom_widget, qtbot, notifications):
+    viewer, widget = phantom_widget
+    click(widget, tumour_voxel(viewer))
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    out = viewer.layers[OUTPUT_NAME]
+    image = viewer.layers["phantom CT"]
+    assert out is widget.output_layer
+    np.testing.assert_allclose(out.scale, image.scale)
+    assert out.data.shape == image.data.shape
+    assert "score" in out.features.columns and "volume_mm3" in out.features.columns
+    assert len(out.features) == n_labels(out) > 0
+    assert widget.table.rowCount() == len(out.features)
+    assert ((out.features["score"] >= widget.threshold) & (out.features["score"] <= 1)).all()
+    # the prompt layer stays the active one, so the next click adds a point
+    assert viewer.layers.selection.active is viewer.layers[PROMPTS_NAME]
+    assert len(widget.predictors.predict_calls) == 1
+    assert not [n for n in notifications() if n[0] == "error"]
+    # untrained tiny weights: the user is told, once
+    assert sum("untrained" in m for _, m in notifications()) == 1
+
+
+def test_threshold_updates_instances_without_model_call(phantom_widget, qtbot):
+    viewer, widget = phantom_widget
+    click(widget, tumour_voxel(viewer))
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    out = widget.output_layer
+    calls = len(widget.predictors.predict_calls)
+    widget.threshold_slider.setValue(0)
+    n_all = n_labels(out)
+    assert len(out.features) == n_all == widget.table.rowCount()
+    widget.threshold_slider.setValue(100)
+    assert n_labels(out) < n_all
+    assert len(out.features) == n_labels(out) == widget.table.rowCount()
+    # a live drag (slider position without release) previews without touching the model either
+    widget.threshold_slider.setSliderPosition(0)
+    widget._on_threshold_moved(0)
+    assert n_labels(out) == n_all
+    assert len(widget.predictors.predict_calls) == calls
+    assert widget.predictors.set_image_calls == 1
+
+
+def test_negative_point_is_passed_and_removes_its_instance(phantom_widget, qtbot):
+    viewer, widget = phantom_widget
+    positive = tumour_voxel(viewer)
+    click(widget, positive)
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    out = widget.output_layer
+    ids = [i for i in np.unique(out.data) if i]
+    assert ids
+    # a voxel of some shown instance that is not the positive click itself
+    candidates = np.argwhere(np.asarray(out.data) == ids[-1])
+    negative = next(tuple(c) for c in candidates if tuple(c) != tuple(positive))
+    widget.toggle_negative()  # what Shift-N does
+    assert widget.negative_check.isChecked()
+    points = viewer.layers[PROMPTS_NAME]
+    points.add(np.asarray(negative, dtype=float))
+    assert list(points.features["prompt"]) == ["positive", "negative"]
+    assert points.face_color[0].tolist() != points.face_color[1].tolist()
+    wait_done(qtbot, widget)
+    qtbot.waitUntil(lambda: len(widget.predictors.predict_calls) == 2, timeout=WAIT_MS)
+    wait_done(qtbot, widget)
+    pos_arg, neg_arg = widget.predictors.predict_calls[-1]
+    np.testing.assert_allclose(pos_arg, [positive], atol=1e-6)
+    np.testing.assert_allclose(neg_arg, [negative], atol=1e-6)
+    assert out.data[negative] == 0  # no instance contains the negative click
+    assert widget.predictors.set_image_calls == 1  # the embedding is cached per image layer
+
+
+def test_newest_prompt_wins_while_a_run_is_in_flight(phantom_widget, qtbot, notifications):
+    viewer, widget = phantom_widget
+    widget.predictors.delay_first_predict = 1.0
+    first, second = tumour_voxel(viewer, 0), tumour_voxel(viewer, 1)
+    click(widget, first)
+    qtbot.waitUntil(lambda: widget._job is not None, timeout=WAIT_MS)
+    viewer.layers[PROMPTS_NAME].add(np.asarray(second, dtype=float))
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    last_positive, _ = widget.predictors.predict_calls[-1]
+    assert len(last_positive) == 2
+    np.testing.assert_allclose(widget._prediction.positive, [first, second])
+    assert not [n for n in notifications() if n[0] == "error"]
+
+
+def test_widget_survives_image_layer_deletion(phantom_widget, qtbot, notifications):
+    viewer, widget = phantom_widget
+    widget.predictors.delay_first_predict = 0.5
+    click(widget, tumour_voxel(viewer))
+    qtbot.waitUntil(lambda: widget._job is not None, timeout=WAIT_MS)
+    viewer.layers.remove("phantom CT")  # during a run
+    wait_done(qtbot, widget)
+    assert widget.output_layer is None  # the stale result is dropped, nothing written
+    assert widget.image_layer() is None
+    viewer.layers[PROMPTS_NAME].add([10.0, 10.0, 10.0])  # a click with no image: silent no-op
+    widget.run()
+    wait_done(qtbot, widget)
+    assert not [n for n in notifications() if n[0] == "error"]
+    assert any("image" in m for s, m in notifications() if s == "warning")
+
+
+def test_output_layer_deleted_between_runs_is_recreated(phantom_widget, qtbot):
+    viewer, widget = phantom_widget
+    click(widget, tumour_voxel(viewer))
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    viewer.layers.remove(widget.output_layer)
+    assert widget.output_layer is None and widget.table.rowCount() == 0
+    widget.threshold_slider.setValue(30)  # nothing to show: no error, no layer
+    assert OUTPUT_NAME not in viewer.layers
+    widget.run()
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    assert len(widget.output_layer.features) == n_labels(widget.output_layer)
+
+
+def test_new_run_and_deletion_are_single_undo_steps(phantom_widget, qtbot):
+    viewer, widget = phantom_widget
+    click(widget, tumour_voxel(viewer))
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    out = widget.output_layer
+    first = np.array(out.data, copy=True)
+    first_rows = len(out.features)
+    widget.threshold_slider.setValue(0)
+    second = np.array(out.data, copy=True)
+    assert not np.array_equal(first, second)
+    # delete the selected row: one instance gone
+    widget.table.selectRow(0)
+    removed = widget.table.selected_id()
+    widget.table.request_delete()
+    assert not np.any(out.data == removed)
+    assert removed not in list(out.features["index"])
+    out.undo()  # the deletion
+    np.testing.assert_array_equal(out.data, second)
+    assert removed in list(out.features["index"])
+    out.undo()  # the threshold change
+    np.testing.assert_array_equal(out.data, first)
+    assert len(out.features) == first_rows == widget.table.rowCount()
+    out.redo()
+    np.testing.assert_array_equal(out.data, second)
+
+
+def test_selecting_a_row_moves_the_view_to_the_instance(phantom_widget, qtbot):
+    viewer, widget = phantom_widget
+    click(widget, tumour_voxel(viewer))
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    out = widget.output_layer
+    widget.table.selectRow(widget.table.rowCount() - 1)
+    instance = widget.table.selected_id()
+    row = out.features[out.features["index"] == instance].iloc[0]
+    world_z = row["centroid_z"] * out.scale[0]
+    assert viewer.dims.point[0] == pytest.approx(world_z, abs=out.scale[0])
+    assert out.selected_label == instance
+
+
+def test_commit_keeps_existing_voxels_and_is_undoable(phantom_widget, qtbot, notifications):
+    viewer, widget = phantom_widget
+    click(widget, tumour_voxel(viewer))
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    out = np.asarray(widget.output_layer.data).copy()
+    existing = tuple(np.argwhere(out)[0])
+    target_data = np.zeros(out.shape, dtype=np.uint8)
+    target_data[existing] = 7
+    target = viewer.add_labels(target_data, name="my annotations", scale=viewer.layers["phantom CT"].scale)
+    viewer.layers.selection.active = viewer.layers[PROMPTS_NAME]
+    widget.target_combo.setCurrentText("my annotations")
+    assert widget.target_layer() is target
+    assert widget.target_combo.findText(OUTPUT_NAME) < 0  # never commit into itself
+    widget.commit()  # what Shift-C does
+    merged = np.asarray(target.data)
+    assert merged[existing] == 7
+    assert np.all(merged[out != 0] != 0)
+    assert np.all(merged[out == 0] == 0)
+    assert widget.output_layer.data[existing] == out[existing]  # the output itself is untouched
+    target.undo()
+    expected = np.zeros(out.shape, dtype=np.uint8)
+    expected[existing] = 7
+    np.testing.assert_array_equal(target.data, expected)
+    assert not [n for n in notifications() if n[0] == "error"]
+
+
+def test_2d_image_and_outside_point_become_notifications(make_napari_viewer, qtbot, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), dtype=np.float32), name="flat")
+    widget = MiqsamWidget(viewer)
+    widget.predictor_factory = TinyPredictors()
+    widget.run()
+    errors = [m for s, m in notifications() if s == "error"]
+    assert len(errors) == 1 and "3D" in errors[0]
+    # a 3D image and a point outside it: the library's InputError becomes a notification
+    viewer.add_image(np.random.default_rng(0).normal(size=(24, 32, 32)).astype(np.float32), name="vol")
+    widget.image_combo.setCurrentText("vol")
+    points = widget.activate_prompts()
+    points.add([5.0, 500.0, 5.0])
+    wait_done(qtbot, widget)
+    errors = [m for s, m in notifications() if s == "error"]
+    assert len(errors) == 2 and "outside" in errors[1].lower()
+    assert widget.run_button.isEnabled() and widget.output_layer is None
+    widget.shutdown()
+
+
+def test_bad_weights_and_unexpected_errors_become_notifications(make_napari_viewer, qtbot, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((24, 32, 32), dtype=np.float32), name="vol")
+    widget = MiqsamWidget(viewer)
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    widget.set_weights(str(bad))  # the real loader
+    widget.activate_prompts().add([12.0, 16.0, 16.0])
+    wait_done(qtbot, widget)
+    errors = [m for s, m in notifications() if s == "error"]
+    assert len(errors) == 1 and "weights" in errors[0].lower()
+    widget.predictor_factory = TinyPredictors(error=RuntimeError("boom"))
+    widget.run()
+    wait_done(qtbot, widget)
+    errors = [m for s, m in notifications() if s == "error"]
+    assert len(errors) == 2 and "boom" in errors[1]
+    widget.set_weights(str(tmp_path / "weights.pt"))  # not .safetensors: refused at once
+    assert len([m for s, m in notifications() if s == "error"]) == 3
+    widget.shutdown()
+
+
+def test_keyboard_shortcuts_are_bound_on_the_viewer(phantom_widget):
+    from app_model.types import KeyBinding
+
+    viewer, widget = phantom_widget
+    widget.activate_prompts()
+    bound = {KeyBinding.from_str(key.replace("-", "+")) for key in (KEY_RUN, KEY_NEGATIVE, KEY_COMMIT)}
+    assert bound <= set(viewer.keymap)
+    viewer.keymap[KeyBinding.from_str(KEY_NEGATIVE.replace("-", "+"))](viewer)
+    assert widget.negative_check.isChecked()
+    assert viewer.layers[PROMPTS_NAME].feature_defaults["prompt"][0] == "negative"
+    widget.shutdown()
+    assert not bound & set(viewer.keymap)
