@@ -247,7 +247,7 @@ def test_commit_keeps_existing_voxels_and_is_undoable(phantom_widget, qtbot, not
     qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
     out = np.asarray(widget.output_layer.data).copy()
     existing = tuple(np.argwhere(out)[0])
-    target_data = np.zeros(out.shape, dtype=np.uint8)
+    target_data = np.zeros(out.shape, dtype=np.uint16)
     target_data[existing] = 7
     target = viewer.add_labels(target_data, name="my annotations", scale=viewer.layers["phantom CT"].scale)
     viewer.layers.selection.active = viewer.layers[PROMPTS_NAME]
@@ -261,7 +261,7 @@ def test_commit_keeps_existing_voxels_and_is_undoable(phantom_widget, qtbot, not
     assert np.all(merged[out == 0] == 0)
     assert widget.output_layer.data[existing] == out[existing]  # the output itself is untouched
     target.undo()
-    expected = np.zeros(out.shape, dtype=np.uint8)
+    expected = np.zeros(out.shape, dtype=np.uint16)
     expected[existing] = 7
     np.testing.assert_array_equal(target.data, expected)
     assert not [n for n in notifications() if n[0] == "error"]

@@ -113,7 +113,10 @@ class MiqsamWidget(QWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer = napari_viewer
+        # napari hands plugins a PublicOnlyProxy of the viewer, which also wraps every layer in a
+        # new proxy on each access; the widget keys its caches on layer identity, so it keeps the
+        # viewer itself (and still uses only public napari API).
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         #: ``(weights, device) -> Predictor``; runs on the worker thread. Tests and scripts may
         #: replace it (e.g. with an untrained ``Predictor.from_config('tiny')``).
         self.predictor_factory: Callable[[str | None, str], Any] = load_predictor

@@ -44,10 +44,13 @@ def merge_labels(target: Labels, source: np.ndarray, values: np.ndarray | int | 
         return 0
     if values is None:
         offset = int(data.max()) if data.size else 0
-        written = source[where].astype(np.int64) + offset
-        if written.max() > np.iinfo(data.dtype).max:
-            raise ValueError(f"the ids do not fit the target layer's {data.dtype} labels")
-        written = written.astype(data.dtype)
+        ids, rank = np.unique(source[where], return_inverse=True)
+        if offset + len(ids) > np.iinfo(data.dtype).max:
+            raise ValueError(
+                f"{len(ids)} new labels above {offset} do not fit its {data.dtype} data; "
+                "commit fewer instances (raise the threshold) or write one label value"
+            )
+        written = (offset + 1 + rank.ravel()).astype(data.dtype)
     else:
         written = np.full(where[0].size, int(values), dtype=data.dtype)
     target.data_setitem(where, written)

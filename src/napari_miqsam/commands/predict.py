@@ -88,7 +88,7 @@ def predict_file(predictor, image: Path, output: Path, args) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from ..inference.predictor import Predictor
-    from ..training.loop import distributed_context
+    from ..distributed import context as distributed_context
 
     if not args.point:
         raise InputError("give at least one positive click with --point Z Y X")

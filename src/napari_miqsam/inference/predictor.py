@@ -125,13 +125,14 @@ class Predictor:
         volume: (z, y, x) array of any numeric dtype (a 4D array needs ``channel``).
         spacing: (z, y, x) voxel size in mm. modality: 'auto' (CT detected from HU range), 'ct', 'other'.
         Raises InputError for unusable input, CancelledError if ``cancel()`` turns True between
-        windows, OutOfMemoryError if the device runs out of memory. The previous cache is dropped.
+        windows, OutOfMemoryError if the device runs out of memory. Invalid input keeps the previous
+        cache; otherwise it is replaced (and left empty if the embedding is cancelled).
         """
-        self.reset_image()
         vol = as_volume(volume, channel)
         sp = check_spacing(spacing)
         grid = GridMap.build(vol.shape, sp, self.cfg.spacing)
         norm = normalise_intensity(vol, self.cfg.ct_level, self.cfg.ct_half_width, modality)
+        self.reset_image()  # input is valid: free the old cache before building the new one
         model_vol = resample_to_model(norm, grid.model_shape)
         del norm
         padded = tuple(n + (n % STRIDE) for n in grid.model_shape)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..distributed import context as distributed_context
+from ..distributed import init as init_distributed
 from ..model.config import get_config
 from ..model.miqsam import MIQSAM3D
 from ..model.weights import save_weights
@@ -46,11 +48,15 @@ class TrainOptions:
     device: str = "auto"
     threads: int = 0
     ablation: dict = field(default_factory=dict)  # e.g. {"gating": False}
+    phantom_shape: tuple | None = None  # phantom size in voxels (None: the generator's default)
 
 
-def distributed_context() -> tuple[int, int, int]:
-    """(rank, world, local_rank) from torchrun's environment; (0, 1, 0) otherwise."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+@dataclass
+class TrainResult:
+    weights: Path
+    model: MIQSAM3D
+    steps: int
+    minutes: float
 
 
 def lr_at(step: int, opt: TrainOptions) -> float:
@@ -67,12 +73,10 @@ def save_checkpoint(path: Path, model, optim, step: int, elapsed: float, opt: Tr
     os.replace(tmp, path)
 
 
-def train(opt: TrainOptions, log=print) -> Path:
-    """Train; returns the path of the exported .safetensors weights (rank 0)."""
+def train(opt: TrainOptions, log=print) -> TrainResult:
+    """Train; rank 0 exports ``OUT/miqsam_<config>.safetensors``."""
     rank, world, local_rank = distributed_context()
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and opt.device != "cpu" else "gloo"
-        dist.init_process_group(backend)
+    init_distributed(prefer_nccl=opt.device != "cpu")
     if opt.device == "auto":
         device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     else:
@@ -95,7 +99,7 @@ def train(opt: TrainOptions, log=print) -> Path:
         step, elapsed = int(state["step"]), float(state["elapsed"])
         log(f"resumed from {ckpt} at step {step} ({elapsed / 60:.1f} min so far)")
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-    n_cases, load = case_loader(opt.data, opt.format, opt.seed, opt.cases)
+    n_cases, load = case_loader(opt.data, opt.format, opt.seed, opt.cases, opt.phantom_shape)
     rng = np.random.default_rng(opt.seed * 1000 + rank + step)
     pool = CasePool(n_cases, load, cfg, opt.pool, rank, world, seed=opt.seed + step)
     if rank == 0:
@@ -149,7 +153,7 @@ def train(opt: TrainOptions, log=print) -> Path:
         log(f"wrote {path} after {step} steps ({elapsed / 60:.1f} min)")
     if world > 1:
         dist.barrier()
-    return path
+    return TrainResult(path, model, step, elapsed / 60)
 
 
 def validate(model: MIQSAM3D, opt: TrainOptions) -> dict:

@@ -14,13 +14,14 @@ from .sampling import PreparedCase, prepare_case
 TRAIN_SEED_OFFSET = 1_000_000  # phantom seeds used for training start here; evaluation uses 0..999_999
 
 
-def case_loader(data: str, fmt: str = "auto", seed: int = 0, cases: int = 2000) -> tuple[int, Callable[[int], tuple]]:
+def case_loader(data: str, fmt: str = "auto", seed: int = 0, cases: int = 2000,
+                phantom_shape: tuple | None = None) -> tuple[int, Callable[[int], tuple]]:
     """(number of cases, load(i) -> (image, labels, spacing, name)) for ``data``: 'phantom' or a folder."""
     if data == "phantom":
         from ..data.phantom import make_phantom
 
         def load(i: int):
-            c = make_phantom(TRAIN_SEED_OFFSET + seed * 100_000 + i)
+            c = make_phantom(TRAIN_SEED_OFFSET + seed * 100_000 + i, shape=phantom_shape)
             return c.image, c.labels, c.spacing, c.name
         return cases, load
     from ..data.datasets import list_cases

@@ -1,0 +1,45 @@
+# napari-miqsam developer commands. Python 3.10+ on Debian/Ubuntu.
+#   make run    install, then open napari with the plugin docked and the sample CT phantom
+#   make test   install (system packages for Xvfb/Qt too), then run the test suite under Xvfb
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU wheel of torch, installed before the package so pip does not pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: run test install system-deps benchmark evaluate screenshot train-default clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+system-deps:
+	@command -v Xvfb >/dev/null 2>&1 && [ -e /usr/lib/x86_64-linux-gnu/libxcb-cursor.so.0 -o -e /usr/lib/aarch64-linux-gnu/libxcb-cursor.so.0 ] || bash scripts/install-system-deps.sh
+
+run: install
+	@if [ -z "$$DISPLAY" ]; then echo "no DISPLAY: starting napari under xvfb-run"; xvfb-run -a $(PY) -m napari_miqsam.launch; else $(PY) -m napari_miqsam.launch; fi
+
+test: system-deps install
+	QT_API=pyqt6 $(PY) -m pytest -q
+
+benchmark: install
+	$(VENV)/bin/miqsam benchmark --json benchmarks/results/benchmark.json
+
+evaluate: install
+	$(VENV)/bin/miqsam evaluate phantom:40:0 --clicks 3 --seed 0 --json benchmarks/results/evaluate.json
+
+screenshot: install
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) scripts/screenshot.py
+
+# How the shipped default weights were made (about 100 minutes on 2 CPU cores).
+train-default: install
+	OMP_NUM_THREADS=1 $(VENV)/bin/miqsam train --config cpu --data phantom --out runs/cpu --steps 3000 --batch 4 --patch 64 --pool 160 --threads 1
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

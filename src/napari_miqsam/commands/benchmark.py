@@ -1,0 +1,109 @@
+"""``miqsam benchmark``: measured speed and memory of the Predictor on generated phantoms.
+
+For each volume: ``set_image_s`` (embedding), ``predict_ms`` (one click on the cached embedding,
+median of >= 5), ``threshold_ms`` (re-threshold of a cached prediction, median) and ``peak_rss_mb``
+(peak resident memory of a fresh process that did only that volume). Nothing here asserts a
+target: it prints the numbers, the README reports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HELP = "measure embedding / click / threshold time and peak memory on phantoms; prints a table"
+
+DEFAULT_VOLUMES = [
+    ((64, 64, 64), (1.5, 1.5, 1.5)),
+    ((128, 128, 128), (1.5, 1.5, 1.5)),
+    ((128, 256, 256), (1.5, 1.5, 1.5)),
+    ((200, 512, 512), (2.5, 0.8, 0.8)),
+]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--weights", type=Path, default=None, help="weights file (default: shipped)")
+    p.add_argument("--repeats", type=int, default=5, help="clicks timed per volume (median reported)")
+    p.add_argument("--quick", action="store_true", help="only the two smallest volumes")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+
+
+def _measure(shape, spacing, weights, device, repeats, queue) -> None:
+    import resource
+
+    import numpy as np
+    import torch
+
+    from ..data.phantom import make_phantom
+    from ..data.instances import instances_of
+    from ..inference.predictor import Predictor
+
+    case = make_phantom(1234, shape=shape, spacing=spacing)
+    predictor = Predictor.from_weights(weights, device=device)
+    ids, n = instances_of(case.labels, 2)
+    if n == 0:
+        ids, n = instances_of(case.labels, (2, 3))
+    clicks = []
+    for k in range(1, max(n, 1) + 1):
+        where = np.argwhere(ids == k) if n else np.array([[s // 2 for s in shape]])
+        clicks.append(tuple(int(v) for v in where[len(where) // 2]))
+    t = time.perf_counter()
+    predictor.set_image(case.image, case.spacing)
+    set_image_s = time.perf_counter() - t
+    predict_ms, preds = [], []
+    for i in range(repeats):
+        t = time.perf_counter()
+        preds.append(predictor.predict([clicks[i % len(clicks)]]))
+        predict_ms.append((time.perf_counter() - t) * 1000)
+    threshold_ms = []
+    for thr in np.linspace(0.2, 0.8, 7):
+        t = time.perf_counter()
+        preds[0].labels(float(thr))
+        threshold_ms.append((time.perf_counter() - t) * 1000)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB -> MB on Linux
+    queue.put({"shape": list(shape), "spacing": list(spacing), "windows": len(predictor._windows),
+               "set_image_s": round(set_image_s, 3), "predict_ms": round(statistics.median(predict_ms), 1),
+               "threshold_ms": round(statistics.median(threshold_ms), 2), "peak_rss_mb": round(rss, 1),
+               "instances": len(preds[0]), "device": str(predictor.device), "threads": torch.get_num_threads()})
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..errors import MiqsamError
+
+    volumes = DEFAULT_VOLUMES[:2] if args.quick else DEFAULT_VOLUMES
+    ctx = mp.get_context("spawn")  # a fresh process per volume: an honest peak RSS
+    results = []
+    for shape, spacing in volumes:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_measure, args=(shape, spacing, args.weights, args.device, max(5, args.repeats), queue))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0 or queue.empty():
+            raise MiqsamError(f"the benchmark of {shape} failed (exit code {proc.exitcode})")
+        r = queue.get()
+        results.append(r)
+        print(f"{'x'.join(map(str, shape))}: set_image {r['set_image_s']:.2f} s, predict {r['predict_ms']:.0f} ms, "
+              f"threshold {r['threshold_ms']:.1f} ms, peak {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    out = {"device": results[0]["device"], "threads": results[0]["threads"], "torch": torch.__version__,
+           "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor(),
+           "results": results}
+    print("| shape (z, y, x) | spacing mm | windows | set_image_s | predict_ms | threshold_ms | peak_rss_mb |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {'x'.join(map(str, r['shape']))} | {'x'.join(map(str, r['spacing']))} | {r['windows']} | "
+              f"{r['set_image_s']:.2f} | {r['predict_ms']:.0f} | {r['threshold_ms']:.1f} | {r['peak_rss_mb']:.0f} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out, indent=2))
+        tmp.replace(args.json)
+    return 0

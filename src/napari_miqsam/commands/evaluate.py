@@ -1,0 +1,131 @@
+"""``miqsam evaluate DATA``: one-click evaluation of the model against classical baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+HELP = "Evaluate one-click lesion segmentation (model vs region growing vs threshold+CC) on labelled data."
+
+_PHANTOM = re.compile(r"^phantom:(\d+)(?::(-?\d+))?$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", help="data set folder (LiTS, KiTS or MSD layout) or phantom:N:SEED")
+    parser.add_argument("--format", default="auto", choices=("auto", "lits", "kits", "msd", "phantom"),
+                        help="data set layout (default: detected)")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="model weights (.safetensors); default: the shipped weights")
+    parser.add_argument("--clicks", type=int, default=3, help="clicks per lesion class and case (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the instance and click choice")
+    parser.add_argument("--threshold", type=float, default=0.5, help="confidence threshold (default 0.5)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N cases")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--min-size", type=int, default=10,
+                        help="ignore instances smaller than this many voxels (default 10)")
+    parser.add_argument("--no-model", action="store_true", help="baselines only")
+    parser.add_argument("--no-baselines", action="store_true", help="model only")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json",
+                        help="write the full result (summary and per-case rows) here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def resolve_cases(data: str, fmt: str = "auto", limit: int | None = None) -> list:
+    """Case references for ``DATA`` (a folder, or ``phantom:N[:SEED]``)."""
+    from ..data.datasets import list_cases, phantom_cases
+    from ..errors import InputError
+
+    m = _PHANTOM.match(str(data))
+    if m or fmt == "phantom":
+        if not m:
+            raise InputError(f"{data!r}: with --format phantom, DATA must be phantom:N:SEED")
+        cases = phantom_cases(int(m.group(1)), int(m.group(2) or 0))
+    else:
+        cases = list_cases(Path(data), fmt)
+    if limit is not None:
+        if limit < 1:
+            raise InputError(f"--limit must be at least 1, got {limit}")
+        cases = cases[:limit]
+    return cases
+
+
+def _jsonable(obj):
+    if isinstance(obj, float):
+        return None if math.isnan(obj) or math.isinf(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item"):
+        return _jsonable(obj.item())
+    return obj
+
+
+def write_json_atomic(path: Path, obj, overwrite: bool = True) -> None:
+    """Write ``obj`` as JSON via a temporary file + ``os.replace``."""
+    import os
+    import uuid
+
+    from ..errors import WriteError
+
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise WriteError(f"{path}: the folder {folder} does not exist")
+    if path.exists() and not overwrite:
+        raise WriteError(f"{path}: the file exists; use --overwrite")
+    tmp = folder / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(_jsonable(obj), fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise WriteError(f"{path}: cannot write ({exc})") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
+    from ..evaluation.evaluate import evaluate, format_markdown_table
+
+    if args.clicks < 1:
+        raise InputError(f"--clicks must be at least 1, got {args.clicks}")
+    if args.no_model and args.no_baselines:
+        raise InputError("--no-model and --no-baselines leave nothing to evaluate")
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        from ..errors import WriteError
+
+        raise WriteError(f"{args.json}: the file exists; use --overwrite")
+    cases = resolve_cases(args.data, args.format, args.limit)
+    predictor = None
+    if not args.no_model:
+        from ..inference.predictor import Predictor
+
+        predictor = Predictor.from_weights(
+            str(args.weights) if args.weights is not None else None, device=args.device
+        )
+    result = evaluate(
+        cases,
+        predictor,
+        clicks=args.clicks,
+        seed=args.seed,
+        threshold=args.threshold,
+        min_size=args.min_size,
+        progress=not args.quiet,
+        baselines=not args.no_baselines,
+    )
+    result["data"] = str(args.data)
+    result["weights"] = str(args.weights) if args.weights is not None else "default"
+    print(format_markdown_table(result), end="")
+    if args.json is not None:
+        write_json_atomic(args.json, result, overwrite=True)
+    return 0

@@ -1,0 +1,357 @@
+"""One-click evaluation: the model against two classical baselines on labelled cases.
+
+Protocol, per case and per lesion class present in it:
+
+1. pick one instance of that class (uniformly at random among the instances of at least
+   ``min_size`` voxels, with a rng seeded by (seed, case index), so a sharded run draws the same);
+2. simulate ``clicks`` single-point prompts on it, cycling through the modes
+   center / interior / boundary (:mod:`napari_miqsam.data.prompts`);
+3. for each click, predict with the model (one ``set_image`` per case, one ``predict`` per
+   click) and with the baselines, and score the prediction against ALL instances of that class:
+   Dice and NSD (1 mm, 2 mm) of the union, instance recall / precision / F1 (IoU >= 0.5,
+   Hungarian), and the wrong-class rate (predicted voxels on lesions of another class);
+4. average over the clicks (and report the std of Dice over the clicks).
+
+The summary is the mean over (case, class) rows. ``shard=(rank, world)`` evaluates
+``cases[rank::world]``; :func:`merge_results` concatenates the rows of the shards and recomputes
+the means, giving the same numbers as a single-process run.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..data.datasets import lesion_classes_in
+from ..data.instances import instances_of, relabel_sequential
+from ..data.phantom import Case
+from ..data.prompts import CLICK_MODES, simulate_click
+from ..errors import InputError
+from .baselines import denoise, region_grow, threshold_cc
+from .metrics import dice, instance_scores, nsd, wrong_class_rate
+
+__all__ = ["METHODS", "METRICS", "evaluate", "format_markdown_table", "merge_results", "score"]
+
+#: Per-click metrics, averaged over clicks then over (case, class) rows.
+METRICS: tuple[str, ...] = (
+    "dice",
+    "nsd_1mm",
+    "nsd_2mm",
+    "instance_recall",
+    "instance_precision",
+    "instance_f1",
+    "wrong_class_rate",
+)
+#: Row-level metrics (one value per (case, class)).
+ROW_METRICS: tuple[str, ...] = METRICS + ("dice_std_over_clicks",)
+METHODS: tuple[str, ...] = ("model", "region_grow", "threshold_cc")
+
+
+def score(
+    pred_labels: np.ndarray,
+    labels: np.ndarray,
+    cls: int,
+    spacing: Sequence[float],
+    gt_instances: np.ndarray | None = None,
+    min_size: int = 0,
+    iou: float = 0.5,
+) -> dict[str, float]:
+    """All per-click metrics of one predicted instance volume against class ``cls``.
+
+    Args:
+        pred_labels: (z, y, x) integer instances (0 background) or a bool mask (one instance).
+        labels: (z, y, x) class volume.
+        cls: the lesion class prompted.
+        spacing: (z, y, x) mm.
+        gt_instances: ``instances_of(labels, cls, min_size)[0]`` if already computed.
+        min_size: predicted instances smaller than this are ignored in the instance scores.
+    """
+    pred = np.asarray(pred_labels)
+    if pred.dtype == bool:
+        pred = pred.astype(np.int32)
+    if pred.shape != labels.shape:
+        raise InputError(
+            f"the prediction has shape {pred.shape}, the labels {labels.shape}: predictions must "
+            f"be in the original voxel grid"
+        )
+    if gt_instances is None:
+        gt_instances, _ = instances_of(labels, cls, min_size)
+    pred_mask = pred > 0
+    gt_mask = labels == cls
+    inst_pred = relabel_sequential(pred, min_size)[0] if min_size > 1 else pred
+    s = instance_scores(inst_pred, gt_instances, iou)
+    return {
+        "dice": dice(pred_mask, gt_mask),
+        "nsd_1mm": nsd(pred_mask, gt_mask, spacing, 1.0),
+        "nsd_2mm": nsd(pred_mask, gt_mask, spacing, 2.0),
+        "instance_recall": s["recall"],
+        "instance_precision": s["precision"],
+        "instance_f1": s["f1"],
+        "wrong_class_rate": wrong_class_rate(pred_mask, labels, cls),
+    }
+
+
+def _load(case: Any) -> Case:
+    if isinstance(case, Case):
+        return case
+    if hasattr(case, "load"):
+        return case.load()
+    raise InputError(f"not a case: {case!r} (expected a Case or an object with .load())")
+
+
+def _resolve_predictor(predictor: Any) -> Any:
+    if predictor is None:
+        return None
+    if hasattr(predictor, "set_image") and hasattr(predictor, "predict"):
+        return predictor
+    if callable(predictor):
+        made = predictor()
+        if not (hasattr(made, "set_image") and hasattr(made, "predict")):
+            raise InputError("the predictor factory did not return an object with set_image/predict")
+        return made
+    raise InputError("predictor must have set_image() and predict(), or be a factory of one")
+
+
+def _mean(values: Iterable[float]) -> float:
+    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def _summarise(rows: list[dict], methods: Sequence[str]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for m in methods:
+        mrows = [r["methods"][m] for r in rows if m in r.get("methods", {})]
+        if not mrows:
+            continue
+        out[m] = {k: _mean(r.get(k) for r in mrows) for k in ROW_METRICS}
+        out[m]["n_rows"] = len(mrows)
+    return out
+
+
+def _assemble(rows: list[dict], clicks: int, seed: int, threshold: float, extra: dict) -> dict:
+    rows = sorted(rows, key=lambda r: (r["index"], r["class"]))
+    methods = [m for m in METHODS if any(m in r["methods"] for r in rows)]
+    summary = _summarise(rows, methods)
+    by_class: dict[str, dict] = {}
+    for cls in sorted({r["class"] for r in rows}):
+        by_class[str(cls)] = _summarise([r for r in rows if r["class"] == cls], methods)
+    return {
+        "model": summary.get("model", {}),
+        "baselines": {m: summary[m] for m in methods if m != "model"},
+        "by_class": by_class,
+        "cases": rows,
+        "n_cases": len({r["index"] for r in rows}),
+        "n_rows": len(rows),
+        "clicks": int(clicks),
+        "seed": int(seed),
+        "threshold": float(threshold),
+        **extra,
+    }
+
+
+def evaluate(
+    cases: Iterable[Any],
+    predictor: Any = None,
+    clicks: int = 3,
+    seed: int = 0,
+    threshold: float = 0.5,
+    lesion_classes: Sequence[int] | None = None,
+    min_size: int = 10,
+    progress: bool = True,
+    shard: tuple[int, int] | None = None,
+    baselines: bool = True,
+    iou: float = 0.5,
+) -> dict:
+    """Evaluate one-click multi-instance segmentation; see the module docstring.
+
+    Args:
+        cases: :class:`Case` objects or references with ``.load() -> Case`` (``CaseRef``,
+            ``PhantomRef``); materialised as a list (loading is lazy, one case at a time).
+        predictor: an object with ``set_image(volume, spacing=...)`` and
+            ``predict(positive=[(z, y, x)], negative=[]) -> Prediction`` where
+            ``Prediction.labels(threshold) -> (uint16 instance labels in the original grid,
+            table)``; or a zero-argument factory returning one; or None (baselines only).
+        clicks: clicks per (case, class), modes cycling center / interior / boundary.
+        seed: seeds the instance choice and the clicks (per case: ``(seed, case index)``).
+        threshold: confidence threshold passed to ``Prediction.labels``.
+        lesion_classes: classes to prompt (those present in each case); None = every label
+            value >= 2 present (or 1 if it is the only one).
+        min_size: gt and predicted instances smaller than this (voxels) are ignored for the
+            instance scores and are never the clicked target.
+        progress: tqdm bar on stderr.
+        shard: ``(rank, world)``: only ``cases[rank::world]``.
+        baselines: also run region growing and threshold + connected components.
+        iou: IoU threshold for instance matching.
+
+    Returns:
+        ``{"model": {metric: mean}, "baselines": {"region_grow": {...}, "threshold_cc":
+        {...}}, "by_class": {...}, "cases": [rows], "n_cases", "n_rows", "clicks", "seed",
+        "threshold", "shard"}``; each row has ``case``, ``index``, ``class``,
+        ``n_gt_instances``, ``target_voxels``, ``points``, timings and ``methods`` ->
+        {method: {metric: mean over clicks, "dice_std_over_clicks", "dice_per_click"}}.
+    """
+    from tqdm import tqdm
+
+    if clicks < 1:
+        raise InputError(f"clicks must be >= 1, got {clicks}")
+    all_cases = list(cases)
+    rank, world = (0, 1) if shard is None else (int(shard[0]), int(shard[1]))
+    if world < 1 or not 0 <= rank < world:
+        raise InputError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+    indices = list(range(rank, len(all_cases), world))
+    model = _resolve_predictor(predictor)
+    rows: list[dict] = []
+    bar = tqdm(indices, desc="evaluate", unit="case", disable=not progress, file=sys.stderr)
+    for index in bar:
+        case = _load(all_cases[index])
+        rows.extend(
+            _evaluate_case(case, index, model, clicks, seed, threshold, lesion_classes,
+                           min_size, baselines, iou)
+        )
+    bar.close()
+    return _assemble(rows, clicks, seed, threshold, {"shard": [rank, world]})
+
+
+def _evaluate_case(
+    case: Case,
+    index: int,
+    model: Any,
+    clicks: int,
+    seed: int,
+    threshold: float,
+    lesion_classes: Sequence[int] | None,
+    min_size: int,
+    baselines: bool,
+    iou: float,
+) -> list[dict]:
+    image = np.asarray(case.image, np.float32)
+    labels = np.asarray(case.labels)
+    spacing = tuple(float(s) for s in case.spacing)
+    rng = np.random.default_rng([int(seed), int(index)])
+    present = lesion_classes_in(labels)
+    classes = [c for c in (lesion_classes if lesion_classes is not None else present) if c in present]
+    todo = []
+    for cls in classes:
+        inst, n = instances_of(labels, cls, min_size)
+        if n:
+            todo.append((int(cls), inst, n))
+    if not todo:
+        return []
+    embed_s = float("nan")
+    if model is not None:
+        t0 = time.perf_counter()
+        model.set_image(image, spacing=spacing)
+        embed_s = time.perf_counter() - t0
+    smoothed = denoise(image, spacing) if baselines else None
+    rows = []
+    for cls, inst, n in todo:
+        target = int(rng.integers(1, n + 1))
+        tmask = inst == target
+        per: dict[str, list[dict]] = {}
+        points = []
+        predict_s = []
+        for i in range(clicks):
+            mode = CLICK_MODES[i % len(CLICK_MODES)]
+            point = simulate_click(tmask, mode, rng, spacing)
+            points.append({"point": list(point), "mode": mode})
+            if model is not None:
+                t0 = time.perf_counter()
+                prediction = model.predict(positive=[point], negative=[])
+                lab, _table = prediction.labels(threshold)
+                predict_s.append(time.perf_counter() - t0)
+                per.setdefault("model", []).append(
+                    score(np.asarray(lab), labels, cls, spacing, inst, min_size, iou))
+            if baselines:
+                rg = region_grow(image, point, spacing, smoothed=smoothed)
+                per.setdefault("region_grow", []).append(
+                    score(rg, labels, cls, spacing, inst, min_size, iou))
+                tc = threshold_cc(image, point, spacing, smoothed=smoothed, seed_mask=rg)
+                per.setdefault("threshold_cc", []).append(
+                    score(tc, labels, cls, spacing, inst, min_size, iou))
+        methods = {}
+        for m, scores in per.items():
+            agg = {k: float(np.mean([s[k] for s in scores])) for k in METRICS}
+            d = [s["dice"] for s in scores]
+            agg["dice_std_over_clicks"] = float(np.std(d))
+            agg["dice_per_click"] = [float(x) for x in d]
+            methods[m] = agg
+        rows.append({
+            "case": case.name,
+            "index": int(index),
+            "class": int(cls),
+            "n_gt_instances": int(n),
+            "target_voxels": int(tmask.sum()),
+            "spacing": list(spacing),
+            "shape": [int(s) for s in image.shape],
+            "points": points,
+            "embed_s": embed_s,
+            "predict_s": float(np.mean(predict_s)) if predict_s else float("nan"),
+            "methods": methods,
+        })
+    return rows
+
+
+def merge_results(partials: Sequence[dict]) -> dict:
+    """Merge shard results: concatenate their rows and recompute every mean."""
+    partials = [p for p in partials if p]
+    if not partials:
+        raise InputError("nothing to merge")
+    rows = [r for p in partials for r in p.get("cases", [])]
+    seen = set()
+    unique = []
+    for r in rows:
+        key = (r["index"], r["class"])
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    first = partials[0]
+    return _assemble(unique, first["clicks"], first["seed"], first.get("threshold", 0.5),
+                     {"shard": [0, 1], "merged_from": len(partials)})
+
+
+_LABELS = {
+    "dice": "Dice",
+    "nsd_1mm": "NSD@1mm",
+    "nsd_2mm": "NSD@2mm",
+    "instance_recall": "Inst. recall",
+    "instance_precision": "Inst. precision",
+    "instance_f1": "Inst. F1",
+    "wrong_class_rate": "Wrong-class",
+    "dice_std_over_clicks": "Dice std (clicks)",
+}
+
+
+def format_markdown_table(result: dict) -> str:
+    """The summary as a Markdown table (one row per method), with a per-class breakdown."""
+    cols = list(ROW_METRICS)
+
+    def table(summary: dict[str, dict]) -> list[str]:
+        lines = ["| Method | " + " | ".join(_LABELS[c] for c in cols) + " |",
+                 "|---|" + "---:|" * len(cols)]
+        for name in METHODS:
+            s = summary.get(name)
+            if not s:
+                continue
+            cells = ["n/a" if (v := s.get(c)) is None or (isinstance(v, float) and math.isnan(v))
+                     else f"{v:.3f}" for c in cols]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return lines
+
+    summary = {"model": result.get("model", {}), **result.get("baselines", {})}
+    out = [
+        f"One-click evaluation: {result.get('n_cases', 0)} cases, {result.get('n_rows', 0)} "
+        f"(case, class) rows, {result.get('clicks')} clicks each "
+        f"(center/interior/boundary), seed {result.get('seed')}, threshold "
+        f"{result.get('threshold', 0.5)}",
+        "",
+        *table(summary),
+    ]
+    by_class = result.get("by_class", {})
+    if len(by_class) > 1:
+        for cls, s in by_class.items():
+            out += ["", f"Class {cls}:", "", *table(s)]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,138 @@
+"""The synthetic CT phantom: content, reproducibility, speed-independent properties."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_miqsam.data.instances import instances_of
+from napari_miqsam.data.phantom import (
+    CYST, FOV_MM, SMALL_SHAPE, TUMOUR, Case, make_phantom, sample_spacing, write_phantoms,
+)
+from napari_miqsam.errors import InputError
+
+# one default-size case shared by the tests of this module
+@pytest.fixture(scope="module")
+def case() -> Case:
+    return make_phantom(3)
+
+
+def test_default_case_geometry(case):
+    assert isinstance(case, Case)
+    assert case.image.dtype == np.float32 and case.labels.dtype == np.uint8
+    assert case.image.shape == case.labels.shape
+    sz, sy, sx = case.spacing
+    assert 0.8 <= sz <= 5.0 and 0.6 <= sy <= 1.0 and sy == sx
+    for n, s, f in zip(case.image.shape, case.spacing, FOV_MM):
+        assert abs(n * s - f) <= s  # the field of view is ~120 x 180 x 180 mm
+    assert case.affine.shape == (4, 4)
+    assert np.allclose(np.abs(np.diag(case.affine)[:3]), case.spacing[::-1])
+
+
+def test_reproducible():
+    a = make_phantom(11, shape=SMALL_SHAPE)
+    b = make_phantom(11, shape=SMALL_SHAPE)
+    c = make_phantom(12, shape=SMALL_SHAPE)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+    assert a.spacing == b.spacing
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_same_seed_same_anatomy_at_other_spacing():
+    a = make_phantom(5, spacing=(3.0, 1.0, 1.0))
+    b = make_phantom(5, spacing=(3.0, 1.0, 1.0))
+    assert a.meta["organ_hu"] == b.meta["organ_hu"]
+    c = make_phantom(5, spacing=(2.0, 0.9, 0.9))
+    assert c.meta["organ_hu"] == a.meta["organ_hu"]  # anatomy depends on the seed only
+
+
+def test_classes_and_instances(case):
+    values = set(np.unique(case.labels).tolist())
+    assert values <= {0, 1, 2, 3} and 1 in values
+    meta = case.meta
+    for cls, key in ((TUMOUR, "n_tumours"), (CYST, "n_cysts")):
+        _, n = instances_of(case.labels, cls)
+        assert n == meta[key]
+        assert 0 <= n <= 8
+    # every lesion is its own 26-connected component, tumours and cysts included together
+    _, n_all = instances_of(case.labels, [2, 3])
+    assert n_all == meta["n_tumours"] + meta["n_cysts"] == len(meta["lesions"])
+    # lesions lie inside the organ: every lesion voxel's neighbourhood is organ or lesion
+    les = case.labels >= 2
+    ring = ndimage.binary_dilation(les, np.ones((3, 3, 3), bool)) & ~les
+    assert np.isin(case.labels[ring], [1, 2, 3]).mean() > 0.9
+
+
+def test_hu_ranges(case):
+    img = case.image
+    assert img[0, 0, 0] < -900 and img[-1, -1, -1] < -900  # air in the corners
+    assert np.percentile(img, 99.9) > 400  # bone
+    organ = case.labels == 1
+    assert 30 < float(np.median(img[organ])) < 145
+    for les in case.meta["lesions"]:
+        if les["class"] == CYST:
+            assert 0.0 <= les["hu"] <= 20.0
+        else:
+            assert 15.0 <= les["contrast_hu"] <= 50.0
+            assert les["hu"] == pytest.approx(case.meta["organ_hu"] - les["contrast_hu"])
+        assert 2.0 <= les["diameter_mm"] <= 65.0
+    assert 8.0 <= case.meta["noise_sigma"] <= 25.0
+    assert 40.0 <= case.meta["organ_hu"] <= 130.0
+
+
+def test_cyst_and_tumour_intensity_in_image():
+    # measured in the image (noise averages out over the lesion core)
+    c = make_phantom(21)
+    inst, n = instances_of(c.labels, CYST)
+    core = ndimage.binary_erosion(inst > 0, iterations=1)
+    if core.sum() > 50:
+        assert -12 < float(c.image[core].mean()) < 32
+    t = ndimage.binary_erosion(c.labels == TUMOUR, iterations=1)
+    if t.sum() > 50:
+        assert float(c.image[t].mean()) < c.meta["organ_hu"]
+
+
+def test_most_cases_have_both_classes():
+    both = 0
+    for seed in range(40):
+        c = make_phantom(seed, shape=(30, 64, 64), spacing=(4.0, 2.8, 2.8))
+        both += c.meta["n_tumours"] > 0 and c.meta["n_cysts"] > 0
+    assert both >= 34  # >= 85 %
+
+
+def test_small_shape_and_given_spacing():
+    c = make_phantom(0, shape=SMALL_SHAPE)
+    assert c.image.shape == SMALL_SHAPE
+    assert (c.labels == 1).any()
+    d = make_phantom(0, spacing=(5.0, 1.0, 1.0))
+    assert d.image.shape == (24, 180, 180)
+    e = make_phantom(0, shape=(16, 32, 32), spacing=(2.0, 2.0, 2.0))
+    assert e.image.shape == (16, 32, 32) and e.spacing == (2.0, 2.0, 2.0)
+
+
+def test_sample_spacing_distribution():
+    rng = np.random.default_rng(0)
+    zs = np.array([sample_spacing(rng)[0] for _ in range(400)])
+    assert zs.min() >= 0.8 and zs.max() <= 5.0
+    assert 0.5 < np.mean((zs >= 1.0) & (zs <= 3.0))
+
+
+@pytest.mark.parametrize("bad", [(0, 64, 64), (32, 64), "abc"])
+def test_bad_shape(bad):
+    with pytest.raises(InputError):
+        make_phantom(0, shape=bad)
+
+
+def test_write_phantoms_kits_layout(tmp_path):
+    from napari_miqsam.data.datasets import detect_format, list_cases
+
+    folders = write_phantoms(tmp_path / "ph", 2, seed=7, shape=(16, 32, 32), progress=False)
+    assert [f.name for f in folders] == ["case_00000", "case_00001"]
+    assert detect_format(tmp_path / "ph") == "kits"
+    refs = list_cases(tmp_path / "ph")
+    loaded = refs[1].load()
+    ref = make_phantom(8, shape=(16, 32, 32))
+    assert np.array_equal(loaded.labels, ref.labels)
+    assert np.allclose(loaded.image, np.round(ref.image), atol=0.5)
+    assert np.allclose(loaded.spacing, ref.spacing, rtol=1e-6)

@@ -1,0 +1,166 @@
+"""Predictor: cache contract, coordinate mapping, original-grid outputs, tiling, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_miqsam.errors import CancelledError, InputError, NotReadyError
+from napari_miqsam.inference.postprocess import split_instances, to_original_grid
+from napari_miqsam.inference.prediction import Instance, Prediction
+from napari_miqsam.inference.predictor import Predictor
+from napari_miqsam.inference.preprocess import GridMap, normalise_intensity
+from napari_miqsam.inference.resample import resample_to_model
+from napari_miqsam.inference.tiling import plan_windows
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor.from_config("tiny", seed=0)
+
+
+def volume(shape=(24, 40, 48), seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(40, 20, shape)).astype(np.float32)
+
+
+def test_predict_before_set_image_raises(predictor):
+    p = Predictor.from_config("tiny")
+    with pytest.raises(NotReadyError, match="set_image"):
+        p.predict([(1, 1, 1)])
+
+
+def test_encoder_runs_once_for_many_clicks(predictor):
+    predictor.set_image(volume(), spacing=(1.0, 1.0, 1.0))
+    n = predictor.embed_calls
+    for pt in [(5, 10, 10), (12, 20, 30), (20, 30, 40)]:
+        predictor.predict([pt])
+    assert predictor.embed_calls == n
+
+
+def test_labels_in_original_grid(predictor):
+    shape = (13, 37, 29)
+    predictor.set_image(volume(shape), spacing=(3.0, 0.7, 0.9))
+    pred = predictor.predict([(6, 18, 14)], [(1, 1, 1)])
+    lab, rows = pred.labels(0.0)
+    assert lab.shape == shape and lab.dtype == np.uint16
+    assert {r["id"] for r in rows} == set(np.unique(lab[lab > 0]).tolist())
+    for r in rows:
+        assert r["voxels"] == int((lab == r["id"]).sum())
+        assert r["volume_mm3"] == pytest.approx(r["voxels"] * 3.0 * 0.7 * 0.9)
+
+
+def test_click_mapping_with_anisotropic_spacing():
+    """A click on the centre of a bright block lands on the block's centre in the model grid."""
+    shape, spacing = (20, 64, 48), (2.5, 0.75, 1.25)
+    grid = GridMap.build(shape, spacing, (1.0, 1.0, 1.0))
+    assert grid.model_shape == (50, 48, 60)
+    vol = np.zeros(shape, np.float32)
+    vol[8:12, 20:28, 10:16] = 1.0  # centre (9.5, 23.5, 12.5) in original voxels
+    model = resample_to_model(vol, grid.model_shape).numpy()
+    com = np.array([(model * idx).sum() / model.sum() for idx in np.indices(model.shape)])
+    np.testing.assert_allclose(grid.to_model([(9.5, 23.5, 12.5)])[0], com, atol=0.05)
+    # round trip and physical consistency: model voxel j's centre is at (j + 0.5) * model spacing mm
+    pts = np.array([[0.0, 0.0, 0.0], [19.0, 63.0, 47.0], [3.3, 7.7, 1.1]])
+    np.testing.assert_allclose(grid.to_original(grid.to_model(pts)), pts, atol=1e-9)
+    mm = (pts + 0.5) * spacing
+    np.testing.assert_allclose((grid.to_model(pts) + 0.5) * grid.model_spacing, mm, atol=1e-9)
+
+
+def test_point_outside_and_bad_inputs(predictor):
+    predictor.set_image(volume(), spacing=(1, 1, 1))
+    with pytest.raises(InputError, match="outside"):
+        predictor.predict([(24, 5, 5)])
+    with pytest.raises(InputError, match="positive"):
+        predictor.predict([], [(3, 3, 3)])
+    with pytest.raises(InputError, match="3D"):
+        predictor.set_image(np.zeros((30, 30)), spacing=(1, 1, 1))
+    with pytest.raises(InputError, match="spacing"):
+        predictor.set_image(volume(), spacing=(0, 1, 1))
+    with pytest.raises(InputError, match="channel"):
+        predictor.set_image(np.zeros((3, 20, 20, 20)), spacing=(1, 1, 1))
+    predictor.predict([(0, 0, 0)])  # a click on the edge works
+
+
+def test_tiled_and_untiled_agree_on_a_volume_that_fits_one_window():
+    """Forcing small windows on a volume that fits one must give (nearly) the same result."""
+    vol = volume((40, 40, 40), seed=3)
+    big = Predictor.from_config("tiny", seed=1)
+    small = Predictor.from_config("tiny", seed=1, window=32, overlap=8)
+    big.set_image(vol, (1, 1, 1))
+    small.set_image(vol, (1, 1, 1))
+    assert len(big._windows) == 1 and len(small._windows) == 8
+    a = big.predict([(20, 20, 20)]).labels(0.0)[0] > 0
+    b = small.predict([(20, 20, 20)]).labels(0.0)[0] > 0
+    # windows see less context, so allow a small disagreement in foreground
+    assert (a ^ b).mean() < 0.15
+
+
+def test_cancel_between_windows():
+    p = Predictor.from_config("tiny", window=32, overlap=8)
+    calls = []
+    with pytest.raises(CancelledError):
+        p.set_image(volume((40, 40, 40)), (1, 1, 1), progress=lambda i, n: calls.append(i), cancel=lambda: len(calls) >= 2)
+    assert len(calls) == 2 and not p.is_image_set
+
+
+def test_windows_tile_the_volume():
+    shape = (70, 130, 96)
+    wins = plan_windows(shape, 64, 16)
+    owned = np.zeros(shape, int)
+    for w in wins:
+        assert all(b - a <= 64 for a, b in zip(w.start, w.stop))
+        assert all(a <= oa and ob <= b for a, b, oa, ob in zip(w.start, w.stop, w.own_start, w.own_stop))
+        owned[tuple(slice(a, b) for a, b in zip(w.own_start, w.own_stop))] += 1
+    assert (owned == 1).all()
+
+
+def test_seam_merge_keeps_one_label_per_lesion():
+    slot = np.zeros((10, 10, 10), np.int16)
+    slot[2:5, 2:5, 3:5] = 1  # left of the seam at x = 5, query 1
+    slot[2:5, 2:5, 5:8] = 2  # right of the seam, another query (another window)
+    slot[7:9, 7:9, 0:2] = 3  # a separate lesion
+    ids, n = split_instances(slot, seams=[(2, 5)])
+    assert n == 2 and len(np.unique(ids[2:5, 2:5, 3:8])) == 1
+    ids, n = split_instances(slot)  # without the seam, competition splits touching instances
+    assert n == 3
+
+
+def test_upsampled_masks_are_smooth_and_exact_size():
+    """A sphere on a coarse map comes back as a sphere of the right volume on a finer grid."""
+    grid = GridMap.build((64, 64, 64), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0))  # model 32^3, stride-2 map 16^3
+    c = (np.indices((16, 16, 16)) + 0.5) * 2.0 - 16.0  # stride-2 cell centres in mm (cells of 2 mm)
+    r = np.sqrt((c ** 2).sum(0))
+    fg = np.clip(0.5 + (6.0 - r) / 2.0, 0, 1).astype(np.float32)  # radius 6 mm, soft edge
+    slot = (fg > 0.5).astype(np.int16)
+    ids, n = split_instances(slot)
+    inst = to_original_grid(ids, n, fg, np.array([0.9]), grid, 2)
+    assert len(inst) == 1
+    vol_mm3 = inst[0].voxels * 0.125
+    assert vol_mm3 == pytest.approx(4 / 3 * np.pi * 6.0 ** 3, rel=0.12)
+
+
+def test_threshold_is_a_pure_function():
+    m = np.ones((2, 2, 2), bool)
+    pred = Prediction((6, 6, 6), (1.0, 2.0, 1.0), [
+        Instance(0.9, (slice(0, 2),) * 3, m), Instance(0.3, (slice(1, 3),) * 3, m), Instance(0.6, (slice(4, 6),) * 3, m)])
+    lab, rows = pred.labels(0.5)
+    assert [r["id"] for r in rows] == [1, 2] and lab[2, 2, 2] == 0
+    lab, rows = pred.labels(0.0)
+    assert lab[1, 1, 1] == 1  # overlap goes to the higher score
+    assert rows[2]["voxels"] == 7 and rows[2]["volume_mm3"] == 14.0
+    assert pred.count(0.95) == 0
+
+
+def test_normalisation_ct_and_other():
+    ct = np.full((8, 8, 8), -1000.0)
+    ct[2:6] = 40.0
+    out = normalise_intensity(ct)
+    assert out.min() == -1.0 and abs(out[3, 3, 3]) < 1e-6
+    micro = np.arange(512, dtype=np.uint16).reshape(8, 8, 8)
+    out = normalise_intensity(micro)
+    assert out.min() == -1.0 and out.max() == 1.0
+    assert (normalise_intensity(np.full((4, 4, 4), 7)) == 0).all()
+    nan = np.ones((4, 4, 4), np.float32)
+    nan[0, 0, 0] = np.nan
+    nan[1, 1, 1] = np.inf
+    assert np.isfinite(normalise_intensity(nan)).all()

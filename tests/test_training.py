@@ -1,0 +1,110 @@
+"""Training: matching, losses, sampling, a few real steps, and 2-process DDP on CPU (gloo)."""
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from napari_miqsam.training.losses import dice_loss, layer_loss, LossWeights
+from napari_miqsam.training.matching import match_queries
+from napari_miqsam.training.sampling import PreparedCase, augment, boundary_target, sample_example
+from napari_miqsam.model.head import LayerOutput
+
+
+def test_matching_finds_the_right_pairs():
+    v = 100
+    targets = torch.zeros(2, v)
+    targets[0, :10] = 1
+    targets[1, 50:70] = 1
+    probs = torch.full((4, v), 0.01)
+    probs[3, 50:70] = 0.95  # query 3 covers target 1
+    probs[1, :10] = 0.9  # query 1 covers target 0
+    qi, ti = match_queries(probs, torch.tensor([0.5, 0.5, 0.5, 0.5]), targets)
+    assert dict(zip(ti.tolist(), qi.tolist())) == {0: 1, 1: 3}
+    qi, ti = match_queries(probs, torch.ones(4), torch.zeros(0, v))
+    assert len(qi) == 0
+
+
+def test_losses_prefer_the_right_answer():
+    t = torch.zeros(1, 2, 4, 4, 4)
+    t[0, 0, :2] = 1.0
+    t[0, 1, 3:] = 1.0
+    good = torch.full((1, 3, 4, 4, 4), -8.0)
+    good[0, 0, :2] = 8.0
+    good[0, 2, 3:] = 8.0
+    bg = torch.zeros(1, 1, 4, 4, 4)
+    bg[0, 0, 2] = 8.0
+    scores = torch.tensor([[5.0, -5.0, 5.0]])
+    lg = layer_loss(LayerOutput(good, scores, bg, True), [t[0]], LossWeights())
+    lb = layer_loss(LayerOutput(torch.zeros_like(good), -scores, bg, True), [t[0]], LossWeights())
+    for k in ("mask", "dice", "conf"):
+        assert lg[k] < lb[k] and lg[k] < 0.05, k
+    assert dice_loss(torch.ones(1, 5), torch.ones(1, 5)) < 1e-6
+
+
+def toy_case(seed=0) -> PreparedCase:
+    rng = np.random.default_rng(seed)
+    img = rng.normal(0, 0.1, (40, 40, 40)).astype(np.float32)
+    cls = np.zeros((40, 40, 40), np.uint8)
+    inst = np.zeros((40, 40, 40), np.int32)
+    cls[5:35, 5:35, 5:35] = 1
+    for i, (c, sl) in enumerate([(2, np.s_[8:14, 8:14, 8:14]), (2, np.s_[25:31, 25:33, 10:16]), (3, np.s_[10:15, 25:30, 25:30])], start=1):
+        cls[sl], inst[sl] = c, i
+        img[sl] = -0.5 if c == 2 else -0.2
+    return PreparedCase(img, cls, inst, np.array([0, 2, 2, 3], np.int16))
+
+
+def test_sample_example_targets_all_instances_of_the_clicked_class():
+    case = toy_case()
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        ex = sample_example(case, 32, rng, neg_prob=1.0)
+        z, y, x = ex.points[0].round().long().tolist()
+        assert ex.labels[0] == 1
+        assert ex.image.shape == (1, 32, 32, 32) and ex.targets.shape[1:] == (16, 16, 16)
+        # the click lies inside one of the target instances
+        assert any(ex.targets[k, z // 2, y // 2, x // 2] > 0 for k in range(len(ex.targets)))
+        ex2 = augment(ex, rng)
+        assert ex2.targets.sum() == pytest.approx(ex.targets.sum())
+    sal = boundary_target(case.classes)
+    assert sal.shape == (1, 5, 5, 5) and 0 < sal.mean() < 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out):
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from napari_miqsam.training.loop import TrainOptions, train
+
+    res = train(TrainOptions(config="tiny", data="phantom", out=str(out), steps=3, batch=1, patch=32, pool=1,
+                             cases=4, warmup=1, checkpoint_every=100, device="cpu", phantom_shape=(32, 64, 64)),
+                log=lambda *a: None)
+    torch.save({k: v.clone() for k, v in res.model.state_dict().items()}, out / f"rank{rank}.pt")
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_hold_identical_weights(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    init = __import__("napari_miqsam.model.miqsam", fromlist=["x"])
+    torch.manual_seed(0)
+    fresh = init.MIQSAM3D(__import__("napari_miqsam.model.config", fromlist=["x"]).get_config("tiny")).state_dict()
+    assert any(not torch.equal(a[k], fresh[k]) for k in a)  # and they did train
+    assert (tmp_path / "miqsam_tiny.safetensors").exists() and (tmp_path / "checkpoint.pt").exists()
