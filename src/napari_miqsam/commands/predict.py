@@ -76,8 +76,14 @@ def predict_file(predictor, image: Path, output: Path, args) -> int:
     for path in (output, csv_out):
         if path.exists() and not args.overwrite:
             raise WriteError(f"{path} exists; pass --overwrite to replace it")
+    from tqdm import tqdm
+
     vol = read_volume(image)
-    predictor.set_image(vol.data, vol.spacing, channel=args.channel)
+    with tqdm(desc=f"embed {image.name}", unit="window", file=sys.stderr, leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+        predictor.set_image(vol.data, vol.spacing, channel=args.channel, progress=progress)
     prediction = predictor.predict(args.point, args.negative)
     labels, rows = prediction.labels(args.threshold)
     write_labels(output, labels, like=vol, overwrite=args.overwrite)

@@ -1,0 +1,77 @@
+"""The miqsam command line: predict round trip keeps the NIfTI geometry, refuses to overwrite."""
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_miqsam.cli import main
+from napari_miqsam.inference.predictor import Predictor
+from napari_miqsam.model.weights import save_weights
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    p = Predictor.from_config("tiny", seed=0)
+    return save_weights(p.model, tmp_path_factory.mktemp("w") / "tiny.safetensors", trained=False)
+
+
+def nifti(path, shape=(30, 20, 24)):
+    rng = np.random.default_rng(0)
+    data = rng.normal(0, 50, shape[::-1]).astype(np.float32)  # nibabel order (x, y, z)
+    affine = np.array([[-0.8, 0, 0, 120.5], [0, -0.9, 0, -33.0], [0, 0, 2.5, -400.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return affine
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("predict", "phantom", "evaluate", "train", "benchmark"):
+        assert cmd in out
+
+
+def test_predict_round_trip_keeps_affine(tmp_path, tiny_weights, capsys):
+    src = tmp_path / "ct.nii.gz"
+    affine = nifti(src)
+    out = tmp_path / "labels.nii.gz"
+    rc = main(["predict", str(src), "--point", "10", "8", "12", "--negative", "2", "2", "2", "--threshold", "0.0",
+               "--weights", str(tiny_weights), "--device", "cpu", "-o", str(out)])
+    assert rc == 0
+    assert "UNTRAINED" in capsys.readouterr().err
+    img = nib.load(str(out))
+    np.testing.assert_allclose(img.affine, affine)
+    assert img.shape == (24, 20, 30) and np.issubdtype(img.get_data_dtype(), np.integer)
+    with open(tmp_path / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    labels = np.asarray(img.dataobj)
+    assert len(rows) == len(np.unique(labels[labels > 0]))
+    assert set(rows[0]) >= {"id", "score", "voxels", "volume_mm3", "centroid_z"} if rows else True
+    # a second run refuses to overwrite, and --overwrite replaces
+    rc = main(["predict", str(src), "--point", "10", "8", "12", "--weights", str(tiny_weights), "-o", str(out)])
+    assert rc == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(["predict", str(src), "--point", "10", "8", "12", "--weights", str(tiny_weights), "-o", str(out), "--overwrite"]) == 0
+
+
+def test_predict_errors_are_one_sentence(tmp_path, tiny_weights, capsys):
+    src = tmp_path / "ct.nii.gz"
+    nifti(src)
+    cases = [
+        (["--point", "99", "1", "1"], "outside"),
+        ([], "--point"),
+        (["--point", "1", "1", "1", "--weights", str(tmp_path / "nope.safetensors")], "not found"),
+    ]
+    for extra, msg in cases:
+        args = ["predict", str(src), *extra, "-o", str(tmp_path / "o.nii.gz")]
+        if "--weights" not in extra:
+            args += ["--weights", str(tiny_weights)]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err
+    assert main(["predict", str(tmp_path / "missing.nii.gz"), "--point", "1", "1", "1", "--weights", str(tiny_weights),
+                 "-o", str(tmp_path / "o.nii.gz")]) == 2
+    assert main(["predict", str(src), "--point", "1", "1", "1", "--weights", str(tiny_weights),
+                 "-o", str(tmp_path / "no_such_dir" / "o.nii.gz")]) == 2
+    assert not (tmp_path / "o.nii.gz").exists()
