@@ -136,3 +136,45 @@ def test_write_phantoms_kits_layout(tmp_path):
     assert np.array_equal(loaded.labels, ref.labels)
     assert np.allclose(loaded.image, np.round(ref.image), atol=0.5)
     assert np.allclose(loaded.spacing, ref.spacing, rtol=1e-6)
+
+
+# --- instances and simulated clicks (shared by evaluation and training) ----------------------
+
+def test_instances_of_26_connectivity_and_min_size():
+    lab = np.zeros((5, 5, 5), np.uint8)
+    lab[0, 0, 0] = 2
+    lab[1, 1, 1] = 2  # diagonal neighbour: same 26-connected instance
+    lab[4, 4, 4] = 3
+    lab[3, 0, 4] = 2  # single voxel
+    inst, n = instances_of(lab, 2)
+    assert inst.dtype == np.int32 and n == 2 and inst[0, 0, 0] == inst[1, 1, 1]
+    inst, n = instances_of(lab, 2, min_size=2)
+    assert n == 1 and inst[3, 0, 4] == 0 and set(np.unique(inst)) == {0, 1}
+    inst, n = instances_of(lab, [2, 3])
+    assert n == 3
+
+
+def test_simulate_click_modes():
+    from napari_miqsam.data.prompts import CLICK_MODES, simulate_click
+
+    m = np.zeros((20, 40, 40), bool)
+    z, y, x = np.ogrid[:20, :40, :40]
+    m[((z - 10) * 2.0) ** 2 + ((y - 20) * 1.0) ** 2 + ((x - 22) * 1.0) ** 2 <= 100] = True
+    rng = np.random.default_rng(0)
+    assert CLICK_MODES == ("center", "interior", "boundary")
+    assert simulate_click(m, "center", rng, (2.0, 1.0, 1.0)) == (10, 20, 22)
+    dist = ndimage.distance_transform_edt(np.pad(m, 1), sampling=(2.0, 1.0, 1.0))[1:-1, 1:-1, 1:-1]
+    for _ in range(20):
+        p = simulate_click(m, "interior", rng, (2.0, 1.0, 1.0))
+        assert m[p] and dist[p] >= 0.4 * dist.max() - 1e-9
+        b = simulate_click(m, "boundary", rng, (2.0, 1.0, 1.0))
+        assert m[b] and dist[b] <= 2.0 + 1e-9
+        assert all(isinstance(v, int) for v in b)
+    one = np.zeros((4, 4, 4), bool)
+    one[3, 0, 2] = True
+    for mode in CLICK_MODES:
+        assert simulate_click(one, mode, rng) == (3, 0, 2)
+    with pytest.raises(InputError):
+        simulate_click(np.zeros((3, 3, 3), bool), "center", rng)
+    with pytest.raises(InputError):
+        simulate_click(one, "random", rng)

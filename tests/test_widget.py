@@ -54,10 +54,25 @@ class TinyPredictors:
 
 
 @pytest.fixture
-def phantom_widget(make_napari_viewer, qtbot):
-    """A viewer with the phantom sample and the plugin's widget docked (through npe2)."""
+def sample_widget(make_napari_viewer, qtbot):
+    """A viewer with the plugin's sample phantom and its widget docked (all through npe2)."""
     viewer = make_napari_viewer()
     viewer.open_sample("napari-miqsam", "phantom")
+    yield from _docked(viewer, qtbot)
+
+
+@pytest.fixture
+def phantom_widget(make_napari_viewer, qtbot):
+    """As ``sample_widget`` with a smaller phantom (24, 48, 48), so that runs stay quick."""
+    from napari_miqsam._sample_data import phantom_layer_data
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in phantom_layer_data(5, (24, 48, 48), (2.0, 1.0, 1.0)):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    yield from _docked(viewer, qtbot)
+
+
+def _docked(viewer, qtbot):
     _, widget = viewer.window.add_plugin_dock_widget("napari-miqsam", "MIQ-SAM3D")
     assert isinstance(widget, MiqsamWidget)
     widget.predictors = TinyPredictors()
@@ -91,8 +106,8 @@ def n_labels(layer) -> int:
     return int(np.count_nonzero(np.unique(np.asarray(layer.data))))
 
 
-def test_point_on_tumour_gives_instance_layer_with_scores(phantom_widget, qtbot, notifications):
-    viewer, widget = phantom_widget
+def test_point_on_tumour_gives_instance_layer_with_scores(sample_widget, qtbot, notifications):
+    viewer, widget = sample_widget
     click(widget, tumour_voxel(viewer))
     qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
     out = viewer.layers[OUTPUT_NAME]
@@ -162,7 +177,8 @@ def test_negative_point_is_passed_and_removes_its_instance(phantom_widget, qtbot
 def test_newest_prompt_wins_while_a_run_is_in_flight(phantom_widget, qtbot, notifications):
     viewer, widget = phantom_widget
     widget.predictors.delay_first_predict = 1.0
-    first, second = tumour_voxel(viewer, 0), tumour_voxel(viewer, 1)
+    first = tumour_voxel(viewer)
+    second = first + np.array([0, 1, 0])
     click(widget, first)
     qtbot.waitUntil(lambda: widget._job is not None, timeout=WAIT_MS)
     viewer.layers[PROMPTS_NAME].add(np.asarray(second, dtype=float))
@@ -275,6 +291,7 @@ def test_2d_image_and_outside_point_become_notifications(make_napari_viewer, qtb
     widget.run()
     errors = [m for s, m in notifications() if s == "error"]
     assert len(errors) == 1 and "3D" in errors[0]
+    assert widget.output_layer is None
     # a 3D image and a point outside it: the library's InputError becomes a notification
     viewer.add_image(np.random.default_rng(0).normal(size=(24, 32, 32)).astype(np.float32), name="vol")
     widget.image_combo.setCurrentText("vol")
@@ -282,7 +299,7 @@ def test_2d_image_and_outside_point_become_notifications(make_napari_viewer, qtb
     points.add([5.0, 500.0, 5.0])
     wait_done(qtbot, widget)
     errors = [m for s, m in notifications() if s == "error"]
-    assert len(errors) == 2 and "outside" in errors[1].lower()
+    assert len(errors) == 2 and "outside" in errors[1].lower(), errors
     assert widget.run_button.isEnabled() and widget.output_layer is None
     widget.shutdown()
 

@@ -21,10 +21,22 @@ def make_phantom_sample() -> list[tuple[Any, dict, str]]:
     class name. Both layers have ``scale`` = spacing (z, y, x) mm and the NIfTI affine in their
     metadata, so the instances found on the image save with the phantom's geometry.
     """
+    return phantom_layer_data(SAMPLE_SEED, SAMPLE_SHAPE, SAMPLE_SPACING)
+
+
+def phantom_layer_data(
+    seed: int, shape: tuple[int, int, int], spacing: tuple[float, float, float]
+) -> list[tuple[Any, dict, str]]:
+    """napari layer data (image, ground truth) of one phantom; see :func:`make_phantom_sample`."""
     from napari_miqsam.data.phantom import CLASS_NAMES, make_phantom
 
-    case = make_phantom(SAMPLE_SEED, shape=SAMPLE_SHAPE, spacing=SAMPLE_SPACING, name="phantom")
-    metadata = {"affine": np.asarray(case.affine, dtype=float), "spacing": tuple(case.spacing)}
+    case = make_phantom(seed, shape=shape, spacing=spacing, name="phantom")
+    metadata = {
+        "affine": np.asarray(case.affine, dtype=float),  # NIfTI affine, nibabel axis order
+        "axes": (2, 1, 0),
+        "spacing": tuple(case.spacing),
+        "format": "nifti",
+    }
     classes = sorted(CLASS_NAMES)
     image = (
         case.image,

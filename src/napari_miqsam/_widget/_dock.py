@@ -60,7 +60,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 KEY_RUN, KEY_NEGATIVE, KEY_COMMIT = "Shift-R", "Shift-N", "Shift-C"
 # Metadata keys of an image layer (set by our reader) that describe its file geometry; copied to
 # the output layer so that saving the instances as NIfTI reuses the source affine and header.
-GEOMETRY_KEYS = ("affine", "header", "spacing", "source_path", "format")
+GEOMETRY_KEYS = ("affine", "header", "axes", "spacing", "format", "source_path")
 MAX_SNAPSHOTS = 64
 
 
@@ -103,6 +103,12 @@ def _features(rows: list[dict]) -> dict[str, np.ndarray]:
     }
 
 
+def _camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def _label_counts(data: np.ndarray) -> dict[int, int]:
     counts = np.bincount(np.asarray(data).ravel().astype(np.int64, copy=False))
     return {int(i): int(counts[i]) for i in np.flatnonzero(counts) if i != 0}
@@ -124,6 +130,7 @@ class MiqsamWidget(QWidget):
         self._job: Job | None = None
         self._worker: Any | None = None
         self._pending = False
+        self._scheduled = False  # an automatic run is queued on the event loop
         self._user_cancelled = False
         self._latest_seq = 0
         self._prediction: Any | None = None
@@ -263,7 +270,7 @@ class MiqsamWidget(QWidget):
     @property
     def busy(self) -> bool:
         """True while a run is in flight or queued."""
-        return self._job is not None or self._pending
+        return self._job is not None or self._pending or self._scheduled
 
     def image_layer(self) -> Image | None:
         return self._layer_named(self.image_combo.currentText(), Image)
@@ -357,7 +364,7 @@ class MiqsamWidget(QWidget):
         full = np.asarray(self.viewer.dims.point, dtype=float)
         full[ndim - len(world) :] = world
         self.viewer.dims.set_point(range(ndim), tuple(full))
-        self.viewer.camera.center = tuple(full[list(self.viewer.dims.displayed)])
+        _camera(self.viewer).center = tuple(full[list(self.viewer.dims.displayed)])
         if self.output_layer is not None:
             self.output_layer.selected_label = int(instance_id)
 
@@ -391,8 +398,13 @@ class MiqsamWidget(QWidget):
         def call(method: str):
             def _handler(viewer: Any) -> None:
                 widget = me()
-                if widget is not None:
-                    getattr(widget, method)()
+                if widget is None:
+                    return
+                try:
+                    widget.objectName()
+                except RuntimeError:  # the Qt side of the widget is gone (dock removed)
+                    return
+                getattr(widget, method)()
 
             return _handler
 
@@ -526,8 +538,14 @@ class MiqsamWidget(QWidget):
         action = getattr(event, "action", None)
         if str(action) not in ("added", "removed", "changed"):
             return
-        if self.auto_check.isChecked():
-            QTimer.singleShot(0, lambda: self.run(auto=True))
+        if self.auto_check.isChecked() and not self._scheduled:
+            # after napari has finished adding the point (features, selection)
+            self._scheduled = True
+            QTimer.singleShot(0, self._run_scheduled)
+
+    def _run_scheduled(self) -> None:
+        self._scheduled = False
+        self.run(auto=True)
 
     def _prompt_voxels(self, image: Image) -> tuple[list, list]:
         """Positive and negative prompt points as (z, y, x) voxel coordinates of ``image``."""
@@ -622,6 +640,7 @@ class MiqsamWidget(QWidget):
         job = Job(
             seq=self._latest_seq,
             image_key=id(image),
+            image_ref=weakref.ref(image),
             image_version=entry.data_version,
             volume=data,
             spacing=tuple(float(s) for s in image.scale[-3:]),
@@ -666,15 +685,16 @@ class MiqsamWidget(QWidget):
         job = result.job
         self._job = None
         self._worker = None
+        image = self._image_of(job)
         entry = self._predictors.get(job.image_key)
-        image = entry.layer() if entry is not None else None
         settings_unchanged = job.weights == self._weights() and job.device == self._device()
-        if image is not None and settings_unchanged and result.predictor is not None:
-            entry.predictor = result.predictor
+        if image is not None and entry is not None and entry.layer() is image and settings_unchanged:
+            if result.predictor is not None:
+                entry.predictor = result.predictor
             if result.embedded:
                 entry.embedded_version = job.image_version
             elif job.embed:
-                entry.embedded_version = None
+                entry.embedded_version = None  # a cancelled or failed embedding
         if result.predictor is not None:
             self._warn_if_untrained(result.predictor, job)
         current = job.seq == self._latest_seq and not job.superseded()
@@ -687,6 +707,11 @@ class MiqsamWidget(QWidget):
             self._start_run(auto=True)
         if self._job is None:
             self._set_busy(False)
+
+    def _image_of(self, job: Job) -> Image | None:
+        """The image layer a job ran on, if it is still in the viewer."""
+        image = job.image_ref() if job.image_ref is not None else None
+        return image if image is not None and image in self.viewer.layers else None
 
     def _warn_if_untrained(self, predictor: Any, job: Job) -> None:
         key = (job.weights, job.device)

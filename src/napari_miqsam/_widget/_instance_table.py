@@ -52,6 +52,7 @@ class InstanceTable(QTableWidget):
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.setSortingEnabled(True)
+        self.sortItems(1, Qt.SortOrder.DescendingOrder)  # best score first until the user re-sorts
         self.setMinimumHeight(120)
         self.itemSelectionChanged.connect(self._on_selection)
         for key in (QKeySequence.StandardKey.Delete, QKeySequence(Qt.Key.Key_Backspace)):

@@ -25,6 +25,7 @@ ProgressFn = Callable[[str, int, int], None]
 class Job:
     """One prediction request, built on the GUI thread and run on a worker thread.
 
+    ``image_ref`` is a weak reference to the source layer (the worker never touches it).
     ``positive`` / ``negative`` are (z, y, x) voxel coordinates of ``volume``; ``spacing`` is
     (z, y, x) in mm. ``predictor`` is the cached predictor for this image layer (None: load one
     from ``weights`` on ``device``); ``embed`` says whether ``set_image`` must run first.
@@ -32,6 +33,7 @@ class Job:
 
     seq: int
     image_key: int
+    image_ref: Callable[[], Any] | None
     image_version: int
     volume: Any
     spacing: tuple[float, float, float]

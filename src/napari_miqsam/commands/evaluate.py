@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the instance and click choice")
     parser.add_argument("--threshold", type=float, default=0.5, help="confidence threshold (default 0.5)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N cases")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (under torchrun each rank uses its LOCAL_RANK GPU)")
     parser.add_argument("--min-size", type=int, default=10,
                         help="ignore instances smaller than this many voxels (default 10)")
     parser.add_argument("--no-model", action="store_true", help="baselines only")
@@ -94,18 +94,31 @@ def write_json_atomic(path: Path, obj, overwrite: bool = True) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..evaluation.evaluate import evaluate, format_markdown_table
+    """Evaluate; under ``torchrun`` each rank takes ``cases[rank::world]`` and rank 0 merges."""
+    import sys
+
+    from ..distributed import context as distributed_context
+    from ..errors import InputError, WriteError
+    from ..evaluation.evaluate import evaluate, format_markdown_table, merge_results
 
     if args.clicks < 1:
         raise InputError(f"--clicks must be at least 1, got {args.clicks}")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise InputError(f"--threshold must lie in [0, 1], got {args.threshold}")
     if args.no_model and args.no_baselines:
         raise InputError("--no-model and --no-baselines leave nothing to evaluate")
     if args.json is not None and args.json.exists() and not args.overwrite:
-        from ..errors import WriteError
-
         raise WriteError(f"{args.json}: the file exists; use --overwrite")
     cases = resolve_cases(args.data, args.format, args.limit)
+    rank, world, local_rank = distributed_context()
+    if world > 1:
+        from ..distributed import init
+
+        init()
+        import torch
+
+        if torch.cuda.is_available() and args.device in ("auto", "cuda"):
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
     predictor = None
     if not args.no_model:
         from ..inference.predictor import Predictor
@@ -113,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
         predictor = Predictor.from_weights(
             str(args.weights) if args.weights is not None else None, device=args.device
         )
+        if not getattr(predictor, "trained", True) and rank == 0:
+            print("warning: the weights are UNTRAINED; the model's numbers are meaningless",
+                  file=sys.stderr)
     result = evaluate(
         cases,
         predictor,
@@ -120,9 +136,17 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         threshold=args.threshold,
         min_size=args.min_size,
-        progress=not args.quiet,
+        progress=not args.quiet and rank == 0,
         baselines=not args.no_baselines,
+        shard=(rank, world),
     )
+    if world > 1:
+        from ..distributed import gather_to_rank0
+
+        parts = gather_to_rank0(result)
+        if rank != 0:
+            return 0
+        result = merge_results(parts)
     result["data"] = str(args.data)
     result["weights"] = str(args.weights) if args.weights is not None else "default"
     print(format_markdown_table(result), end="")

@@ -559,8 +559,6 @@ def make_phantom(
         q += 0.07 * _smooth_noise(r_tex, bshape, 18.0 / step)
         sub_t = tis[lsl]
         liver = (q < 1.0) & ((sub_t == _VFAT) | (sub_t == _BOWEL))
-        global _DBG
-        _DBG = tis
         tex = _smooth_noise(r_tex, bshape, 3.0 / step) * np.float32(ra.uniform(2.0, 5.0))
         tex += _smooth_noise(r_tex, bshape, 25.0 / step) * np.float32(ra.uniform(2.0, 6.0))
         tex += np.float32(organ_hu)

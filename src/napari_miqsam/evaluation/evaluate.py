@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from ..data.instances import instances_of, relabel_sequential
 from ..data.phantom import Case
 from ..data.prompts import CLICK_MODES, simulate_click
 from ..errors import InputError
-from .baselines import denoise, region_grow, threshold_cc
+from .baselines import denoise, grow_with_window, threshold_cc
 from .metrics import dice, instance_scores, nsd, wrong_class_rate
 
 __all__ = ["METHODS", "METRICS", "evaluate", "format_markdown_table", "merge_results", "score"]
@@ -266,10 +266,11 @@ def _evaluate_case(
                 per.setdefault("model", []).append(
                     score(np.asarray(lab), labels, cls, spacing, inst, min_size, iou))
             if baselines:
-                rg = region_grow(image, point, spacing, smoothed=smoothed)
+                rg, window = grow_with_window(image, point, spacing, smoothed=smoothed)
                 per.setdefault("region_grow", []).append(
                     score(rg, labels, cls, spacing, inst, min_size, iou))
-                tc = threshold_cc(image, point, spacing, smoothed=smoothed, seed_mask=rg)
+                tc = threshold_cc(image, point, spacing, smoothed=smoothed, seed_mask=rg,
+                                  window=window)
                 per.setdefault("threshold_cc", []).append(
                     score(tc, labels, cls, spacing, inst, min_size, iou))
         methods = {}

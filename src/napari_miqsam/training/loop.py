@@ -164,6 +164,6 @@ def validate(model: MIQSAM3D, opt: TrainOptions) -> dict:
 
     predictor = Predictor(model, trained=True, device="cpu" if not torch.cuda.is_available() else "auto")
     cases = [make_phantom(900_000 + i) for i in range(opt.val_cases)]
-    res = evaluate(cases, predictor, clicks=1, seed=0, progress=False)
+    res = evaluate(cases, predictor, clicks=1, seed=0, progress=False, baselines=False)
     model.train()
     return {k: round(v, 3) for k, v in res["model"].items() if k in ("dice", "instance_f1", "nsd_1mm")}

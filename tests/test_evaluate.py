@@ -1,0 +1,165 @@
+"""evaluate() with fake predictors, sharding/merging, and the CLI commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_miqsam.data.datasets import phantom_cases
+from napari_miqsam.data.instances import instances_of
+from napari_miqsam.data.phantom import make_phantom
+from napari_miqsam.errors import InputError
+from napari_miqsam.evaluation.evaluate import (
+    METRICS, evaluate, format_markdown_table, merge_results, score,
+)
+
+
+class _Prediction:
+    def __init__(self, labels):
+        self._labels = labels
+
+    def labels(self, threshold):
+        return self._labels.astype(np.uint16), [{"id": i} for i in range(1, int(self._labels.max()) + 1)]
+
+
+class OraclePredictor:
+    """Returns the ground-truth instances of the class under the click."""
+
+    def __init__(self):
+        self.calls = {"set_image": 0, "predict": 0}
+        self.labels = None
+
+    def attach(self, labels):
+        self.labels = labels
+
+    def set_image(self, volume, spacing=(1.0, 1.0, 1.0)):
+        assert volume.ndim == 3 and len(spacing) == 3
+        self.calls["set_image"] += 1
+        self.image = volume
+
+    def predict(self, positive, negative=()):
+        self.calls["predict"] += 1
+        cls = int(self.labels[tuple(positive[0])])
+        inst, _ = instances_of(self.labels, cls)
+        return _Prediction(inst)
+
+
+class EmptyPredictor(OraclePredictor):
+    def predict(self, positive, negative=()):
+        return _Prediction(np.zeros(self.image.shape, np.uint16))
+
+
+def _cases(n=3):
+    out = []
+    for i in range(n):
+        c = make_phantom(40 + i, shape=(24, 64, 64), spacing=(3.0, 2.0, 2.0))
+        out.append(c)
+    return out
+
+
+class _Oracle(OraclePredictor):
+    """Oracle that finds the labels of the current image among known cases."""
+
+    def __init__(self, cases):
+        super().__init__()
+        self.cases = cases
+
+    def set_image(self, volume, spacing=(1.0, 1.0, 1.0)):
+        super().set_image(volume, spacing)
+        self.labels = next(c.labels for c in self.cases if c.image is volume or
+                           np.array_equal(c.image, volume))
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return _cases(3)
+
+
+def test_oracle_scores_perfect(cases):
+    oracle = _Oracle(cases)
+    res = evaluate(cases, oracle, clicks=3, seed=0, progress=False, baselines=False, min_size=0)
+    assert res["n_cases"] == 3 and res["clicks"] == 3 and res["seed"] == 0
+    assert res["model"]["dice"] == 1.0
+    assert res["model"]["instance_f1"] == 1.0
+    assert res["model"]["nsd_1mm"] == 1.0
+    assert res["model"]["wrong_class_rate"] == 0.0
+    assert res["model"]["dice_std_over_clicks"] == 0.0
+    assert oracle.calls["set_image"] == 3  # one embedding per case
+    assert oracle.calls["predict"] == 3 * res["n_rows"]
+    for row in res["cases"]:
+        assert [p["mode"] for p in row["points"]] == ["center", "interior", "boundary"]
+        lab = cases[row["index"]].labels
+        for p in row["points"]:
+            assert lab[tuple(p["point"])] == row["class"]
+
+
+def test_empty_predictor_scores_zero(cases):
+    res = evaluate(cases, lambda: EmptyPredictor(), clicks=2, progress=False, baselines=False)
+    assert res["model"]["dice"] == 0.0
+    assert res["model"]["instance_f1"] == 0.0
+    assert res["model"]["nsd_2mm"] == 0.0
+
+
+def test_baselines_run_and_table(cases):
+    res = evaluate(cases[:1], None, clicks=1, progress=False)
+    assert res["model"] == {}
+    assert set(res["baselines"]) == {"region_grow", "threshold_cc"}
+    for m in res["baselines"].values():
+        for k in METRICS:
+            assert 0.0 <= m[k] <= 1.0
+    table = format_markdown_table(res)
+    assert "| region_grow |" in table and "Dice" in table
+
+
+def test_shards_merge_to_full_run(cases):
+    full = evaluate(cases, _Oracle(cases), clicks=2, seed=3, progress=False)
+    parts = [evaluate(cases, _Oracle(cases), clicks=2, seed=3, progress=False, shard=(r, 2))
+             for r in range(2)]
+    assert [p["n_cases"] for p in parts] == [2, 1]
+    merged = merge_results(parts)
+    assert merged["n_cases"] == full["n_cases"] and merged["n_rows"] == full["n_rows"]
+    for key in ("model",):
+        assert merged[key] == pytest.approx(full[key])
+    for name in full["baselines"]:
+        assert merged["baselines"][name] == pytest.approx(full["baselines"][name])
+    assert [(r["index"], r["class"]) for r in merged["cases"]] == [
+        (r["index"], r["class"]) for r in full["cases"]]
+
+
+def test_refs_and_lesion_classes():
+    refs = phantom_cases(2, 40, shape=(24, 64, 64), spacing=(3.0, 2.0, 2.0))
+    res = evaluate(refs, None, clicks=1, progress=False, lesion_classes=[3])
+    assert {r["class"] for r in res["cases"]} <= {3}
+
+
+def test_bad_arguments(cases):
+    with pytest.raises(InputError):
+        evaluate(cases, None, clicks=0, progress=False)
+    with pytest.raises(InputError):
+        evaluate(cases, None, shard=(2, 2), progress=False)
+    with pytest.raises(InputError):
+        evaluate(cases, object(), progress=False)
+    with pytest.raises(InputError):
+        score(np.zeros((2, 2, 2)), np.zeros((3, 3, 3)), 2, (1, 1, 1))
+
+
+def test_cli_phantom_and_evaluate(tmp_path, capsys):
+    from napari_miqsam.cli import main
+
+    out = tmp_path / "ph"
+    assert main(["phantom", str(out), "--cases", "2", "--seed", "4", "--shape", "16", "32", "32",
+                 "--quiet"]) == 0
+    assert (out / "case_00001" / "segmentation.nii.gz").exists()
+    js = tmp_path / "r.json"
+    assert main(["evaluate", str(out), "--no-model", "--clicks", "1", "--json", str(js),
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| region_grow |" in printed
+    data = json.loads(js.read_text())
+    assert data["clicks"] == 1 and "baselines" in data
+    # an existing JSON is refused, a bad DATA is an error with status 2
+    assert main(["evaluate", str(out), "--no-model", "--json", str(js), "--quiet"]) == 2
+    assert main(["evaluate", str(tmp_path / "nothing"), "--no-model", "--quiet"]) == 2
+    assert main(["evaluate", "phantom:1:0", "--no-model", "--no-baselines", "--quiet"]) == 2
