@@ -108,3 +108,20 @@ def test_ddp_two_processes_hold_identical_weights(tmp_path):
     fresh = init.MIQSAM3D(__import__("napari_miqsam.model.config", fromlist=["x"]).get_config("tiny")).state_dict()
     assert any(not torch.equal(a[k], fresh[k]) for k in a)  # and they did train
     assert (tmp_path / "miqsam_tiny.safetensors").exists() and (tmp_path / "checkpoint.pt").exists()
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+    from napari_miqsam.model.weights import load_weights
+    from napari_miqsam.training.loop import TrainOptions, train
+
+    opt = dict(config="tiny", data="phantom", out=str(tmp_path), batch=1, patch=32, pool=1, cases=2, warmup=1,
+               checkpoint_every=1, device="cpu", phantom_shape=(32, 64, 64))
+    first = train(TrainOptions(steps=2, **opt), log=lambda *a: None)
+    assert first.steps == 2
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2
+    logs = []
+    second = train(TrainOptions(steps=3, resume=True, **opt), log=logs.append)
+    assert second.steps == 3 and any("resumed" in m and "step 2" in m for m in logs)
+    model, meta = load_weights(second.weights)
+    assert meta["trained"] == "true" and meta["steps"] == "3"

@@ -35,7 +35,9 @@ class CQRDLayer(nn.Module):
 
     def query_self_attention(self, q: torch.Tensor, prompt: torch.Tensor, prompt_valid: torch.Tensor) -> torch.Tensor:
         kv = torch.cat([q, prompt], dim=1)
-        pad = torch.cat([torch.zeros(q.shape[:2], dtype=torch.bool, device=q.device), ~prompt_valid], dim=1)
+        pad = None
+        if not bool(prompt_valid.all()):  # padding only exists in training batches
+            pad = torch.cat([torch.zeros(q.shape[:2], dtype=torch.bool, device=q.device), ~prompt_valid], dim=1)
         return self.norm1(q + self.self_attn(q, kv, kv, key_padding_mask=pad, need_weights=False)[0])
 
     def masked_cross_attention(self, q: torch.Tensor, tokens: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
