@@ -115,6 +115,8 @@ def test_point_on_tumour_gives_instance_layer_with_scores(sample_widget, qtbot, 
     assert out is widget.output_layer
     np.testing.assert_allclose(out.scale, image.scale)
     assert out.data.shape == image.data.shape
+    # the source geometry travels with the instances, so a NIfTI save reuses the image's affine
+    np.testing.assert_allclose(out.metadata["affine"], image.metadata["affine"])
     assert "score" in out.features.columns and "volume_mm3" in out.features.columns
     assert len(out.features) == n_labels(out) > 0
     assert widget.table.rowCount() == len(out.features)
