@@ -164,3 +164,15 @@ def test_normalisation_ct_and_other():
     nan[0, 0, 0] = np.nan
     nan[1, 1, 1] = np.inf
     assert np.isfinite(normalise_intensity(nan)).all()
+
+
+def test_keep_best_caps_the_number_of_instances():
+    from napari_miqsam.inference.postprocess import keep_best
+
+    ids = np.zeros((4, 4, 4), np.int32)
+    ids[0, 0, :3] = 1  # score 0.5, 3 voxels
+    ids[1, 1, 0] = 2  # score 0.9
+    ids[2, 2, :2] = 3  # score 0.5, 2 voxels
+    out, n, scores = keep_best(ids, 3, np.array([0.5, 0.9, 0.5]), 2)
+    assert n == 2 and list(scores) == [0.9, 0.5]
+    assert out[1, 1, 0] == 1 and (out[0, 0, :3] == 2).all() and (out[2, 2] == 0).all()

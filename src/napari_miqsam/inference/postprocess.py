@@ -82,6 +82,17 @@ def instance_scores(ids: np.ndarray, n: int, score_map: np.ndarray) -> np.ndarra
     return np.asarray(ndimage.mean(score_map, labels=ids, index=np.arange(1, n + 1)), dtype=float)
 
 
+def keep_best(ids: np.ndarray, n: int, scores: np.ndarray, limit: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """Keep at most ``limit`` instances (highest score, then largest), relabelled 1..k."""
+    if n <= limit:
+        return ids, n, scores
+    sizes = np.bincount(ids.ravel(), minlength=n + 1)[1:]
+    order = np.lexsort((-sizes, -scores))[:limit]  # primary key: score, then size
+    remap = np.zeros(n + 1, dtype=np.int32)
+    remap[order + 1] = np.arange(1, limit + 1)
+    return remap[ids], limit, scores[order]
+
+
 def to_original_grid(ids: np.ndarray, n: int, fg: np.ndarray, scores: np.ndarray, grid: GridMap,
                      stride: int = 2, negative: np.ndarray | None = None) -> list[Instance]:
     """Rebuild each instance at the original resolution (see module docstring).

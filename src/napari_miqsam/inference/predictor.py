@@ -25,7 +25,7 @@ from ..model.config import MIQSAMConfig, get_config
 from ..model.encoder import Embedding
 from ..model.miqsam import MIQSAM3D
 from ..model.weights import DEFAULT_WEIGHTS, load_weights
-from .postprocess import instance_scores, split_instances, to_original_grid
+from .postprocess import instance_scores, keep_best, split_instances, to_original_grid
 from .prediction import Prediction
 from .preprocess import GridMap, as_volume, check_spacing, normalise_intensity
 from .resample import resample_to_model
@@ -34,6 +34,7 @@ from .tiling import Window, plan_windows
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
 STRIDE = 2  # mask features are at stride 2 of the model grid
+MAX_INSTANCES = 255  # an untrained or confused model can return thousands of specks; keep the best
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -81,6 +82,7 @@ class Predictor:
         self.metadata = metadata or {}
         self.cache_dtype = cache_dtype
         self.embed_calls = 0
+        self.max_instances = MAX_INSTANCES
         self._windows: list[CachedWindow] = []
         self._grid: GridMap | None = None
         self._padded: tuple[int, int, int] | None = None
@@ -221,6 +223,7 @@ class Predictor:
         seams = self._seams()
         ids, n = split_instances(slot, seams)
         scores = instance_scores(ids, n, score_map)
+        ids, n, scores = keep_best(ids, n, scores, self.max_instances)
         instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg)
         return Prediction(grid.shape, grid.spacing, instances, pos, neg)
 
