@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import numpy as np
 import pytest
 
@@ -13,97 +10,9 @@ pytest.importorskip("pytestqt")
 
 from napari_miqsam._widget import MiqsamWidget  # noqa: E402
 from napari_miqsam._widget._dock import KEY_COMMIT, KEY_NEGATIVE, KEY_RUN, OUTPUT_NAME, PROMPTS_NAME  # noqa: E402
+from widget_helpers import WAIT_MS, TinyPredictors, click, n_labels, tumour_voxel, wait_done  # noqa: E402
 
 pytestmark = pytest.mark.gui
-WAIT_MS = 60_000
-
-
-class TinyPredictors:
-    """Builds real untrained tiny Predictors and records their ``predict`` calls."""
-
-    def __init__(self, delay_first_predict: float = 0.0, error: BaseException | None = None) -> None:
-        self.predict_calls: list[tuple[list, list]] = []
-        self.set_image_calls = 0
-        self.delay_first_predict = delay_first_predict
-        self.error = error
-        self._lock = threading.Lock()
-
-    def __call__(self, weights: str | None, device: str):
-        from napari_miqsam.inference.predictor import Predictor
-
-        if self.error is not None:
-            raise self.error
-        predictor = Predictor.from_config("tiny", seed=0)
-        predict, set_image = predictor.predict, predictor.set_image
-
-        def counting_predict(positive, negative=(), **kw):
-            with self._lock:
-                first = not self.predict_calls
-                self.predict_calls.append(([tuple(p) for p in positive], [tuple(p) for p in negative]))
-            if first and self.delay_first_predict:
-                time.sleep(self.delay_first_predict)
-            return predict(positive, negative, **kw)
-
-        def counting_set_image(*args, **kw):
-            self.set_image_calls += 1
-            return set_image(*args, **kw)
-
-        predictor.predict = counting_predict
-        predictor.set_image = counting_set_image
-        return predictor
-
-
-@pytest.fixture
-def sample_widget(make_napari_viewer, qtbot):
-    """A viewer with the plugin's sample phantom and its widget docked (all through npe2)."""
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-miqsam", "phantom")
-    yield from _docked(viewer, qtbot)
-
-
-@pytest.fixture
-def phantom_widget(make_napari_viewer, qtbot):
-    """As ``sample_widget`` with a smaller phantom (24, 48, 48), so that runs stay quick."""
-    from napari_miqsam._sample_data import phantom_layer_data
-
-    viewer = make_napari_viewer()
-    for data, kwargs, kind in phantom_layer_data(5, (24, 48, 48), (2.0, 1.0, 1.0)):
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
-    yield from _docked(viewer, qtbot)
-
-
-def _docked(viewer, qtbot):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-miqsam", "MIQ-SAM3D")
-    assert isinstance(widget, MiqsamWidget)
-    widget.predictors = TinyPredictors()
-    widget.predictor_factory = widget.predictors
-    yield viewer, widget
-    widget.cancel()
-    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
-    widget.shutdown()
-
-
-def tumour_voxel(viewer, index: int = 0) -> np.ndarray:
-    truth = np.asarray(viewer.layers["phantom ground truth"].data)
-    from scipy import ndimage
-
-    lesions, n = ndimage.label(truth == 2, structure=np.ones((3, 3, 3)))
-    assert n > index
-    centre = np.argwhere(lesions == index + 1)
-    return centre[len(centre) // 2]
-
-
-def click(widget, voxel) -> None:
-    points = widget.activate_prompts()
-    points.add(np.asarray(voxel, dtype=float))
-
-
-def wait_done(qtbot, widget) -> None:
-    qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
-
-
-def n_labels(layer) -> int:
-    return int(np.count_nonzero(np.unique(np.asarray(layer.data))))
 
 
 def test_point_on_tumour_gives_instance_layer_with_scores(sample_widget, qtbot, notifications):

@@ -3,8 +3,9 @@
 The widget is a thin adapter between napari and :class:`napari_miqsam.inference.predictor.Predictor`:
 it turns prompt points into (z, y, x) voxel coordinates of the chosen image, runs the predictor on a
 napari ``thread_worker`` (one run at a time; the newest prompt wins), and shows the cached
-``Prediction`` at the confidence threshold as a Labels layer with a ``features`` table. It never
-imports torch.
+``Prediction`` at the confidence threshold as a Labels layer with a ``features`` table. A result
+whose image data was replaced during the run is dropped and the run repeated on the new data. It
+never imports torch.
 
 Layers it writes to: only its own output layer ("MIQ-SAM3D instances") and, on "Commit", the
 Labels layer the user chose in the commit picker. Every write is one undo step of that layer
@@ -41,7 +42,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_miqsam.errors import CancelledError, MiqsamError, OutOfMemoryError
+from napari_miqsam.errors import CancelledError, MiqsamError
 
 from ._history import merge_labels, replace_labels
 from ._instance_table import InstanceTable
@@ -107,6 +108,49 @@ def _camera(viewer: Any) -> Any:
     """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
     scene = getattr(viewer, "scene", None)
     return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def _unsupported_image(image: Image) -> str | None:
+    """Why ``image`` cannot be segmented (with what to do), or None for a 3D grey-value volume."""
+    shape = tuple(int(n) for n in image.data.shape)
+    if image.rgb:
+        return (
+            f"MIQ-SAM3D needs a 3D (z, y, x) grey-value volume; '{image.name}' is an RGB image {shape}. "
+            "Right-click the layer, choose 'Split RGB' and pick one channel as Image."
+        )
+    if image.ndim == 4:
+        return (
+            f"MIQ-SAM3D needs a 3D (z, y, x) volume; '{image.name}' is 4D {shape}, e.g. several channels. "
+            "Choose one channel: right-click the layer, choose 'Split Stack' and pick one channel as Image."
+        )
+    if image.ndim != 3:
+        return (
+            f"MIQ-SAM3D needs a 3D (z, y, x) image; '{image.name}' has {image.ndim} "
+            f"dimension{'s' if image.ndim != 1 else ''} {shape}."
+        )
+    return None
+
+
+def _volume(image: Image) -> Any:
+    """The full-resolution array of ``image`` (level 0 of a multiscale layer)."""
+    return image.data[0] if image.multiscale else image.data
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Host or device out of memory (torch reports CUDA / MPS exhaustion as a RuntimeError)."""
+    return isinstance(error, MemoryError) or "out of memory" in str(error).lower()
+
+
+def _out_of_memory_message(device: str) -> str:
+    if device == "cpu":
+        return (
+            "MIQ-SAM3D ran out of memory on the CPU: crop the image to a smaller window around the "
+            "lesions (or close other programs), then run again."
+        )
+    return (
+        f"MIQ-SAM3D ran out of memory (device '{device}'): choose 'cpu' as Device, or crop the image "
+        "to a smaller window around the lesions, then run again."
+    )
 
 
 def _label_counts(data: np.ndarray) -> dict[int, int]:
@@ -287,6 +331,10 @@ class MiqsamWidget(QWidget):
         if image is None:
             show_warning("Open a 3D image first: there is no image layer to prompt.")
             return None
+        unsupported = _unsupported_image(image)
+        if unsupported is not None:
+            show_error(unsupported)
+            return None
         points = self.prompts_layer()
         if points is None:
             points = self._create_prompts(image)
@@ -310,6 +358,7 @@ class MiqsamWidget(QWidget):
     def cancel(self) -> None:
         """Stop the run in flight (between windows) and drop any queued run."""
         self._pending = False
+        self._scheduled = False  # a run queued by a new point but not started yet
         if self._job is not None:
             self._user_cancelled = True
             self._job.cancel()
@@ -422,6 +471,7 @@ class MiqsamWidget(QWidget):
     def shutdown(self) -> None:
         """Cancel the run in flight and let go of the viewer (keys, events)."""
         self._pending = False
+        self._scheduled = False
         if self._job is not None:
             self._job.cancel()
         for key in getattr(self, "_keys", {}):
@@ -544,6 +594,8 @@ class MiqsamWidget(QWidget):
             QTimer.singleShot(0, self._run_scheduled)
 
     def _run_scheduled(self) -> None:
+        if not self._scheduled:  # cancelled before it started
+            return
         self._scheduled = False
         self.run(auto=True)
 
@@ -619,11 +671,9 @@ class MiqsamWidget(QWidget):
             if not auto:
                 show_warning("Open a 3D image first: there is no image layer to segment.")
             return
-        if image.rgb or image.ndim != 3:
-            show_error(
-                f"MIQ-SAM3D needs a 3D (z, y, x) image; '{image.name}' has {image.ndim} "
-                f"dimension{'s' if image.ndim != 1 else ''}{' (RGB)' if image.rgb else ''}."
-            )
+        unsupported = _unsupported_image(image)
+        if unsupported is not None:
+            show_error(unsupported)
             return
         try:
             positive, negative = self._prompt_voxels(image)
@@ -634,7 +684,7 @@ class MiqsamWidget(QWidget):
             if not auto or negative:
                 show_info("Place a positive (green) point on a lesion first.")
             return
-        data = image.data[0] if image.multiscale else image.data
+        data = _volume(image)
         entry = self._entry(image)
         embed = entry.predictor is None or entry.embedded_version != entry.data_version
         job = Job(
@@ -698,8 +748,12 @@ class MiqsamWidget(QWidget):
         if result.predictor is not None:
             self._warn_if_untrained(result.predictor, job)
         current = job.seq == self._latest_seq and not job.superseded()
-        if current and result.error is not None:
-            self._report(result.error)
+        if current and image is not None and not job.cancelled() and self._is_stale(job, image, entry):
+            # The layer's data was replaced during the run: the result belongs to the old data.
+            self._pending = True
+            self.status_label.setText(f"'{image.name}' changed during the run; running again on its new data…")
+        elif current and result.error is not None:
+            self._report(result.error, job.device)
         elif current and result.prediction is not None and image is not None:
             self._accept(result.prediction, image)
         if self._pending:
@@ -713,6 +767,12 @@ class MiqsamWidget(QWidget):
         image = job.image_ref() if job.image_ref is not None else None
         return image if image is not None and image in self.viewer.layers else None
 
+    @staticmethod
+    def _is_stale(job: Job, image: Image, entry: _PredictorEntry | None) -> bool:
+        """True when ``image`` no longer holds the data ``job`` ran on."""
+        replaced = _volume(image) is not job.volume
+        return replaced or (entry is not None and entry.data_version != job.image_version)
+
     def _warn_if_untrained(self, predictor: Any, job: Job) -> None:
         key = (job.weights, job.device)
         if getattr(predictor, "trained", True) or key in self._warned_untrained:
@@ -723,16 +783,16 @@ class MiqsamWidget(QWidget):
             "Train or choose a trained .safetensors file."
         )
 
-    def _report(self, error: BaseException) -> None:
+    def _report(self, error: BaseException, device: str) -> None:
         self._set_busy(False)
         if isinstance(error, CancelledError):
             self.status_label.setText("Cancelled.")
             if self._user_cancelled:
                 show_info("MIQ-SAM3D run cancelled.")
             return
-        if isinstance(error, (OutOfMemoryError, MemoryError)):
-            message = str(error) if isinstance(error, OutOfMemoryError) else ""
-            message = message or "Out of memory: try the CPU device or a smaller image."
+        if _is_out_of_memory(error):
+            log.debug("MIQ-SAM3D ran out of memory", exc_info=error)
+            message = _out_of_memory_message(device)
         elif isinstance(error, MiqsamError):
             message = str(error)
         else:
