@@ -85,7 +85,7 @@ def test_tiled_and_untiled_agree_on_a_volume_that_fits_one_window():
     """Forcing small windows on a volume that fits one must give (nearly) the same result."""
     vol = volume((40, 40, 40), seed=3)
     big = Predictor.from_config("tiny", seed=1)
-    small = Predictor.from_config("tiny", seed=1, window=32, overlap=8)
+    small = Predictor(big.model, trained=False, device="cpu", window=32, overlap=8)  # same model, tiled
     big.set_image(vol, (1, 1, 1))
     small.set_image(vol, (1, 1, 1))
     assert len(big._windows) == 1 and len(small._windows) == 8
@@ -93,6 +93,8 @@ def test_tiled_and_untiled_agree_on_a_volume_that_fits_one_window():
     b = small.predict([(20, 20, 20)]).labels(0.0)[0] > 0
     # windows see less context, so allow a small disagreement in foreground
     assert (a ^ b).mean() < 0.15
+    with pytest.raises(InputError, match="window"):
+        Predictor(big.model, window=40)
 
 
 def test_cancel_between_windows():

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clicks", type=int, default=3, help="clicks per lesion class and case (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the instance and click choice")
     parser.add_argument("--threshold", type=float, default=0.5, help="confidence threshold (default 0.5)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="sliding-window side in model voxels (default: the weights' config; smaller forces tiling)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N cases")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (under torchrun each rank uses its LOCAL_RANK GPU)")
     parser.add_argument("--min-size", type=int, default=10,
@@ -124,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         from ..inference.predictor import Predictor
 
         predictor = Predictor.from_weights(
-            str(args.weights) if args.weights is not None else None, device=args.device
+            str(args.weights) if args.weights is not None else None, device=args.device,
+            window=args.window,
         )
         if not getattr(predictor, "trained", True) and rank == 0:
             print("warning: the weights are UNTRAINED; the model's numbers are meaningless",

@@ -12,7 +12,7 @@ anywhere in the volume are found; instances cut by window borders are merged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -74,10 +74,19 @@ class Predictor:
     """
 
     def __init__(self, model: MIQSAM3D, *, trained: bool = True, device: str = "auto",
-                 cache_dtype: torch.dtype = torch.float32, metadata: dict | None = None):
+                 cache_dtype: torch.dtype = torch.float32, metadata: dict | None = None,
+                 window: int | None = None, overlap: int | None = None):
+        """``window`` / ``overlap`` (model voxels) override the config's sliding-window size."""
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.cfg: MIQSAMConfig = model.cfg
+        if window is not None or overlap is not None:
+            w = window if window is not None else self.cfg.window
+            o = overlap if overlap is not None else min(self.cfg.overlap, w // 4)
+            if w % self.cfg.pad_multiple or w < 2 * self.cfg.pad_multiple or not 0 <= o < w // 2:
+                raise InputError(f"window must be a multiple of {self.cfg.pad_multiple} (>= {2 * self.cfg.pad_multiple}) "
+                                 f"and overlap below half of it; got window {w}, overlap {o}")
+            self.cfg = replace(self.cfg, window=w, overlap=o)
         self.trained = trained
         self.metadata = metadata or {}
         self.cache_dtype = cache_dtype

@@ -40,7 +40,10 @@ class MIQSAMConfig:
     decoder_heads: int = 4
     # Model grid: voxels are resampled to this spacing (z, y, x) in mm before the encoder.
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
-    # Sliding windows (model voxels) for volumes larger than one window.
+    # Fourier position encodings measure distances in units of position_extent / 2 model voxels (a
+    # fixed length, so 64^3 training patches and 128^3 inference windows encode positions alike).
+    position_extent: int = 128
+    # Sliding windows (model voxels) for volumes larger than one window (inference only).
     window: int = 128
     overlap: int = 16
     # Intensity handling for CT (Hounsfield units): window centre and half-width.
@@ -75,7 +78,7 @@ PRESETS: dict[str, MIQSAMConfig] = {
     "tiny": MIQSAMConfig(
         name="tiny", cnn_channels=(8, 8, 16), vit_dim=32, vit_depth=1, vit_heads=2,
         mask_dim=8, num_queries=8, fourier_bands=4, decoder_layers=2, decoder_heads=2,
-        spacing=(1.0, 1.0, 1.0), window=64, overlap=8,
+        spacing=(1.0, 1.0, 1.0), position_extent=64, window=64, overlap=8,
     ),
     "cpu": MIQSAMConfig(name="cpu"),
     "paper": MIQSAMConfig(

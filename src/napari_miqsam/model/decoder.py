@@ -68,7 +68,7 @@ class CQRD(nn.Module):
 
     def forward(self, emb: Embedding, queries: torch.Tensor, prompt: torch.Tensor, prompt_valid: torch.Tensor) -> list[LayerOutput]:
         tokens = emb.tokens
-        coords = grid_coords(emb.token_shape, self.cfg.patch, self.cfg.window / 2, device=tokens.device, dtype=tokens.dtype)
+        coords = grid_coords(emb.token_shape, self.cfg.patch, self.cfg.position_extent / 2, device=tokens.device, dtype=tokens.dtype)
         keys = tokens + self.pos(fourier_features(coords, self.cfg.fourier_bands))[None]
         bg = self.head.background(emb.mask_features)
         q = queries

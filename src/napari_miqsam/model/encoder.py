@@ -60,7 +60,7 @@ class HybridEncoder(nn.Module):
             raise ValueError(f"encoder input must be (B, C, D, H, W) with sides divisible by 8, got {tuple(x.shape)}")
         f2, f4, f8, sal_logits = self.cnn(x)
         vit, grid = self.patch_embed(x)
-        coords = grid_coords(grid, self.cfg.patch, self.cfg.window / 2, device=x.device, dtype=vit.dtype)
+        coords = grid_coords(grid, self.cfg.patch, self.cfg.position_extent / 2, device=x.device, dtype=vit.dtype)
         vit = vit + self.pos(fourier_features(coords, self.cfg.fourier_bands))[None]
         cnn_tokens = self.cnn_to_tokens(f8.flatten(2).transpose(1, 2))
         log_s = nn.functional.logsigmoid(sal_logits.flatten(1)) if self.cfg.gating else None

@@ -68,7 +68,7 @@ class QueryGenerator(nn.Module):
         feats = torch.cat([
             sample_at_points(token_map, points, emb.input_shape),
             sample_at_points(emb.mask_features, points, emb.input_shape),
-            fourier_features(centred_points(points, emb.input_shape, self.cfg.window / 2), self.cfg.fourier_bands),
+            fourier_features(centred_points(points, emb.input_shape, self.cfg.position_extent / 2), self.cfg.fourier_bands),
         ], dim=-1)
         return self.prompt_norm(self.point_proj(feats) + self.label_embed(labels.long()))
 
