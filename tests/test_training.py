@@ -125,3 +125,15 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert second.steps == 3 and any("resumed" in m and "step 2" in m for m in logs)
     model, meta = load_weights(second.weights)
     assert meta["trained"] == "true" and meta["steps"] == "3"
+
+
+def test_single_query_learns_the_union_of_targets():
+    """Without PC-IQG (one query) the target is the union of the instances."""
+    t = torch.zeros(2, 4, 4, 4)
+    t[0, 0] = 1.0
+    t[1, 3] = 1.0
+    union = torch.full((1, 1, 4, 4, 4), -8.0)
+    union[0, 0, 0] = union[0, 0, 3] = 8.0
+    bg = torch.zeros(1, 1, 4, 4, 4)
+    one = layer_loss(LayerOutput(union, torch.tensor([[5.0]]), bg, True), [t], LossWeights())
+    assert one["dice"] < 0.01 and one["mask"] < 0.01

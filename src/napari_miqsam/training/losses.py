@@ -41,6 +41,10 @@ def layer_loss(out: LayerOutput, targets: list[torch.Tensor], w: LossWeights) ->
     for b, tgt in enumerate(targets):
         probs = probs_all[b].flatten(1)  # (N, V)
         t = tgt.flatten(1).to(probs.dtype)  # (K, V)
+        if probs.shape[0] == 1 and t.shape[0] > 1:
+            # a single query (the no-PC-IQG ablation) cannot hold several instances apart: its
+            # target is the union, and connected components split it at inference
+            t = t.sum(0, keepdim=True).clamp(max=1.0)
         qi, ti = match_queries(probs.detach(), out.scores[b].detach(), t)
         qi_t = torch.as_tensor(qi, device=probs.device, dtype=torch.long)
         ti_t = torch.as_tensor(ti, device=probs.device, dtype=torch.long)

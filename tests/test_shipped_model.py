@@ -1,0 +1,56 @@
+"""The shipped default weights: they load without pickle, carry a model card, and find lesions far
+from the click in a volume that needs several windows."""
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_miqsam.data.instances import instances_of
+from napari_miqsam.data.phantom import make_phantom
+from napari_miqsam.evaluation.metrics import dice
+from napari_miqsam.inference.predictor import Predictor
+from napari_miqsam.model.weights import DEFAULT_WEIGHTS, read_metadata
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return Predictor.from_weights(None, device="cpu")
+
+
+def test_shipped_weights_and_model_card():
+    meta = read_metadata(DEFAULT_WEIGHTS)
+    assert meta["trained"] == "true"
+    assert DEFAULT_WEIGHTS.stat().st_size < 20e6
+    card = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    assert "phantom" in card["what_it_is"] and "NOT a clinical model" in card["what_it_is"]
+    assert card["training"]["command"] and card["training"]["code_commit"]
+    assert card["evaluation"]["cases"] == 40 and "dice" in card["evaluation"]["model"]
+
+
+def test_a_lesion_far_from_the_click_is_found(shipped):
+    """Two copies of a phantom side by side (several windows): a click on a tumour in the left copy
+    finds its twin in the right copy, windows away from the click."""
+    case = make_phantom(7, spacing=(2.0, 0.9, 0.9))
+    image = np.concatenate([case.image, case.image], axis=2)
+    labels = np.concatenate([case.labels, case.labels], axis=2)
+    shipped.set_image(image, case.spacing)
+    assert len(shipped._windows) >= 2
+    ids, n = instances_of(case.labels, 2)
+    assert n > 0
+    target = int(np.argmax(np.bincount(ids.ravel())[1:])) + 1  # the largest tumour
+    where = np.argwhere(ids == target)
+    click = tuple(int(v) for v in where[len(where) // 2])
+    lab, _ = shipped.predict([click]).labels(0.3)
+    width = case.image.shape[2]
+    twin = np.zeros(labels.shape, bool)
+    twin[:, :, width:] = ids == target
+    found = np.unique(lab[twin])
+    found = found[found > 0]
+    assert len(found) > 0, "the twin lesion was not found"
+    best = max(dice(lab == k, twin) for k in found)
+    assert best > 0.5
+    # and the click's own window agrees with the far window about the lesion
+    own = np.zeros(labels.shape, bool)
+    own[:, :, :width] = ids == target
+    assert abs(dice(np.isin(lab, found), twin) - max(dice(lab == k, own) for k in np.unique(lab[own]) if k)) < 0.3
