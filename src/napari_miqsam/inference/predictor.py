@@ -258,14 +258,15 @@ class Predictor:
                 raise CancelledError("prediction cancelled")
             emb = cw.embedding if cw.embedding.tokens.dtype == torch.float32 else cw.embedding.to(torch.float32)
             out = self.model.decoder(emb, queries, tokens, valid)[-1]
-            probs = out.instance_probabilities()[0]  # (N, d2, h2, w2)
             conf = out.scores[0]  # (N,)
-            best_p, best_q = probs.max(dim=0)
-            if out.competition:
-                fg_w = 1.0 - torch.softmax(out.slot_logits(), dim=1)[0, 0]
+            if out.competition:  # one softmax over (background, queries) gives all three maps
+                slots = torch.softmax(out.slot_logits()[0], dim=0)  # (1 + N, d2, h2, w2)
+                best_p, best_q = slots[1:].max(dim=0)
+                fg_w = 1.0 - slots[0]
                 # a voxel belongs to the query whose slot wins the softmax; background may win
-                assigned = torch.where(out.slot_logits()[0].argmax(dim=0) > 0, best_q + 1, torch.zeros_like(best_q))
+                assigned = torch.where(best_p > slots[0], best_q + 1, torch.zeros_like(best_q))
             else:
+                best_p, best_q = torch.sigmoid(out.mask_logits[0]).max(dim=0)
                 fg_w = best_p
                 assigned = torch.where(best_p > 0.5, best_q + 1, torch.zeros_like(best_q))
             win = cw.window
