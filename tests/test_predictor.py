@@ -178,3 +178,15 @@ def test_keep_best_caps_the_number_of_instances():
     out, n, scores = keep_best(ids, 3, np.array([0.5, 0.9, 0.5]), 2)
     assert n == 2 and list(scores) == [0.9, 0.5]
     assert out[1, 1, 0] == 1 and (out[0, 0, :3] == 2).all() and (out[2, 2] == 0).all()
+
+
+def test_float16_cache_gives_nearly_the_same_result():
+    base = Predictor.from_config("tiny", seed=2)
+    half = Predictor(base.model, trained=False, device="cpu", cache_dtype=torch.float16)
+    vol = volume((24, 40, 40), seed=5)
+    for p in (base, half):
+        p.set_image(vol, (1, 1, 1))
+    assert half._windows[0].embedding.tokens.dtype == torch.float16
+    a = base.predict([(12, 20, 20)]).labels(0.0)[0] > 0
+    b = half.predict([(12, 20, 20)]).labels(0.0)[0] > 0
+    assert (a ^ b).mean() < 0.02

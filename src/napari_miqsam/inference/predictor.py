@@ -64,6 +64,11 @@ class CachedWindow:
     embedding: Embedding
     valid_shape: tuple[int, int, int]  # unpadded size of the window in model voxels
 
+    def float32(self) -> Embedding:
+        """The cached embedding in float32 (the cache may hold float16)."""
+        emb = self.embedding
+        return emb if emb.tokens.dtype == torch.float32 else emb.to(torch.float32)
+
 
 class Predictor:
     """Caches the volume embedding; see the module docstring.
@@ -243,8 +248,7 @@ class Predictor:
         for i, p in enumerate(pts_model):
             cw = self._windows[self._owner(p)]
             local = torch.tensor(p - np.asarray(cw.window.start), dtype=torch.float32, device=self.device)
-            emb = cw.embedding if cw.embedding.tokens.dtype == torch.float32 else cw.embedding.to(torch.float32)
-            out[i] = qg.point_embeddings(emb, local[None, None], labels[:, i:i + 1])
+            out[i] = qg.point_embeddings(cw.float32(), local[None, None], labels[:, i:i + 1])
         return torch.cat(out, dim=1)
 
     def _decode_all(self, queries, tokens, valid, progress, cancel):
@@ -256,8 +260,7 @@ class Predictor:
         for i, cw in enumerate(self._windows):
             if cancel is not None and cancel():
                 raise CancelledError("prediction cancelled")
-            emb = cw.embedding if cw.embedding.tokens.dtype == torch.float32 else cw.embedding.to(torch.float32)
-            out = self.model.decoder(emb, queries, tokens, valid)[-1]
+            out = self.model.decoder(cw.float32(), queries, tokens, valid)[-1]
             conf = out.scores[0]  # (N,)
             if out.competition:  # one softmax over (background, queries) gives all three maps
                 slots = torch.softmax(out.slot_logits()[0], dim=0)  # (1 + N, d2, h2, w2)
