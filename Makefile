@@ -23,7 +23,7 @@ system-deps:
 	@command -v Xvfb >/dev/null 2>&1 && [ -e /usr/lib/x86_64-linux-gnu/libxcb-cursor.so.0 -o -e /usr/lib/aarch64-linux-gnu/libxcb-cursor.so.0 ] || bash scripts/install-system-deps.sh
 
 run: install
-	@if [ -z "$$DISPLAY" ]; then echo "no DISPLAY: starting napari under xvfb-run"; xvfb-run -a $(PY) -m napari_miqsam.launch; else $(PY) -m napari_miqsam.launch; fi
+	@if [ -z "$$DISPLAY" ]; then echo "no DISPLAY: starting napari under xvfb-run"; $(MAKE) -s system-deps; xvfb-run -a $(PY) -m napari_miqsam.launch; else $(PY) -m napari_miqsam.launch; fi
 
 test: system-deps install
 	QT_API=pyqt6 $(PY) -m pytest -q
