@@ -68,31 +68,14 @@ def _jsonable(obj):
 
 
 def write_json_atomic(path: Path, obj, overwrite: bool = True) -> None:
-    """Write ``obj`` as JSON via a temporary file + ``os.replace``."""
-    import os
-    import uuid
+    """Write ``obj`` as JSON via a temporary file + ``os.replace`` (``data.io.atomic_write``)."""
+    from ..data.io import atomic_write
 
-    from ..errors import WriteError
-
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise WriteError(f"{path}: the folder {folder} does not exist")
-    if path.exists() and not overwrite:
-        raise WriteError(f"{path}: the file exists; use --overwrite")
-    tmp = folder / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(_jsonable(obj), fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise WriteError(f"{path}: cannot write ({exc})") from exc
+
+    atomic_write(Path(path), write, overwrite)
 
 
 def run(args: argparse.Namespace) -> int:

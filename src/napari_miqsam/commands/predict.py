@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from ..errors import InputError, WriteError
@@ -42,23 +40,17 @@ def suffix_of(path: Path) -> str:
 
 def write_csv(path: Path, rows: list[dict], overwrite: bool) -> None:
     """Write the instance table atomically."""
-    if path.exists() and not overwrite:
-        raise WriteError(f"{path} exists; pass --overwrite to replace it")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=path.parent)
-    except OSError as exc:
-        raise WriteError(f"cannot write in {path.parent}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
+    from ..data.io import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["id", "score", "voxels", "volume_mm3", "centroid_z", "centroid_y", "centroid_x"])
             for r in rows:
                 w.writerow([r["id"], f"{r['score']:.4f}", r["voxels"], f"{r['volume_mm3']:.2f}",
                             *(f"{c:.2f}" for c in r["centroid"])])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(path, write, overwrite)
 
 
 def csv_path_for(output: Path) -> Path:

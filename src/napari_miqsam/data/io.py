@@ -311,8 +311,12 @@ def _tmp_name(path: Path) -> Path:
     return path.parent / f".{stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
 
 
-def _atomic(path: Path, writer, overwrite: bool) -> Path:
-    """Call ``writer(tmp_path)`` then move the finished file onto ``path``."""
+def atomic_write(path: Path, writer, overwrite: bool) -> Path:
+    """Call ``writer(tmp_path)`` then move the finished file onto ``path`` (fsync + ``os.replace``).
+
+    Shared by every writer of the project: an interrupted write never leaves a half file at ``path``.
+    """
+    path = Path(path)
     _check_target(path, overwrite)
     tmp = _tmp_name(path)
     try:
@@ -439,8 +443,8 @@ def write_labels(
     out = labels.astype(np.uint8 if hi <= 255 else np.uint16, copy=False)
     sp, aff, header, axes = _geometry(like, spacing, affine)
     if fmt == "nifti":
-        return _atomic(path, lambda tmp: _write_nifti(tmp, out, aff, header, axes), overwrite)
-    return _atomic(path, lambda tmp: _write_tiff(tmp, out, sp), overwrite)
+        return atomic_write(path, lambda tmp: _write_nifti(tmp, out, aff, header, axes), overwrite)
+    return atomic_write(path, lambda tmp: _write_tiff(tmp, out, sp), overwrite)
 
 
 def write_image(
@@ -468,5 +472,5 @@ def write_image(
         image = image.astype(np.float32)
     sp, aff, header, axes = _geometry(like, spacing, affine)
     if fmt == "nifti":
-        return _atomic(path, lambda tmp: _write_nifti(tmp, image, aff, header, axes), overwrite)
-    return _atomic(path, lambda tmp: _write_tiff(tmp, image, sp), overwrite)
+        return atomic_write(path, lambda tmp: _write_nifti(tmp, image, aff, header, axes), overwrite)
+    return atomic_write(path, lambda tmp: _write_tiff(tmp, image, sp), overwrite)
