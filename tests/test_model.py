@@ -41,7 +41,7 @@ def test_output_shapes():
         assert torch.all((o.scores >= 0) & (o.scores <= 1))
 
 
-@pytest.mark.parametrize("ablation", [{}, {"gating": False}, {"pciqg": False}, {"competition": False}])
+@pytest.mark.parametrize("ablation", [{}, {"gating": False}, {"pciqg": False}, {"competition": False}, {"kind_prior": False}])
 def test_gradients_reach_every_parameter(ablation):
     m = tiny(**ablation).train()
     x = torch.randn(2, 1, 32, 32, 32)
@@ -51,7 +51,11 @@ def test_gradients_reach_every_parameter(ablation):
         t[0, 2:6, 3:8, 4:9] = 1.0
         t[1, 10:14, 10:12, 1:5] = 0.5
     sal_t = (torch.rand(2, 1, 4, 4, 4) > 0.5).float()
-    losses = set_criterion(outs, targets, emb.saliency_logits, sal_t)
+    kind_t = torch.zeros(2, 3, 16, 16, 16)
+    kind_t[:, 0] = 1.0
+    kind_t[:, :, 2:6, 3:8, 4:9] = torch.tensor([0.0, 1.0, 0.0])[:, None, None, None]
+    losses = set_criterion(outs, targets, emb.saliency_logits, sal_t, emb.kind_logits, kind_t)
+    assert ("kind" in losses) == m.cfg.kind_prior
     losses["loss"].backward()
     missing = [n for n, p in m.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
     assert not missing, missing
@@ -125,3 +129,60 @@ def test_bad_weights_files(tmp_path):
     junk.write_bytes(b"not a weights file at all")
     with pytest.raises(WeightsError, match="junk.safetensors"):
         load_weights(junk)
+
+
+def test_kind_prior_suppresses_the_other_kind():
+    """The same-kind bias is 0 before training, then pushes voxels of the other kind (and of no
+    lesion) towards background while leaving voxels of the clicked kind almost untouched."""
+    from napari_miqsam.model.kind import KindPrior, point_kinds, prompt_kind
+
+    logits = torch.full((1, 3, 4, 4, 4), -5.0)
+    logits[0, 1, :2] = 5.0  # z < 2: kind 1 (tumour)
+    logits[0, 2, 2:] = 5.0  # z >= 2: kind 2 (cyst)
+    pts = torch.tensor([[[1.0, 3.0, 3.0], [5.0, 3.0, 3.0]]])  # input voxels; stride 2 -> cells z=0, z=2
+    kinds = point_kinds(logits, pts, (8, 8, 8))
+    assert torch.allclose(kinds[0, 0], torch.tensor([1.0, 0.0]), atol=1e-3)
+    assert torch.allclose(kinds[0, 1], torch.tensor([0.0, 1.0]), atol=1e-3)
+    pi = prompt_kind(kinds, torch.tensor([[1, 0]]), torch.tensor([[True, True]]))  # only the positive click counts
+    assert torch.allclose(pi, kinds[:, 0])
+    prior = KindPrior()
+    assert torch.count_nonzero(prior(logits, pi)) == 0  # no effect before training
+    with torch.no_grad():
+        prior.raw_weight.fill_(1.0)
+    bias = prior(logits, pi)[0, 0]
+    assert bias[:2].abs().max() < 0.01 and bias[2:].max() < -5.0
+
+
+def test_old_weights_files_have_no_kind_prior(tmp_path):
+    """A config written before the kind prior existed loads as a model without it."""
+    from napari_miqsam.model.config import MIQSAMConfig
+
+    d = get_config("tiny").to_dict()
+    d.pop("kind_prior")
+    assert MIQSAMConfig.from_dict(d).kind_prior is False
+    assert MIQSAMConfig.from_dict(get_config("tiny").to_dict()).kind_prior is True
+
+
+def test_init_from_copies_what_fits(tmp_path):
+    """Warm start: a model with the kind prior starts from weights without it (fine-tuning)."""
+    from napari_miqsam.model.weights import init_from
+
+    old = tiny(kind_prior=False)
+    path = save_weights(old, tmp_path / "old.safetensors", trained=True)
+    torch.manual_seed(5)
+    new = MIQSAM3D(get_config("tiny"))
+    fresh = init_from(new, path)
+    assert fresh == ["decoder.kind_prior.raw_weight", "encoder.kind_head.bias", "encoder.kind_head.weight"]
+    old_state = old.state_dict()
+    for k, v in new.state_dict().items():
+        if k not in fresh:
+            assert torch.equal(v, old_state[k]), k
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.inference_mode():  # the kind prior starts at weight 0: the same answer as before
+        a, b = old.eval()(x, *prompt(1))[1][-1], new.eval()(x, *prompt(1))[1][-1]
+    assert torch.allclose(a.mask_logits, b.mask_logits, atol=1e-5)
+    from safetensors.torch import save_file
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(3)}, str(foreign), metadata={"config": "{}"})
+    with pytest.raises(WeightsError, match="fits"):
+        init_from(new, foreign)

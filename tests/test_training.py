@@ -137,3 +137,23 @@ def test_single_query_learns_the_union_of_targets():
     bg = torch.zeros(1, 1, 4, 4, 4)
     one = layer_loss(LayerOutput(union, torch.tensor([[5.0]]), bg, True), [t], LossWeights())
     assert one["dice"] < 0.01 and one["mask"] < 0.01
+
+
+def test_kind_target_marks_each_lesion_kind():
+    from napari_miqsam.training.losses import kind_loss
+    from napari_miqsam.training.sampling import kind_target
+
+    classes = np.zeros((4, 4, 4), dtype=np.uint8)
+    classes[:2] = 1  # organ counts as "no lesion"
+    classes[0, 0, :2] = 2  # one stride-2 cell half tumour
+    classes[2:, 2:, 2:] = 3  # one cell fully cyst
+    t = kind_target(classes)
+    assert t.shape == (3, 2, 2, 2)
+    assert torch.allclose(t.sum(0), torch.ones(2, 2, 2))
+    assert t[1, 0, 0, 0] == 0.25 and t[2, 1, 1, 1] == 1.0 and t[0, 0, 1, 1] == 1.0
+    good = torch.log(t.clamp(min=1e-3))[None]
+    assert kind_loss(good, t[None]) < kind_loss(torch.zeros_like(good), t[None])
+    # a dataset with one lesion kind (LiTS) trains a two-kind head: targets are zero-padded
+    one_kind = kind_target(classes, lesion_classes=(2,))
+    assert one_kind.shape == (2, 2, 2, 2)
+    assert torch.isclose(kind_loss(torch.zeros(1, 3, 2, 2, 2), one_kind[None]), torch.log(torch.tensor(3.0)))

@@ -31,12 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--val-every", type=int, default=d.val_every, help="steps between quick validations (0: off)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init", default=d.init, help="start from these weights (.safetensors; 'default': the shipped ones)")
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: default)")
     p.add_argument("--ablation", default="{}", help='JSON of config switches, e.g. \'{"gating": false}\'')
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..model.weights import DEFAULT_WEIGHTS
     from ..training.loop import TrainOptions, train
 
     opt = TrainOptions(
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch, patch=args.patch, lr=args.lr, warmup=args.warmup, seed=args.seed,
         cases=args.cases, pool=args.pool, refresh_every=args.refresh_every,
         checkpoint_every=args.checkpoint_every, val_every=args.val_every, resume=args.resume,
+        init=str(DEFAULT_WEIGHTS) if args.init == "default" else args.init,
         device=args.device, threads=args.threads, ablation=json.loads(args.ablation),
     )
     train(opt)

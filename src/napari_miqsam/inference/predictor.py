@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..errors import CancelledError, InputError, NotReadyError, OutOfMemoryError, WeightsError
 from ..model.config import MIQSAMConfig, get_config
 from ..model.encoder import Embedding
+from ..model.kind import prompt_kind
 from ..model.miqsam import MIQSAM3D
 from ..model.weights import DEFAULT_WEIGHTS, load_weights
 from .postprocess import instance_scores, keep_best, split_instances, to_original_grid
@@ -229,10 +230,11 @@ class Predictor:
         pts_model = grid.to_model(np.concatenate([pos, neg]))
         labels = torch.tensor([[1] * len(pos) + [0] * len(neg)], device=self.device)
         with torch.inference_mode():
-            tokens = self._prompt_tokens(pts_model, labels)
+            tokens, kinds = self._prompt_tokens(pts_model, labels)
             valid = torch.ones(labels.shape, dtype=torch.bool, device=self.device)
             queries = self.model.query_generator.queries_from_prompt(tokens, labels, valid)
-            maps = self._decode_all(queries, tokens, valid, progress, cancel)
+            kind = prompt_kind(kinds, labels, valid) if kinds is not None else None
+            maps = self._decode_all(queries, tokens, valid, kind, progress, cancel)
         slot, fg, score_map = maps
         seams = self._seams()
         ids, n = split_instances(slot, seams)
@@ -241,17 +243,20 @@ class Predictor:
         instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg)
         return Prediction(grid.shape, grid.spacing, instances, pos, neg)
 
-    def _prompt_tokens(self, pts_model: np.ndarray, labels: torch.Tensor) -> torch.Tensor:
-        """Each click's embedding from the window that owns it, (1, P, C)."""
+    def _prompt_tokens(self, pts_model: np.ndarray, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Each click's embedding (1, P, C) and lesion-kind distribution (1, P, K) (None without
+        the kind prior), both from the window that owns the click."""
         qg = self.model.query_generator
-        out = [None] * len(pts_model)
+        tokens, kinds = [], []
         for i, p in enumerate(pts_model):
             cw = self._windows[self._owner(p)]
-            local = torch.tensor(p - np.asarray(cw.window.start), dtype=torch.float32, device=self.device)
-            out[i] = qg.point_embeddings(cw.float32(), local[None, None], labels[:, i:i + 1])
-        return torch.cat(out, dim=1)
+            emb = cw.float32()
+            local = torch.tensor(p - np.asarray(cw.window.start), dtype=torch.float32, device=self.device)[None, None]
+            tokens.append(qg.point_embeddings(emb, local, labels[:, i:i + 1]))
+            kinds.append(self.model.point_kinds(emb, local))
+        return torch.cat(tokens, dim=1), (torch.cat(kinds, dim=1) if kinds[0] is not None else None)
 
-    def _decode_all(self, queries, tokens, valid, progress, cancel):
+    def _decode_all(self, queries, tokens, valid, kind, progress, cancel):
         """Decode the queries in every window; fill stride-2 maps of the padded model grid."""
         shape2 = tuple(n // STRIDE for n in self._padded)
         slot = np.zeros(shape2, dtype=np.int16)
@@ -260,7 +265,7 @@ class Predictor:
         for i, cw in enumerate(self._windows):
             if cancel is not None and cancel():
                 raise CancelledError("prediction cancelled")
-            out = self.model.decoder(cw.float32(), queries, tokens, valid)[-1]
+            out = self.model.decoder(cw.float32(), queries, tokens, valid, kind)[-1]
             conf = out.scores[0]  # (N,)
             if out.competition:  # one softmax over (background, queries) gives all three maps
                 slots = torch.softmax(out.slot_logits()[0], dim=0)  # (1 + N, d2, h2, w2)

@@ -10,6 +10,7 @@ Ablation switches (each defaults to the full method):
   * ``gating``      - saliency-gated hybrid encoder; False -> plain ViT blocks, branches summed.
   * ``pciqg``       - N prompt-conditioned queries; False -> one query made from the prompt alone.
   * ``competition`` - per-voxel softmax over queries + background; False -> independent sigmoids.
+  * ``kind_prior``  - lesion-kind head + same-kind bias on the masks (our addition); False -> none.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class MIQSAMConfig:
     # Competitive query refinement decoder.
     decoder_layers: int = 3
     decoder_heads: int = 4
+    # Lesion kinds the kind head tells apart (KiTS: tumour, cyst) and whether the same-kind prior
+    # biases the masks (model/kind.py).
+    kinds: int = 2
+    kind_prior: bool = True
     # Model grid: voxels are resampled to this spacing (z, y, x) in mm before the encoder.
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
     # Fourier position encodings measure distances in units of position_extent / 2 model voxels (a
@@ -71,6 +76,7 @@ class MIQSAMConfig:
     def from_dict(cls, d: dict) -> "MIQSAMConfig":
         known = {f.name for f in fields(cls)}
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        kw.setdefault("kind_prior", False)  # files written before the kind prior existed have none
         return cls(**kw)
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from .config import MIQSAMConfig
 from .encoder import Embedding
 from .head import InstanceHead, LayerOutput
+from .kind import KindPrior
 from .positional import fourier_features, grid_coords
 
 
@@ -57,6 +58,7 @@ class CQRD(nn.Module):
         self.pos = nn.Linear(6 * cfg.fourier_bands, cfg.vit_dim)
         self.layers = nn.ModuleList(CQRDLayer(cfg.vit_dim, cfg.decoder_heads) for _ in range(cfg.decoder_layers))
         self.head = InstanceHead(cfg.vit_dim, cfg.mask_dim, cfg.competition)
+        self.kind_prior = KindPrior() if cfg.kind_prior else None
 
     def attention_mask(self, out: LayerOutput, token_shape: tuple[int, int, int]) -> torch.Tensor:
         """Boolean (B * heads, N, T) mask, True = blocked: tokens outside each query's current mask."""
@@ -66,15 +68,20 @@ class CQRD(nn.Module):
         blocked[blocked.all(dim=-1)] = False  # an empty mask attends everywhere
         return blocked.repeat_interleave(self.heads, dim=0)
 
-    def forward(self, emb: Embedding, queries: torch.Tensor, prompt: torch.Tensor, prompt_valid: torch.Tensor) -> list[LayerOutput]:
+    def forward(self, emb: Embedding, queries: torch.Tensor, prompt: torch.Tensor, prompt_valid: torch.Tensor,
+                kind: torch.Tensor | None = None) -> list[LayerOutput]:
+        """kind: (B, K) kind distribution of the prompt (model/kind.py), or None for no kind prior."""
         tokens = emb.tokens
         coords = grid_coords(emb.token_shape, self.cfg.patch, self.cfg.position_extent / 2, device=tokens.device, dtype=tokens.dtype)
         keys = tokens + self.pos(fourier_features(coords, self.cfg.fourier_bands))[None]
         bg = self.head.background(emb.mask_features)
+        bias = None
+        if self.kind_prior is not None and kind is not None and emb.kind_logits is not None:
+            bias = self.kind_prior(emb.kind_logits, kind)
         q = queries
-        outputs = [self.head(q, emb.mask_features, bg)]
+        outputs = [self.head(q, emb.mask_features, bg, bias)]
         for layer in self.layers:  # deep supervision: a prediction after every layer
             mask = self.attention_mask(outputs[-1], emb.token_shape)
             q = layer(q, prompt, prompt_valid, tokens, keys, mask)
-            outputs.append(self.head(q, emb.mask_features, bg))
+            outputs.append(self.head(q, emb.mask_features, bg, bias))
         return outputs

@@ -27,6 +27,8 @@ class Embedding:
     mask_features:  (B, M, 4d, 4h, 4w) per-voxel mask features at stride 2.
     saliency_logits:(B, 1, d, h, w) boundary-saliency logits (s = sigmoid).
     input_shape:    (D, H, W) of the (padded) model input.
+    kind_logits:    (B, 1 + K, 4d, 4h, 4w) logits of (background, lesion kinds) at stride 2, or
+                    None without the kind prior (model/kind.py).
     """
 
     tokens: torch.Tensor
@@ -34,10 +36,12 @@ class Embedding:
     mask_features: torch.Tensor
     saliency_logits: torch.Tensor
     input_shape: tuple[int, int, int]
+    kind_logits: torch.Tensor | None = None
 
     def to(self, dtype: torch.dtype) -> "Embedding":
+        kinds = self.kind_logits.to(dtype) if self.kind_logits is not None else None
         return Embedding(self.tokens.to(dtype), self.token_shape, self.mask_features.to(dtype),
-                         self.saliency_logits.to(dtype), self.input_shape)
+                         self.saliency_logits.to(dtype), self.input_shape, kinds)
 
 
 class HybridEncoder(nn.Module):
@@ -53,6 +57,8 @@ class HybridEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.vit_dim)
         self.pixel_decoder = PixelDecoder(cfg.vit_dim, cfg.cnn_channels, cfg.mask_dim)
+        # lesion-kind head on the mask features (background + kinds), see model/kind.py
+        self.kind_head = nn.Conv3d(cfg.mask_dim, cfg.kinds + 1, 1) if cfg.kind_prior else None
 
     def forward(self, x: torch.Tensor) -> Embedding:
         """x: (B, C_in, D, H, W) normalised volume, D, H, W multiples of 8."""
@@ -72,4 +78,5 @@ class HybridEncoder(nn.Module):
         b, t, c = tokens.shape
         fused8 = tokens.transpose(1, 2).reshape(b, c, *grid)
         mask_features = self.pixel_decoder(fused8, f4, f2)
-        return Embedding(tokens, grid, mask_features, sal_logits, tuple(x.shape[2:]))
+        kinds = self.kind_head(mask_features) if self.kind_head is not None else None
+        return Embedding(tokens, grid, mask_features, sal_logits, tuple(x.shape[2:]), kinds)

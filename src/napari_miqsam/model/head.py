@@ -56,7 +56,11 @@ class InstanceHead(nn.Module):
     def background(self, mask_features: torch.Tensor) -> torch.Tensor | None:
         return self.bg(mask_features) if self.competition else None
 
-    def forward(self, q: torch.Tensor, mask_features: torch.Tensor, bg_logits: torch.Tensor | None) -> LayerOutput:
+    def forward(self, q: torch.Tensor, mask_features: torch.Tensor, bg_logits: torch.Tensor | None,
+                mask_bias: torch.Tensor | None = None) -> LayerOutput:
+        """mask_bias: (B, 1, D2, H2, W2) added to every query's mask logits (the kind prior), or None."""
         qn = self.norm(q)
         masks = torch.einsum("bnm,bmzyx->bnzyx", self.mask_embed(qn), mask_features)
+        if mask_bias is not None:
+            masks = masks + mask_bias
         return LayerOutput(masks, self.score(qn).squeeze(-1), bg_logits, self.competition)

@@ -13,6 +13,7 @@ from .config import MIQSAMConfig
 from .decoder import CQRD
 from .encoder import Embedding, HybridEncoder
 from .head import LayerOutput
+from .kind import point_kinds, prompt_kind
 from .query_generator import QueryGenerator
 
 
@@ -39,7 +40,14 @@ class MIQSAM3D(nn.Module):
         if valid is None:
             valid = torch.ones(labels.shape, dtype=torch.bool, device=labels.device)
         queries, prompt = self.query_generator(emb, points, labels, valid)
-        return self.decoder(emb, queries, prompt, valid)
+        kinds = self.point_kinds(emb, points)
+        kind = prompt_kind(kinds, labels, valid) if kinds is not None else None
+        return self.decoder(emb, queries, prompt, valid, kind)
+
+    @staticmethod
+    def point_kinds(emb: Embedding, points: torch.Tensor) -> torch.Tensor | None:
+        """(B, P, K) lesion-kind distribution at each point (model-input voxels), None without the kind prior."""
+        return point_kinds(emb.kind_logits, points, emb.input_shape) if emb.kind_logits is not None else None
 
     def forward(self, volume: torch.Tensor, points: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None):
         emb = self.embed(volume)

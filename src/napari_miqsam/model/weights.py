@@ -77,3 +77,22 @@ def load_weights(path: str | Path, device: str = "cpu") -> tuple[MIQSAM3D, dict]
             f"{len(result.missing_keys)} missing and {len(result.unexpected_keys)} unexpected tensors"
         )
     return model.to(device).eval(), meta
+
+
+def init_from(model: MIQSAM3D, path: str | Path) -> list[str]:
+    """Warm start: copy every tensor of a weights file whose name and shape fit ``model`` (never unpickles).
+
+    For fine-tuning the shipped weights on new data, or for a model that adds parts to the
+    architecture of the file. Returns the names of the model's tensors that kept their fresh
+    initialisation. Raises WeightsError when nothing fits.
+    """
+    from safetensors.torch import load_file
+
+    read_metadata(path)  # clear errors for a missing or foreign file
+    state = load_file(str(path))
+    own = model.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fits:
+        raise WeightsError(f"no tensor of {path} fits the {model.cfg.name!r} model")
+    model.load_state_dict(fits, strict=False)
+    return sorted(set(own) - set(fits))

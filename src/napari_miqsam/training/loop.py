@@ -18,7 +18,7 @@ from ..distributed import context as distributed_context
 from ..distributed import init as init_distributed
 from ..model.config import get_config
 from ..model.miqsam import MIQSAM3D
-from ..model.weights import save_weights
+from ..model.weights import init_from, save_weights
 from .losses import set_criterion
 from .sampling import augment, collate, sample_example
 from .sources import CasePool, case_loader
@@ -45,6 +45,7 @@ class TrainOptions:
     val_every: int = 0
     val_cases: int = 4
     resume: bool = False
+    init: str = ""  # weights (.safetensors) to start from, e.g. the shipped default (fine-tuning)
     device: str = "auto"
     threads: int = 0
     ablation: dict = field(default_factory=dict)  # e.g. {"gating": False}
@@ -87,7 +88,11 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         torch.set_num_threads(opt.threads)
     torch.manual_seed(opt.seed)  # same initial weights on every rank
     cfg = get_config(opt.config, **opt.ablation)
-    model = MIQSAM3D(cfg).to(device)
+    model = MIQSAM3D(cfg)
+    if opt.init:
+        fresh = init_from(model, opt.init)
+        log(f"initialised from {opt.init}" + (f"; {len(fresh)} tensors kept fresh: {', '.join(fresh)}" if fresh else ""))
+    model = model.to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
     out = Path(opt.out)
     ckpt = out / "checkpoint.pt"
@@ -122,7 +127,8 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         batch = collate(examples)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             emb, outputs = ddp(batch["image"].to(device), batch["points"].to(device), batch["labels"].to(device), batch["valid"].to(device))
-            losses = set_criterion(outputs, [t.to(device) for t in batch["targets"]], emb.saliency_logits, batch["saliency"].to(device))
+            losses = set_criterion(outputs, [t.to(device) for t in batch["targets"]], emb.saliency_logits,
+                                   batch["saliency"].to(device), emb.kind_logits, batch["kinds"].to(device))
         optim.zero_grad(set_to_none=True)
         losses["loss"].backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt.clip)
@@ -131,7 +137,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         if step % opt.refresh_every == 0:
             pool.refresh()
         if rank == 0:
-            row = {k: round(float(v), 4) for k, v in losses.items()}
+            row = {k: round(float(v.detach()), 4) for k, v in losses.items()}
             row.update(step=step, lr=lr_at(step - 1, opt), grad_norm=round(float(gnorm), 3), minutes=round((time.perf_counter() - t0) / 60, 2))
             history.append(row)
             bar.update(1)

@@ -1,5 +1,6 @@
 """Set losses given a matching: mask CE/BCE + Dice on matched queries, confidence BCE, deep
-supervision over every decoder layer, and an auxiliary boundary-saliency loss.
+supervision over every decoder layer, and two auxiliary losses on the encoder: boundary saliency
+and lesion kind (soft cross-entropy of the kind head, see model/kind.py).
 
 Targets are soft occupancies at stride 2 (the fraction of each 2x2x2 cell inside the instance).
 With competition the mask loss is a per-voxel cross-entropy over (background, queries): the target
@@ -24,6 +25,7 @@ class LossWeights:
     dice: float = 5.0
     conf: float = 2.0
     saliency: float = 0.5
+    kind: float = 1.0
 
 
 def dice_loss(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -66,13 +68,37 @@ def layer_loss(out: LayerOutput, targets: list[torch.Tensor], w: LossWeights) ->
     return {k: torch.stack(v).mean() for k, v in terms.items()}
 
 
+def kind_loss(kind_logits: torch.Tensor, kind_target: torch.Tensor) -> torch.Tensor:
+    """Soft cross-entropy of (B, 1 + K, ...) kind logits against (B, 1 + K', ...) occupancies.
+
+    A target with fewer kinds than the head (a dataset with one lesion kind) is zero-padded.
+    """
+    t = kind_target.to(kind_logits.device, torch.float32)
+    extra = kind_logits.shape[1] - t.shape[1]
+    if extra < 0:
+        raise ValueError(f"the targets have {t.shape[1] - 1} lesion kinds, the model {kind_logits.shape[1] - 1}")
+    if extra:
+        t = torch.cat([t, t.new_zeros((t.shape[0], extra, *t.shape[2:]))], dim=1)
+    return -(t * F.log_softmax(kind_logits.float(), dim=1)).sum(1).mean()
+
+
 def set_criterion(outputs: list[LayerOutput], targets: list[torch.Tensor], saliency_logits: torch.Tensor,
-                  saliency_target: torch.Tensor, w: LossWeights = LossWeights()) -> dict[str, torch.Tensor]:
-    """Total loss with deep supervision (every layer's prediction weighted equally)."""
+                  saliency_target: torch.Tensor, kind_logits: torch.Tensor | None = None,
+                  kind_target: torch.Tensor | None = None, w: LossWeights = LossWeights()) -> dict[str, torch.Tensor]:
+    """Total loss with deep supervision (every layer's prediction weighted equally).
+
+    kind_logits / kind_target: the encoder's lesion-kind logits and their soft targets (both
+    (B, 1 + K, d2, h2, w2)); the kind term is left out when either is None.
+    """
     parts = {"mask": 0.0, "dice": 0.0, "conf": 0.0}
     for out in outputs:
         for k, v in layer_loss(out, targets, w).items():
             parts[k] = parts[k] + v / len(outputs)
     sal = F.binary_cross_entropy_with_logits(saliency_logits.float(), saliency_target.float())
     total = w.mask * parts["mask"] + w.dice * parts["dice"] + w.conf * parts["conf"] + w.saliency * sal
-    return {"loss": total, "saliency": sal.detach(), **{k: v.detach() for k, v in parts.items()}}
+    result = {"saliency": sal.detach(), **{k: v.detach() for k, v in parts.items()}}
+    if kind_logits is not None and kind_target is not None:
+        kl = kind_loss(kind_logits, kind_target)
+        total = total + w.kind * kl
+        result["kind"] = kl.detach()
+    return {"loss": total, **result}

@@ -66,6 +66,7 @@ class Example:
     labels: torch.Tensor  # (Q,) 1 positive, 0 negative
     targets: torch.Tensor  # (K, P/2, P/2, P/2) soft occupancy at stride 2
     saliency: torch.Tensor  # (1, P/8, P/8, P/8) boundary target
+    kinds: torch.Tensor  # (1 + K, P/2, P/2, P/2) soft occupancy of (background, lesion kinds)
 
 
 def _crop(arr: np.ndarray, start, size: int, fill) -> np.ndarray:
@@ -91,6 +92,16 @@ def boundary_target(classes: np.ndarray, stride: int = 8) -> torch.Tensor:
         pad[2 * (2 - axis) + 1] = 1
         edge |= F.pad(diff, pad)
     return F.max_pool3d(edge[None, None].float(), stride)[0]
+
+
+def kind_target(classes: np.ndarray, lesion_classes=LESION_CLASSES) -> torch.Tensor:
+    """Soft occupancy (1 + K, d/2, h/2, w/2) of (not a lesion, kind 1..K) per stride-2 cell; kind k
+    is ``lesion_classes[k - 1]`` (KiTS: 2 tumour, 3 cyst)."""
+    kind = np.zeros(classes.shape, dtype=np.int64)
+    for k, c in enumerate(lesion_classes, start=1):
+        kind[classes == c] = k
+    onehot = F.one_hot(torch.from_numpy(kind), len(lesion_classes) + 1).permute(3, 0, 1, 2).float()
+    return F.avg_pool3d(onehot[None], 2)[0]
 
 
 def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg_prob: float = 0.3,
@@ -133,23 +144,23 @@ def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg
     onehot = np.stack([(inst_p == i) for i in target_ids]).astype(np.float32)
     targets = F.avg_pool3d(torch.from_numpy(onehot)[None], 2)[0]
     return Example(torch.from_numpy(image)[None], torch.tensor(np.asarray(points), dtype=torch.float32),
-                   torch.tensor(labels), targets, boundary_target(cls_p))
+                   torch.tensor(labels), targets, boundary_target(cls_p), kind_target(cls_p))
 
 
 def augment(ex: Example, rng: np.random.Generator) -> Example:
     """Random flips, intensity scale/shift, contrast (gamma-like) and noise; masks follow the flips."""
-    img, pts, tg, sal = ex.image, ex.points.clone(), ex.targets, ex.saliency
+    img, pts, tg, sal, kinds = ex.image, ex.points.clone(), ex.targets, ex.saliency, ex.kinds
     p = img.shape[-1]
     for axis in range(3):
         if rng.random() < 0.5:
-            img, tg, sal = img.flip(axis + 1), tg.flip(axis + 1), sal.flip(axis + 1)
+            img, tg, sal, kinds = img.flip(axis + 1), tg.flip(axis + 1), sal.flip(axis + 1), kinds.flip(axis + 1)
             pts[:, axis] = p - 1 - pts[:, axis]
     img = img * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.12, 0.12))
     if rng.random() < 0.3:
         g = float(rng.uniform(0.8, 1.25))
         img = torch.sign(img) * img.abs().clamp(max=1.5) ** g
     img = img + torch.randn_like(img) * float(rng.uniform(0.0, 0.06))
-    return Example(img.clamp(-1.5, 1.5), pts, ex.labels, tg, sal)
+    return Example(img.clamp(-1.5, 1.5), pts, ex.labels, tg, sal, kinds)
 
 
 def collate(batch: list[Example]) -> dict:
@@ -162,4 +173,5 @@ def collate(batch: list[Example]) -> dict:
         n = len(e.labels)
         pts[i, :n], lab[i, :n], valid[i, :n] = e.points, e.labels, True
     return {"image": torch.stack([e.image for e in batch]), "points": pts, "labels": lab, "valid": valid,
-            "targets": [e.targets for e in batch], "saliency": torch.stack([e.saliency for e in batch])}
+            "targets": [e.targets for e in batch], "saliency": torch.stack([e.saliency for e in batch]),
+            "kinds": torch.stack([e.kinds for e in batch])}

@@ -1,0 +1,61 @@
+"""Lesion-kind prior: which voxels are lesions of the kind the user clicked.
+
+The encoder's kind head (a 1x1x1 convolution on the stride-2 mask features) gives per-voxel logits
+over (background, kind_1..kind_K) (KiTS: tumour, cyst). It is trained with an auxiliary
+cross-entropy against the dataset's lesion classes, which makes the mask features tell the kinds
+apart.
+
+At prompt time the kind distribution at the positive clicks, ``pi`` (softmax over the lesion kinds
+only, averaged over the clicks), gives a same-kind probability per voxel
+
+    s(v) = sum_k pi_k * P(kind_k | v)
+
+and every query's mask logit gets ``w * log(s(v) + eps)`` added (``w >= 0`` learned, 0 at the
+start): voxels of another kind, or of no lesion, are pushed towards the background slot. This is
+our addition to MIQ-SAM3D: it makes the click's kind explicit instead of leaving it to the queries.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .query_generator import sample_at_points
+
+EPS = 1e-4
+WEIGHT_SCALE = 8.0  # w moves this much faster than its raw parameter (Adam steps are ~lr in size)
+
+
+def point_kinds(kind_logits: torch.Tensor, points: torch.Tensor, input_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Kind distribution over the lesion kinds only at each point, (B, P, K).
+
+    kind_logits: (B, 1 + K, d2, h2, w2); points: (B, P, 3) voxels (z, y, x) of the model input.
+    """
+    logits = sample_at_points(kind_logits, points, input_shape)  # (B, P, 1 + K)
+    return torch.softmax(logits[..., 1:].float(), dim=-1)
+
+
+def prompt_kind(kinds: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Average the (B, P, K) point kinds over the valid positive points -> pi, (B, K)."""
+    pos = (valid & (labels == 1)).to(kinds.dtype)[..., None]
+    return (kinds * pos).sum(1) / pos.sum(1).clamp(min=1.0)
+
+
+class KindPrior(nn.Module):
+    """The learned weight ``w`` of the same-kind bias on the mask logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.raw_weight = nn.Parameter(torch.zeros(()))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """w = scale * (softplus(raw) - softplus(0)): never negative, exactly 0 before training."""
+        return WEIGHT_SCALE * (F.softplus(self.raw_weight) - F.softplus(torch.zeros_like(self.raw_weight)))
+
+    def forward(self, kind_logits: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """``w * log(s + eps)`` per voxel, (B, 1, d2, h2, w2); kind: pi, (B, K)."""
+        probs = torch.softmax(kind_logits.float(), dim=1)[:, 1:]  # (B, K, ...)
+        same = torch.einsum("bk,bkzyx->bzyx", kind.float(), probs)[:, None]
+        return (self.weight * torch.log(same + EPS)).to(kind_logits.dtype)
