@@ -1,5 +1,5 @@
-"""Ablation study: full MIQ-SAM3D vs without spatial gating, without PC-IQG (single query), and
-without competition, each trained with the same (small) budget on phantoms and evaluated the same way.
+"""Ablation study: full MIQ-SAM3D vs without spatial gating, without PC-IQG (single query),
+without competition and without the kind prior, each trained with the same (small) budget on phantoms and evaluated the same way.
 
     python benchmarks/ablation.py train --steps 600 --batch 2      # trains runs/ablation/<variant>/
     python benchmarks/ablation.py evaluate --cases 12 --json benchmarks/results/ablation.json
@@ -19,6 +19,7 @@ VARIANTS = {
     "no_gating": {"gating": False},
     "no_pciqg": {"pciqg": False},
     "no_competition": {"competition": False},
+    "no_kind_prior": {"kind_prior": False},
 }
 METRICS = ("dice", "nsd_1mm", "instance_f1", "instance_recall", "instance_precision", "wrong_class_rate", "dice_std_over_clicks")
 

@@ -1,7 +1,11 @@
 """Install trained weights as the shipped default and write their JSON model card.
 
     python scripts/make_model_card.py runs/cpu/miqsam_cpu.safetensors \
-        --evaluation benchmarks/results/evaluate.json --commit <git commit of the training code>
+        --evaluation benchmarks/results/evaluate.json --commit <git commit of the training code> \
+        [--previous-card old_card.json]
+
+With ``--previous-card`` (the card of the weights this run started from with ``--init``), the new
+card records both stages and their total training time.
 
 Copies the weights to src/napari_miqsam/weights/miqsam_cpu.safetensors and writes
 src/napari_miqsam/weights/miqsam_cpu.json from the weights' own metadata (config, options, steps,
@@ -27,10 +31,17 @@ def main() -> None:
     p.add_argument("--evaluation", type=Path, required=True)
     p.add_argument("--commit", required=True, help="git commit of the code that trained the weights")
     p.add_argument("--command", default="make train-default")
+    p.add_argument("--previous-card", type=Path, help="model card of the weights this run was initialised from")
     args = p.parse_args()
     meta = read_metadata(args.weights)
     options = json.loads(meta["options"])
     evaluation = json.loads(args.evaluation.read_text())
+    world = int(meta.get("world_size", "1"))
+    launcher = f"torchrun --nproc_per_node={world} -m napari_miqsam.training" if world > 1 else "miqsam train"
+    equivalent = (launcher + " --config cpu --data phantom --out {out} --steps {steps} --batch {batch} "
+                  "--patch {patch} --pool {pool} --threads {threads} --seed {seed} --lr {lr} --warmup {warmup}").format(**options)
+    if options.get("init"):
+        equivalent += f" --init {options['init']}"
     card = {
         "name": "MIQ-SAM3D cpu (phantom-trained default)",
         "what_it_is": "The napari-miqsam default model: the `cpu` configuration trained only on synthetic "
@@ -40,14 +51,15 @@ def main() -> None:
         "config": json.loads(meta["config"]),
         "training": {
             "command": args.command,
-            "equivalent": "miqsam train --config cpu --data phantom --out runs/cpu --steps {steps} --batch {batch} "
-                          "--patch {patch} --pool {pool} --threads {threads}".format(**options),
+            "equivalent": equivalent,
             "code_commit": args.commit,
             "data": f"generated phantoms, seeds {TRAIN_SEED_OFFSET + options['seed'] * 100_000} to "
                     f"{TRAIN_SEED_OFFSET + options['seed'] * 100_000 + options['cases'] - 1} (default shape and spacing); "
                     "evaluation seeds 0-39 were never used in training",
             "steps": int(meta["steps"]),
             "batch": options["batch"],
+            "processes": world,
+            "patches_per_step": options["batch"] * world,
             "patch_model_voxels": options["patch"],
             "optimizer": f"AdamW lr {options['lr']} wd {options['weight_decay']}, warm-up {options['warmup']} + cosine, clip {options['clip']}",
             "train_minutes": float(meta["train_minutes"]),
@@ -62,6 +74,10 @@ def main() -> None:
         },
         "date": date.today().isoformat(),
     }
+    if args.previous_card:
+        previous = json.loads(args.previous_card.read_text())["training"]
+        card["training"]["initialised_from"] = previous
+        card["training"]["total_train_minutes"] = round(previous["train_minutes"] + card["training"]["train_minutes"], 1)
     DEFAULT_WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
     if args.weights.resolve() != DEFAULT_WEIGHTS.resolve():
         shutil.copyfile(args.weights, DEFAULT_WEIGHTS)
