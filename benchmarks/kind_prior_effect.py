@@ -33,7 +33,7 @@ def main() -> None:
             predictor.model.decoder.kind_prior = None
         res = evaluate(cases, predictor, clicks=args.clicks, seed=0, progress=False, baselines=False)
         row = {k: round(v, 3) for k, v in res["model"].items()}
-        print(f"mask bias {'on ' if bias else 'off'} (w = {float(predictor.model.decoder.kind_prior.weight) if bias else 0:.3f}): {row}")
+        print(f"mask bias {'on ' if bias else 'off'} (w = {float(predictor.model.decoder.kind_prior.weight.detach()) if bias else 0:.3f}): {row}")
 
 
 if __name__ == "__main__":
