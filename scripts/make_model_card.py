@@ -69,6 +69,7 @@ def main() -> None:
             "command": "miqsam evaluate phantom:40:0 --clicks 3 --seed 0 --json benchmarks/results/evaluate.json",
             "cases": evaluation.get("n_cases"),
             "clicks": evaluation.get("clicks"),
+            "threshold": evaluation.get("threshold"),
             "model": evaluation["model"],
             "baselines": evaluation["baselines"],
         },

@@ -131,6 +131,7 @@ def test_output_layer_deleted_between_runs_is_recreated(phantom_widget, qtbot):
 
 def test_new_run_and_deletion_are_single_undo_steps(phantom_widget, qtbot):
     viewer, widget = phantom_widget
+    widget.threshold_slider.setValue(95)  # start high, so that lowering it later shows more instances
     click(widget, tumour_voxel(viewer))
     qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
     out = widget.output_layer

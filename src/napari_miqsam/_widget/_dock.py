@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_miqsam.errors import CancelledError, MiqsamError
+from napari_miqsam.inference.prediction import DEFAULT_THRESHOLD
 
 from ._history import merge_labels, replace_labels
 from ._instance_table import InstanceTable
@@ -254,10 +255,10 @@ class MiqsamWidget(QWidget):
         threshold_row = QHBoxLayout()
         self.threshold_slider = QSlider(Qt.Orientation.Horizontal)
         self.threshold_slider.setRange(0, 100)
-        self.threshold_slider.setValue(50)
+        self.threshold_slider.setValue(round(DEFAULT_THRESHOLD * 100))
         self.threshold_slider.setTracking(False)  # valueChanged on release: one undo step
         self.threshold_slider.setToolTip("Hide instances whose confidence is below this value.")
-        self.threshold_label = QLabel("0.50")
+        self.threshold_label = QLabel(f"{DEFAULT_THRESHOLD:.2f}")
         self.threshold_label.setMinimumWidth(32)
         threshold_row.addWidget(QLabel("Confidence ≥"))
         threshold_row.addWidget(self.threshold_slider, 1)

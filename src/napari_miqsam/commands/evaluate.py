@@ -8,6 +8,8 @@ import math
 import re
 from pathlib import Path
 
+from ..inference.prediction import DEFAULT_THRESHOLD
+
 HELP = "Evaluate one-click lesion segmentation (model vs region growing vs threshold+CC) on labelled data."
 
 _PHANTOM = re.compile(r"^phantom:(\d+)(?::(-?\d+))?$")
@@ -21,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model weights (.safetensors); default: the shipped weights")
     parser.add_argument("--clicks", type=int, default=3, help="clicks per lesion class and case (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the instance and click choice")
-    parser.add_argument("--threshold", type=float, default=0.5, help="confidence threshold (default 0.5)")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help=f"confidence threshold (default {DEFAULT_THRESHOLD})")
     parser.add_argument("--window", type=int, default=None,
                         help="sliding-window side in model voxels (default: the weights' config; smaller forces tiling)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N cases")

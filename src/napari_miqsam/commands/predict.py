@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError, WriteError
+from ..inference.prediction import DEFAULT_THRESHOLD
 
 HELP = "segment every lesion of the clicked kind in a NIfTI/TIFF volume; writes labels + CSV"
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
@@ -24,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="positive click in voxel coordinates (z, y, x); repeatable")
     p.add_argument("--negative", nargs=3, type=float, action="append", metavar=("Z", "Y", "X"), default=[],
                    help="negative click (not this); repeatable")
-    p.add_argument("--threshold", type=float, default=0.5, help="confidence threshold in [0, 1]")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help=f"confidence threshold in [0, 1] (default {DEFAULT_THRESHOLD})")
     p.add_argument("--weights", type=Path, default=None, help=".safetensors weights (default: shipped)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--channel", type=int, default=None, help="channel of a multichannel (4D) volume")

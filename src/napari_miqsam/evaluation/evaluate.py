@@ -32,6 +32,7 @@ from ..data.phantom import Case
 from ..data.prompts import CLICK_MODES, simulate_click
 from ..errors import InputError
 from .baselines import denoise, grow_with_window, threshold_cc
+from ..inference.prediction import DEFAULT_THRESHOLD
 from .metrics import dice, instance_scores, nsd, wrong_class_rate
 
 __all__ = ["METHODS", "METRICS", "evaluate", "format_markdown_table", "merge_results", "score"]
@@ -158,7 +159,7 @@ def evaluate(
     predictor: Any = None,
     clicks: int = 3,
     seed: int = 0,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     lesion_classes: Sequence[int] | None = None,
     min_size: int = 10,
     progress: bool = True,
@@ -310,7 +311,7 @@ def merge_results(partials: Sequence[dict]) -> dict:
             seen.add(key)
             unique.append(r)
     first = partials[0]
-    return _assemble(unique, first["clicks"], first["seed"], first.get("threshold", 0.5),
+    return _assemble(unique, first["clicks"], first["seed"], first.get("threshold", DEFAULT_THRESHOLD),
                      {"shard": [0, 1], "merged_from": len(partials)})
 
 
@@ -347,7 +348,7 @@ def format_markdown_table(result: dict) -> str:
         f"One-click evaluation: {result.get('n_cases', 0)} cases, {result.get('n_rows', 0)} "
         f"(case, class) rows, {result.get('clicks')} clicks each "
         f"(center/interior/boundary), seed {result.get('seed')}, threshold "
-        f"{result.get('threshold', 0.5)}",
+        f"{result.get('threshold', DEFAULT_THRESHOLD)}",
         "",
         *table(summary),
     ]

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+#: Default confidence threshold, chosen for the shipped weights on 24 validation phantoms (seeds
+#: 900000+; ``python benchmarks/tune_threshold.py --cases 24``). Used by the widget, the CLI and evaluation.
+DEFAULT_THRESHOLD = 0.4
+
 
 @dataclass
 class Instance:
@@ -56,10 +60,10 @@ class Prediction:
     def scores(self) -> np.ndarray:
         return np.array([inst.score for inst in self.instances], dtype=float)
 
-    def count(self, threshold: float = 0.5) -> int:
+    def count(self, threshold: float = DEFAULT_THRESHOLD) -> int:
         return int((self.scores >= threshold).sum())
 
-    def labels(self, threshold: float = 0.5) -> tuple[np.ndarray, list[dict]]:
+    def labels(self, threshold: float = DEFAULT_THRESHOLD) -> tuple[np.ndarray, list[dict]]:
         """Label volume (uint16, original shape; 0 = background) and one table row per shown instance.
 
         Rows: ``id``, ``score``, ``voxels``, ``volume_mm3``, ``centroid`` (z, y, x voxel floats).
