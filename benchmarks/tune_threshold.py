@@ -3,6 +3,10 @@ neither for training nor for the 40-case evaluation), from cached predictions (n
 per threshold).
 
     python benchmarks/tune_threshold.py --weights runs/cpu/miqsam_cpu.safetensors --cases 8
+
+``--kind-scoring both`` scores the same clicks with and without the kind agreement in the instance
+scores (``Predictor.kind_scoring``, ``inference.postprocess.score_instances``), so the two can be
+compared at every threshold.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from napari_miqsam.data.prompts import CLICK_MODES, simulate_click
 from napari_miqsam.evaluation.evaluate import score
 from napari_miqsam.inference.predictor import Predictor
 
-THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def main() -> None:
@@ -26,9 +30,11 @@ def main() -> None:
     p.add_argument("--weights", default=None)
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--clicks", type=int, default=2)
+    p.add_argument("--kind-scoring", choices=("on", "off", "both"), default="off")
     args = p.parse_args()
     predictor = Predictor.from_weights(args.weights, device="cpu")
-    rows = {t: [] for t in THRESHOLDS}
+    modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.kind_scoring]
+    rows = {(m, t): [] for m in modes for t in THRESHOLDS}
     rng = np.random.default_rng(0)
     for i in range(args.cases):
         case = make_phantom(900_000 + i)
@@ -39,13 +45,16 @@ def main() -> None:
                 continue
             target = ids == int(rng.integers(1, n + 1))
             for c in range(args.clicks):
-                pred = predictor.predict([simulate_click(target, CLICK_MODES[c % 3], rng, case.spacing)])
-                for t in THRESHOLDS:
-                    rows[t].append(score(pred.labels(t)[0], case.labels, cls, case.spacing, ids, 10))
-    summary = {t: {k: round(float(np.mean([r[k] for r in rs])), 3) for k in ("dice", "instance_f1", "nsd_1mm", "wrong_class_rate")}
-               for t, rs in rows.items()}
-    for t, s in summary.items():
-        print(t, json.dumps(s))
+                click = simulate_click(target, CLICK_MODES[c % 3], rng, case.spacing)
+                for m in modes:
+                    predictor.kind_scoring = m
+                    pred = predictor.predict([click])
+                    for t in THRESHOLDS:
+                        rows[m, t].append(score(pred.labels(t)[0], case.labels, cls, case.spacing, ids, 10))
+    keys = ("dice", "instance_f1", "instance_precision", "instance_recall", "nsd_1mm", "wrong_class_rate")
+    for (m, t), rs in rows.items():
+        summary = {k: round(float(np.mean([r[k] for r in rs])), 3) for k in keys}
+        print(f"kind_scoring={'on' if m else 'off'} threshold={t}", json.dumps(summary))
 
 
 if __name__ == "__main__":

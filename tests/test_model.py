@@ -140,7 +140,7 @@ def test_kind_prior_suppresses_the_other_kind():
     logits[0, 1, :2] = 5.0  # z < 2: kind 1 (tumour)
     logits[0, 2, 2:] = 5.0  # z >= 2: kind 2 (cyst)
     pts = torch.tensor([[[1.0, 3.0, 3.0], [5.0, 3.0, 3.0]]])  # input voxels; stride 2 -> cells z=0, z=2
-    kinds = point_kinds(logits, pts, (8, 8, 8))
+    kinds = point_kinds(logits, pts, (8, 8, 8), radius=0)
     assert torch.allclose(kinds[0, 0], torch.tensor([1.0, 0.0]), atol=1e-3)
     assert torch.allclose(kinds[0, 1], torch.tensor([0.0, 1.0]), atol=1e-3)
     pi = prompt_kind(kinds, torch.tensor([[1, 0]]), torch.tensor([[True, True]]))  # only the positive click counts
@@ -151,6 +151,20 @@ def test_kind_prior_suppresses_the_other_kind():
         prior.raw_weight.fill_(1.0)
     bias = prior(logits, pi)[0, 0]
     assert bias[:2].abs().max() < 0.01 and bias[2:].max() < -5.0
+
+
+def test_click_on_a_lesion_edge_reads_the_lesion_kind():
+    """The kind around a click pools the lesion-kind probabilities of nearby cells, so a click on
+    a cyst's edge (a background cell whose kinds-only softmax says tumour) reads cyst."""
+    from napari_miqsam.model.kind import point_kinds
+
+    logits = torch.full((1, 3, 6, 6, 6), -5.0)
+    logits[0, 0] = 5.0  # background everywhere...
+    logits[0, 1] = -2.0  # ...and among the (unlikely) kinds, tumour beats cyst
+    logits[0, :, 3:] = torch.tensor([-5.0, -5.0, 5.0])[:, None, None, None]  # cells z >= 3: cyst
+    edge = torch.tensor([[[4.5, 4.5, 4.5]]])  # input voxels: the centre of cell (2, 2, 2), background, next to the cyst
+    assert point_kinds(logits, edge, (12, 12, 12), radius=0)[0, 0, 0] > 0.9  # the point alone: "tumour"
+    assert point_kinds(logits, edge, (12, 12, 12))[0, 0, 1] > 0.9  # pooled: cyst
 
 
 def test_old_weights_files_have_no_kind_prior(tmp_path):

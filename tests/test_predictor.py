@@ -238,3 +238,24 @@ def test_float16_cache_gives_nearly_the_same_result():
     a = base.predict([(12, 20, 20)]).labels(0.0)[0] > 0
     b = half.predict([(12, 20, 20)]).labels(0.0)[0] > 0
     assert (a ^ b).mean() < 0.02
+
+
+def test_pieces_on_another_kind_score_lower():
+    """One query covering a tumour and a cyst: both pieces share its confidence, but the piece on
+    the cyst keeps little of it once the kind agreement is in the score."""
+    from napari_miqsam.inference.postprocess import score_instances, split_instances
+
+    slot = np.zeros((6, 6, 6), dtype=np.int16)
+    slot[0:2, 0:2, 0:2] = 3  # query 3 on a tumour...
+    slot[4:6, 4:6, 4:6] = 3  # ...and on a cyst
+    ids, n = split_instances(slot)
+    score_map = np.where(slot > 0, 0.9, 0.0).astype(np.float32)
+    lesion = np.where(slot > 0, 0.95, 0.05).astype(np.float32)
+    same = np.zeros_like(lesion)  # the click was on a tumour: P(tumour) per voxel
+    same[0:2, 0:2, 0:2] = 0.9
+    same[4:6, 4:6, 4:6] = 0.1
+    plain = score_instances(ids, n, score_map)
+    kinded = score_instances(ids, n, score_map, same, lesion)
+    tumour, cyst = ids[0, 0, 0] - 1, ids[5, 5, 5] - 1
+    assert n == 2 and np.allclose(plain, 0.9)
+    assert kinded[tumour] > 0.8 and kinded[cyst] < 0.1

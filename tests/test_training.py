@@ -156,4 +156,19 @@ def test_kind_target_marks_each_lesion_kind():
     # a dataset with one lesion kind (LiTS) trains a two-kind head: targets are zero-padded
     one_kind = kind_target(classes, lesion_classes=(2,))
     assert one_kind.shape == (2, 2, 2, 2)
-    assert torch.isclose(kind_loss(torch.zeros(1, 3, 2, 2, 2), one_kind[None]), torch.log(torch.tensor(3.0)))
+    assert torch.isclose(kind_loss(torch.zeros(1, 3, 2, 2, 2), one_kind[None], dice_weight=0), torch.log(torch.tensor(3.0)))
+
+
+def test_kind_loss_does_not_let_small_lesions_be_called_background():
+    from napari_miqsam.training.losses import kind_loss
+
+    t = torch.zeros(1, 3, 4, 4, 4)
+    t[0, 0] = 1.0
+    t[0, 0, 0, 0, 0], t[0, 1, 0, 0, 0] = 0.0, 1.0  # one tumour cell in 64
+    background = torch.zeros(1, 3, 4, 4, 4)
+    background[:, 0] = 4.0  # calls everything background, the small lesion too
+    right = torch.log(t.clamp(min=1e-3))
+    # cross-entropy alone barely minds (1 cell of 64 wrong); with the Dice term the miss costs a lot
+    ce_gap = kind_loss(background, t, dice_weight=0) - kind_loss(right, t, dice_weight=0)
+    gap = kind_loss(background, t) - kind_loss(right, t)
+    assert ce_gap < 0.2 and gap > 0.5 and gap > 5 * ce_gap

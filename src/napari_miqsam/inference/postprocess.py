@@ -82,6 +82,35 @@ def instance_scores(ids: np.ndarray, n: int, score_map: np.ndarray) -> np.ndarra
     return np.asarray(ndimage.mean(score_map, labels=ids, index=np.arange(1, n + 1)), dtype=float)
 
 
+def kind_agreement(ids: np.ndarray, n: int, same: np.ndarray, lesion: np.ndarray) -> np.ndarray:
+    """How much of each instance's lesion evidence is of the clicked kind, (n,) in [0, 1].
+
+    ``sum(s) / sum(lesion)`` over the instance's cells, with ``s`` the same-kind probability and
+    ``lesion = 1 - P(background)`` from the kind head (``model.kind.same_kind``). A query that
+    also covers lesions of another kind gives those pieces a low agreement.
+    """
+    if n == 0:
+        return np.zeros(0)
+    index = np.arange(1, n + 1)
+    s = np.asarray(ndimage.sum(same, labels=ids, index=index), dtype=float)
+    les = np.asarray(ndimage.sum(lesion, labels=ids, index=index), dtype=float)
+    return np.clip(s / np.maximum(les, 1e-6), 0.0, 1.0)
+
+
+def score_instances(ids: np.ndarray, n: int, score_map: np.ndarray, same: np.ndarray | None = None,
+                    lesion: np.ndarray | None = None) -> np.ndarray:
+    """Each instance's score in [0, 1], (n,): the winning queries' mean confidence, times the kind
+    agreement (:func:`kind_agreement`) when the kind maps are given.
+
+    One query's mask can cover several lesions, of both kinds; its confidence is then shared by all
+    the pieces, the agreement is not: pieces on lesions of another kind score lower.
+    """
+    scores = instance_scores(ids, n, score_map)
+    if same is not None and lesion is not None and n:
+        scores = scores * kind_agreement(ids, n, same, lesion)
+    return scores
+
+
 def keep_best(ids: np.ndarray, n: int, scores: np.ndarray, limit: int) -> tuple[np.ndarray, int, np.ndarray]:
     """Keep at most ``limit`` instances (highest score, then largest), relabelled 1..k."""
     if n <= limit:

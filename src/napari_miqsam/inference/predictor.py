@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from ..errors import CancelledError, InputError, NotReadyError, OutOfMemoryError, WeightsError
 from ..model.config import MIQSAMConfig, get_config
 from ..model.encoder import Embedding
-from ..model.kind import prompt_kind
+from ..model.kind import prompt_kind, same_kind
 from ..model.miqsam import MIQSAM3D
 from ..model.weights import DEFAULT_WEIGHTS, load_weights
-from .postprocess import instance_scores, keep_best, split_instances, to_original_grid
+from .postprocess import keep_best, score_instances, split_instances, to_original_grid
 from .prediction import Prediction
 from .preprocess import GridMap, as_volume, check_spacing, normalise_intensity
 from .resample import resample_to_model
@@ -77,6 +77,8 @@ class Predictor:
     Attributes:
         trained: False when the weights are untrained (e.g. ``from_config``); say so to the user.
         embed_calls: how many times the encoder has run (one per window per ``set_image``).
+        kind_scoring: with a kind head, each instance's score is its queries' confidence times its
+            kind agreement (``postprocess.score_instances``); False: the confidence alone.
     """
 
     def __init__(self, model: MIQSAM3D, *, trained: bool = True, device: str = "auto",
@@ -98,6 +100,7 @@ class Predictor:
         self.cache_dtype = cache_dtype
         self.embed_calls = 0
         self.max_instances = MAX_INSTANCES
+        self.kind_scoring = False
         self._windows: list[CachedWindow] = []
         self._grid: GridMap | None = None
         self._padded: tuple[int, int, int] | None = None
@@ -235,10 +238,12 @@ class Predictor:
             queries = self.model.query_generator.queries_from_prompt(tokens, labels, valid)
             kind = prompt_kind(kinds, labels, valid) if kinds is not None else None
             maps = self._decode_all(queries, tokens, valid, kind, progress, cancel)
-        slot, fg, score_map = maps
+        slot, fg, score_map, same, lesion = maps
         seams = self._seams()
         ids, n = split_instances(slot, seams)
-        scores = instance_scores(ids, n, score_map)
+        if not self.kind_scoring:
+            same = lesion = None
+        scores = score_instances(ids, n, score_map, same, lesion)
         ids, n, scores = keep_best(ids, n, scores, self.max_instances)
         instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg)
         return Prediction(grid.shape, grid.spacing, instances, pos, neg)
@@ -262,6 +267,8 @@ class Predictor:
         slot = np.zeros(shape2, dtype=np.int16)
         fg = np.zeros(shape2, dtype=np.float32)
         score_map = np.zeros(shape2, dtype=np.float32)
+        same = np.zeros(shape2, dtype=np.float32) if kind is not None else None
+        lesion = np.zeros(shape2, dtype=np.float32) if kind is not None else None
         for i, cw in enumerate(self._windows):
             if cancel is not None and cancel():
                 raise CancelledError("prediction cancelled")
@@ -283,12 +290,18 @@ class Predictor:
             slot[dst] = assigned[own].cpu().numpy()
             fg[dst] = fg_w[own].float().cpu().numpy()
             score_map[dst] = conf[best_q[own]].float().cpu().numpy()
+            if same is not None and cw.embedding.kind_logits is not None:
+                s_w, l_w = same_kind(cw.embedding.kind_logits, kind)
+                same[dst] = s_w[0][own].cpu().numpy()
+                lesion[dst] = l_w[0][own].cpu().numpy()
             if progress is not None:
                 progress(i + 1, len(self._windows))
         # crop away the padding of the model grid
         valid2 = tuple(-(-n // STRIDE) for n in self.grid.model_shape)
         crop = tuple(slice(0, n) for n in valid2)
-        return slot[crop], fg[crop], score_map[crop]
+        if same is not None:
+            same, lesion = same[crop], lesion[crop]
+        return slot[crop], fg[crop], score_map[crop], same, lesion
 
     def _seams(self) -> list[tuple[int, int]]:
         seams = set()

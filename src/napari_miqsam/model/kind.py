@@ -5,8 +5,8 @@ over (background, kind_1..kind_K) (KiTS: tumour, cyst). It is trained with an au
 cross-entropy against the dataset's lesion classes, which makes the mask features tell the kinds
 apart.
 
-At prompt time the kind distribution at the positive clicks, ``pi`` (softmax over the lesion kinds
-only, averaged over the clicks), gives a same-kind probability per voxel
+At prompt time the kind distribution around the positive clicks, ``pi`` (lesion-kind probabilities
+summed over a few cells around each click, normalised over the kinds, averaged over the clicks), gives a same-kind probability per voxel
 
     s(v) = sum_k pi_k * P(kind_k | v)
 
@@ -27,19 +27,40 @@ EPS = 1e-4
 WEIGHT_SCALE = 8.0  # w moves this much faster than its raw parameter (Adam steps are ~lr in size)
 
 
-def point_kinds(kind_logits: torch.Tensor, points: torch.Tensor, input_shape: tuple[int, int, int]) -> torch.Tensor:
-    """Kind distribution over the lesion kinds only at each point, (B, P, K).
+def point_kinds(kind_logits: torch.Tensor, points: torch.Tensor, input_shape: tuple[int, int, int],
+                radius: int = 1) -> torch.Tensor:
+    """Kind distribution over the lesion kinds only around each point, (B, P, K).
 
     kind_logits: (B, 1 + K, d2, h2, w2); points: (B, P, 3) voxels (z, y, x) of the model input.
+    The lesion-kind probabilities P(k | v) are summed over a (2 radius + 1)^3 neighbourhood of
+    stride-2 cells around the point and normalised over the kinds, so a click on a lesion's edge
+    reads the lesion's kind (background cells add almost nothing to any kind). radius 0: the
+    point alone.
     """
-    logits = sample_at_points(kind_logits, points, input_shape)  # (B, P, 1 + K)
-    return torch.softmax(logits[..., 1:].float(), dim=-1)
+    r = torch.arange(-radius, radius + 1, device=points.device, dtype=points.dtype) * 2.0  # cells -> voxels
+    offsets = torch.cartesian_prod(r, r, r) if radius else torch.zeros(1, 3, device=points.device, dtype=points.dtype)
+    b, p, _ = points.shape
+    around = (points[:, :, None, :] + offsets).reshape(b, -1, 3)  # (B, P * O, 3)
+    probs = torch.softmax(sample_at_points(kind_logits, around, input_shape).float(), dim=-1)
+    mass = probs[..., 1:].reshape(b, p, len(offsets), -1).sum(2)  # (B, P, K)
+    return mass / mass.sum(-1, keepdim=True).clamp(min=1e-8)
 
 
 def prompt_kind(kinds: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Average the (B, P, K) point kinds over the valid positive points -> pi, (B, K)."""
     pos = (valid & (labels == 1)).to(kinds.dtype)[..., None]
     return (kinds * pos).sum(1) / pos.sum(1).clamp(min=1.0)
+
+
+def same_kind(kind_logits: torch.Tensor, kind: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-voxel same-kind probability ``s(v)`` and lesion probability ``1 - P(background | v)``.
+
+    kind_logits: (B, 1 + K, d2, h2, w2); kind: pi, (B, K). Returns two (B, d2, h2, w2) maps;
+    ``s <= lesion`` everywhere, and ``s / lesion`` is P(clicked kind | lesion) at v.
+    """
+    probs = torch.softmax(kind_logits.float(), dim=1)
+    same = torch.einsum("bk,bkzyx->bzyx", kind.float(), probs[:, 1:])
+    return same, 1.0 - probs[:, 0]
 
 
 class KindPrior(nn.Module):
@@ -56,6 +77,5 @@ class KindPrior(nn.Module):
 
     def forward(self, kind_logits: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
         """``w * log(s + eps)`` per voxel, (B, 1, d2, h2, w2); kind: pi, (B, K)."""
-        probs = torch.softmax(kind_logits.float(), dim=1)[:, 1:]  # (B, K, ...)
-        same = torch.einsum("bk,bkzyx->bzyx", kind.float(), probs)[:, None]
+        same = same_kind(kind_logits, kind)[0][:, None]
         return (self.weight * torch.log(same + EPS)).to(kind_logits.dtype)
