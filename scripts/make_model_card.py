@@ -5,7 +5,7 @@
         [--previous-card old_card.json]
 
 With ``--previous-card`` (the card of the weights this run started from with ``--init``), the new
-card records both stages and their total training time.
+card records every stage (nested under ``initialised_from``) and their total training time.
 
 Copies the weights to src/napari_miqsam/weights/miqsam_cpu.safetensors and writes
 src/napari_miqsam/weights/miqsam_cpu.json from the weights' own metadata (config, options, steps,
@@ -31,6 +31,7 @@ def main() -> None:
     p.add_argument("--evaluation", type=Path, required=True)
     p.add_argument("--commit", required=True, help="git commit of the code that trained the weights")
     p.add_argument("--command", default="make train-default")
+    p.add_argument("--code-note", default=None, help="a remark on the training code (recorded in the card)")
     p.add_argument("--previous-card", type=Path, help="model card of the weights this run was initialised from")
     args = p.parse_args()
     meta = read_metadata(args.weights)
@@ -53,6 +54,7 @@ def main() -> None:
             "command": args.command,
             "equivalent": equivalent,
             "code_commit": args.commit,
+            **({"code_note": args.code_note} if args.code_note else {}),
             "data": f"generated phantoms, seeds {TRAIN_SEED_OFFSET + options['seed'] * 100_000} to "
                     f"{TRAIN_SEED_OFFSET + options['seed'] * 100_000 + options['cases'] - 1} (default shape and spacing); "
                     "evaluation seeds 0-39 were never used in training",
@@ -78,7 +80,8 @@ def main() -> None:
     if args.previous_card:
         previous = json.loads(args.previous_card.read_text())["training"]
         card["training"]["initialised_from"] = previous
-        card["training"]["total_train_minutes"] = round(previous["train_minutes"] + card["training"]["train_minutes"], 1)
+        before = previous.get("total_train_minutes", previous["train_minutes"])  # earlier stages included
+        card["training"]["total_train_minutes"] = round(before + card["training"]["train_minutes"], 1)
     DEFAULT_WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
     if args.weights.resolve() != DEFAULT_WEIGHTS.resolve():
         shutil.copyfile(args.weights, DEFAULT_WEIGHTS)
