@@ -163,3 +163,20 @@ def test_cli_phantom_and_evaluate(tmp_path, capsys):
     assert main(["evaluate", str(out), "--no-model", "--json", str(js), "--quiet"]) == 2
     assert main(["evaluate", str(tmp_path / "nothing"), "--no-model", "--quiet"]) == 2
     assert main(["evaluate", "phantom:1:0", "--no-model", "--no-baselines", "--quiet"]) == 2
+
+
+def test_cli_evaluate_kind_scoring_switch(tmp_path):
+    """--kind-scoring off scores instances by the queries' confidence alone; the JSON says which."""
+    from napari_miqsam.cli import main
+
+    out = tmp_path / "ph"
+    assert main(["phantom", str(out), "--cases", "1", "--seed", "7", "--shape", "32", "48", "48", "--quiet"]) == 0
+    results = {}
+    for mode in ("on", "off"):
+        js = tmp_path / f"{mode}.json"
+        assert main(["evaluate", str(out), "--no-baselines", "--clicks", "1", "--threshold", "0",
+                     "--kind-scoring", mode, "--json", str(js), "--quiet"]) == 0
+        results[mode] = json.loads(js.read_text())
+    assert results["on"]["kind_scoring"] is True and results["off"]["kind_scoring"] is False
+    # at threshold 0 every instance is shown either way, so the scores change but not the masks
+    assert results["on"]["model"]["dice"] == pytest.approx(results["off"]["model"]["dice"])

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (under torchrun each rank uses its LOCAL_RANK GPU)")
     parser.add_argument("--min-size", type=int, default=10,
                         help="ignore instances smaller than this many voxels (default 10)")
+    parser.add_argument("--kind-scoring", choices=("on", "off"), default=None,
+                        help="multiply instance scores by their kind agreement (default: the Predictor's default)")
     parser.add_argument("--no-model", action="store_true", help="baselines only")
     parser.add_argument("--no-baselines", action="store_true", help="model only")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json",
@@ -114,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
             str(args.weights) if args.weights is not None else None, device=args.device,
             window=args.window,
         )
+        if args.kind_scoring is not None:
+            predictor.kind_scoring = args.kind_scoring == "on"
         if not getattr(predictor, "trained", True) and rank == 0:
             print("warning: the weights are UNTRAINED; the model's numbers are meaningless",
                   file=sys.stderr)
@@ -137,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         result = merge_results(parts)
     result["data"] = str(args.data)
     result["weights"] = str(args.weights) if args.weights is not None else "default"
+    if predictor is not None:
+        result["kind_scoring"] = bool(predictor.kind_scoring)
     print(format_markdown_table(result), end="")
     if args.json is not None:
         write_json_atomic(args.json, result, overwrite=True)
