@@ -31,8 +31,10 @@ def main() -> None:
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--clicks", type=int, default=2)
     p.add_argument("--kind-scoring", choices=("on", "off", "both"), default="off")
+    p.add_argument("--snap", type=int, default=0, help="Predictor.snap_radius")
     args = p.parse_args()
     predictor = Predictor.from_weights(args.weights, device="cpu")
+    predictor.snap_radius = args.snap
     modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.kind_scoring]
     rows = {(m, t): [] for m in modes for t in THRESHOLDS}
     rng = np.random.default_rng(0)

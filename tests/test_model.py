@@ -200,3 +200,19 @@ def test_init_from_copies_what_fits(tmp_path):
     save_file({"x": torch.zeros(3)}, str(foreign), metadata={"config": "{}"})
     with pytest.raises(WeightsError, match="fits"):
         init_from(new, foreign)
+
+
+def test_click_just_off_a_lesion_snaps_onto_it():
+    from napari_miqsam.model.kind import snap_to_lesion
+
+    logits = torch.zeros(1, 3, 6, 6, 6)
+    logits[0, 0] = 5.0  # background...
+    logits[0, 0, 3:5, 2:4, 2:4] = -5.0  # ...except a lesion (cells z 3-4)
+    logits[0, 2, 3:5, 2:4, 2:4] = 5.0
+    off = torch.tensor([4.5, 4.5, 4.5])  # centre of cell (2, 2, 2): background, next to the lesion
+    snapped = snap_to_lesion(logits, off)
+    assert snapped.tolist() == [6.5, 4.5, 4.5]  # centre of cell (3, 2, 2)
+    on = torch.tensor([7.0, 5.0, 5.0])  # already on the lesion: unchanged
+    assert torch.equal(snap_to_lesion(logits, on), on)
+    far = torch.tensor([0.5, 10.5, 10.5])  # no lesion within one cell: unchanged
+    assert torch.equal(snap_to_lesion(logits, far), far)

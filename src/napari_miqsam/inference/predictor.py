@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..errors import CancelledError, InputError, NotReadyError, OutOfMemoryError, WeightsError
 from ..model.config import MIQSAMConfig, get_config
 from ..model.encoder import Embedding
-from ..model.kind import prompt_kind, same_kind
+from ..model.kind import prompt_kind, same_kind, snap_to_lesion
 from ..model.miqsam import MIQSAM3D
 from ..model.weights import DEFAULT_WEIGHTS, load_weights
 from .postprocess import keep_best, score_instances, split_instances, to_original_grid
@@ -79,6 +79,8 @@ class Predictor:
         embed_calls: how many times the encoder has run (one per window per ``set_image``).
         kind_scoring: with a kind head, each instance's score is its queries' confidence times its
             kind agreement (``postprocess.score_instances``); False: the confidence alone.
+        snap_radius: a positive click whose cell reads background moves to the most lesion-like
+            cell within this many stride-2 cells (``model.kind.snap_to_lesion``); 0: never.
     """
 
     def __init__(self, model: MIQSAM3D, *, trained: bool = True, device: str = "auto",
@@ -101,6 +103,7 @@ class Predictor:
         self.embed_calls = 0
         self.max_instances = MAX_INSTANCES
         self.kind_scoring = False
+        self.snap_radius = 0
         self._windows: list[CachedWindow] = []
         self._grid: GridMap | None = None
         self._padded: tuple[int, int, int] | None = None
@@ -256,7 +259,10 @@ class Predictor:
         for i, p in enumerate(pts_model):
             cw = self._windows[self._owner(p)]
             emb = cw.float32()
-            local = torch.tensor(p - np.asarray(cw.window.start), dtype=torch.float32, device=self.device)[None, None]
+            local = torch.tensor(p - np.asarray(cw.window.start), dtype=torch.float32, device=self.device)
+            if self.snap_radius and int(labels[0, i]) == 1 and emb.kind_logits is not None:
+                local = snap_to_lesion(emb.kind_logits, local, self.snap_radius)
+            local = local[None, None]
             tokens.append(qg.point_embeddings(emb, local, labels[:, i:i + 1]))
             kinds.append(self.model.point_kinds(emb, local))
         return torch.cat(tokens, dim=1), (torch.cat(kinds, dim=1) if kinds[0] is not None else None)

@@ -17,6 +17,7 @@ our addition to MIQ-SAM3D: it makes the click's kind explicit instead of leaving
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,6 +45,27 @@ def point_kinds(kind_logits: torch.Tensor, points: torch.Tensor, input_shape: tu
     probs = torch.softmax(sample_at_points(kind_logits, around, input_shape).float(), dim=-1)
     mass = probs[..., 1:].reshape(b, p, len(offsets), -1).sum(2)  # (B, P, K)
     return mass / mass.sum(-1, keepdim=True).clamp(min=1e-8)
+
+
+def snap_to_lesion(kind_logits: torch.Tensor, point: torch.Tensor, radius: int = 1) -> torch.Tensor:
+    """Move a click that lands just off a lesion onto it.
+
+    kind_logits: (1, 1 + K, d2, h2, w2); point: (3,) voxels (z, y, x) of the model input. If the
+    stride-2 cell under the point is more likely background than lesion, the point moves to the
+    centre of the most lesion-like cell within ``radius`` cells, when that one is more likely
+    lesion; otherwise it stays.
+    """
+    shape = torch.tensor(kind_logits.shape[2:], device=point.device)
+    cell = torch.clamp(torch.floor(point / 2).long(), min=torch.zeros_like(shape), max=shape - 1)
+    lo = torch.clamp(cell - radius, min=0)
+    hi = torch.minimum(cell + radius + 1, shape)
+    box = kind_logits[0, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].float()
+    lesion = 1.0 - torch.softmax(box, dim=0)[0]
+    here = tuple((cell - lo).tolist())
+    if float(lesion[here]) >= 0.5 or float(lesion.max()) < 0.5:
+        return point
+    best = torch.tensor(np.unravel_index(int(lesion.argmax()), tuple(lesion.shape)), device=point.device)
+    return ((lo + best) * 2).to(point.dtype) + 0.5
 
 
 def prompt_kind(kinds: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
