@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--clicks", type=int, default=2)
     p.add_argument("--kind-scoring", choices=("on", "off", "both"), default="off")
-    p.add_argument("--snap", type=int, default=0, help="Predictor.snap_radius")
+    p.add_argument("--snap", type=int, default=1, help="Predictor.snap_radius")
     args = p.parse_args()
     predictor = Predictor.from_weights(args.weights, device="cpu")
     predictor.snap_radius = args.snap

@@ -21,6 +21,7 @@ import shutil
 from datetime import date
 from pathlib import Path
 
+from napari_miqsam.inference.predictor import SNAP_RADIUS
 from napari_miqsam.model.weights import DEFAULT_WEIGHTS, read_metadata
 from napari_miqsam.training.sources import TRAIN_SEED_OFFSET
 
@@ -72,6 +73,8 @@ def main() -> None:
             "cases": evaluation.get("n_cases"),
             "clicks": evaluation.get("clicks"),
             "threshold": evaluation.get("threshold"),
+            "kind_scoring": evaluation.get("kind_scoring", False),
+            "snap_radius": SNAP_RADIUS,
             "model": evaluation["model"],
             "baselines": evaluation["baselines"],
         },

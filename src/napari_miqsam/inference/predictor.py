@@ -35,6 +35,8 @@ from .tiling import Window, plan_windows
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
 STRIDE = 2  # mask features are at stride 2 of the model grid
+SNAP_RADIUS = 1  # cells; measured on validation phantoms (README), see Predictor.snap_radius
+KIND_SCORING = False  # measured: a wash against a lower threshold (README), see Predictor.kind_scoring
 MAX_INSTANCES = 255  # an untrained or confused model can return thousands of specks; keep the best
 
 
@@ -102,8 +104,8 @@ class Predictor:
         self.cache_dtype = cache_dtype
         self.embed_calls = 0
         self.max_instances = MAX_INSTANCES
-        self.kind_scoring = False
-        self.snap_radius = 0
+        self.kind_scoring = KIND_SCORING
+        self.snap_radius = SNAP_RADIUS
         self._windows: list[CachedWindow] = []
         self._grid: GridMap | None = None
         self._padded: tuple[int, int, int] | None = None
@@ -244,8 +246,6 @@ class Predictor:
         slot, fg, score_map, same, lesion = maps
         seams = self._seams()
         ids, n = split_instances(slot, seams)
-        if not self.kind_scoring:
-            same = lesion = None
         scores = score_instances(ids, n, score_map, same, lesion)
         ids, n, scores = keep_best(ids, n, scores, self.max_instances)
         instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg)
@@ -273,8 +273,9 @@ class Predictor:
         slot = np.zeros(shape2, dtype=np.int16)
         fg = np.zeros(shape2, dtype=np.float32)
         score_map = np.zeros(shape2, dtype=np.float32)
-        same = np.zeros(shape2, dtype=np.float32) if kind is not None else None
-        lesion = np.zeros(shape2, dtype=np.float32) if kind is not None else None
+        with_kind = kind is not None and self.kind_scoring  # the kind maps only serve the kind scoring
+        same = np.zeros(shape2, dtype=np.float32) if with_kind else None
+        lesion = np.zeros(shape2, dtype=np.float32) if with_kind else None
         for i, cw in enumerate(self._windows):
             if cancel is not None and cancel():
                 raise CancelledError("prediction cancelled")
