@@ -134,7 +134,7 @@ def test_bad_weights_files(tmp_path):
 def test_kind_prior_suppresses_the_other_kind():
     """The same-kind bias is 0 before training, then pushes voxels of the other kind (and of no
     lesion) towards background while leaving voxels of the clicked kind almost untouched."""
-    from napari_miqsam.model.kind import KindPrior, point_kinds, prompt_kind
+    from napari_miqsam.model.kind import KindPrior, lesion_kind_probs, point_kinds, prompt_kind
 
     logits = torch.full((1, 3, 4, 4, 4), -5.0)
     logits[0, 1, :2] = 5.0  # z < 2: kind 1 (tumour)
@@ -146,10 +146,11 @@ def test_kind_prior_suppresses_the_other_kind():
     pi = prompt_kind(kinds, torch.tensor([[1, 0]]), torch.tensor([[True, True]]))  # only the positive click counts
     assert torch.allclose(pi, kinds[:, 0])
     prior = KindPrior()
-    assert torch.count_nonzero(prior(logits, pi)) == 0  # no effect before training
+    probs = lesion_kind_probs(logits)
+    assert torch.count_nonzero(prior(probs, pi)) == 0  # no effect before training
     with torch.no_grad():
         prior.raw_weight.fill_(1.0)
-    bias = prior(logits, pi)[0, 0]
+    bias = prior(probs, pi)[0, 0]
     assert bias[:2].abs().max() < 0.01 and bias[2:].max() < -5.0
 
 

@@ -94,6 +94,21 @@ class LocalPrompts:
         return torch.zeros(1, 1, 4)
 
 
+class LocalDecoder(torch.nn.Module):
+    """The decoder of LocalModel: foreground where the (pooled) intensity is above 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(20.0))
+
+    def context(self, emb):
+        return None
+
+    def forward(self, emb, queries, tokens, valid, kind=None, context=None):
+        logits = emb.mask_features * self.scale
+        return [LayerOutput(logits, torch.zeros(1, 1), torch.zeros_like(logits), True)]
+
+
 class LocalModel(torch.nn.Module):
     """A stand-in network whose answer at a voxel depends on that voxel alone (foreground where the
     normalised intensity is above 0, one query): with it, sliding windows must reproduce the
@@ -104,7 +119,7 @@ class LocalModel(torch.nn.Module):
         super().__init__()
         self.cfg = get_config("tiny", kind_prior=False)
         self.query_generator = LocalPrompts()
-        self.scale = torch.nn.Parameter(torch.tensor(20.0))
+        self.decoder = LocalDecoder()
 
     def embed(self, x):
         feats = torch.nn.functional.avg_pool3d(x, 2)
@@ -114,9 +129,6 @@ class LocalModel(torch.nn.Module):
     def point_kinds(self, emb, points):
         return None
 
-    def decoder(self, emb, queries, tokens, valid, kind=None):
-        logits = emb.mask_features * self.scale
-        return [LayerOutput(logits, torch.zeros(1, 1), torch.zeros_like(logits), True)]
 
 
 def test_sliding_windows_stitch_exactly():

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import CancelledError, InputError, NotReadyError, OutOfMemoryError, WeightsError
 from ..model.config import MIQSAMConfig, get_config
+from ..model.decoder import DecoderContext
 from ..model.encoder import Embedding
 from ..model.kind import prompt_kind, same_kind, snap_to_lesion
 from ..model.miqsam import MIQSAM3D
@@ -66,6 +67,7 @@ class CachedWindow:
     window: Window
     embedding: Embedding
     valid_shape: tuple[int, int, int]  # unpadded size of the window in model voxels
+    context: DecoderContext | None = None  # the decoder's prompt-independent work, made once
 
     def float32(self) -> Embedding:
         """The cached embedding in float32 (the cache may hold float16)."""
@@ -191,8 +193,10 @@ class Predictor:
         x = F.pad(crop, [0, target[2] - valid[2], 0, target[1] - valid[1], 0, target[0] - valid[0]], value=-1.0)
         with torch.inference_mode():
             emb = self.model.embed(x[None, None].to(self.device))
-        self.embed_calls += 1
-        return CachedWindow(win, emb.to(self.cache_dtype) if self.cache_dtype != torch.float32 else emb, valid)
+            self.embed_calls += 1
+            cw = CachedWindow(win, emb.to(self.cache_dtype) if self.cache_dtype != torch.float32 else emb, valid)
+            cw.context = self.model.decoder.context(cw.float32())
+        return cw
 
     # ----------------------------------------------------------------- prompting
     def _check_points(self, points, name: str) -> np.ndarray:
@@ -279,7 +283,7 @@ class Predictor:
         for i, cw in enumerate(self._windows):
             if cancel is not None and cancel():
                 raise CancelledError("prediction cancelled")
-            out = self.model.decoder(cw.float32(), queries, tokens, valid, kind)[-1]
+            out = self.model.decoder(cw.float32(), queries, tokens, valid, kind, cw.context)[-1]
             conf = out.scores[0]  # (N,)
             if out.competition:  # one softmax over (background, queries) gives all three maps
                 slots = torch.softmax(out.slot_logits()[0], dim=0)  # (1 + N, d2, h2, w2)

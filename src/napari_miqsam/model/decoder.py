@@ -12,6 +12,8 @@ prediction after every layer is returned for deep supervision.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +21,7 @@ from torch import nn
 from .config import MIQSAMConfig
 from .encoder import Embedding
 from .head import InstanceHead, LayerOutput
-from .kind import KindPrior
+from .kind import KindPrior, lesion_kind_probs
 from .positional import fourier_features, grid_coords
 
 
@@ -50,6 +52,17 @@ class CQRDLayer(nn.Module):
         return self.norm3(q + self.ffn(q))
 
 
+@dataclass
+class DecoderContext:
+    """What the decoder computes from the embedding alone, whatever the prompt: the image tokens'
+    attention keys (with their position encoding), the background slot's logits and the lesion-kind
+    probabilities. A Predictor makes it once per window and reuses it for every click."""
+
+    keys: torch.Tensor
+    bg_logits: torch.Tensor | None
+    kind_probs: torch.Tensor | None
+
+
 class CQRD(nn.Module):
     def __init__(self, cfg: MIQSAMConfig):
         super().__init__()
@@ -68,16 +81,26 @@ class CQRD(nn.Module):
         blocked[blocked.all(dim=-1)] = False  # an empty mask attends everywhere
         return blocked.repeat_interleave(self.heads, dim=0)
 
-    def forward(self, emb: Embedding, queries: torch.Tensor, prompt: torch.Tensor, prompt_valid: torch.Tensor,
-                kind: torch.Tensor | None = None) -> list[LayerOutput]:
-        """kind: (B, K) kind distribution of the prompt (model/kind.py), or None for no kind prior."""
+    def context(self, emb: Embedding) -> DecoderContext:
+        """The prompt-independent part of the decoder's work (see :class:`DecoderContext`)."""
         tokens = emb.tokens
         coords = grid_coords(emb.token_shape, self.cfg.patch, self.cfg.position_extent / 2, device=tokens.device, dtype=tokens.dtype)
         keys = tokens + self.pos(fourier_features(coords, self.cfg.fourier_bands))[None]
-        bg = self.head.background(emb.mask_features)
+        kind_probs = None
+        if self.kind_prior is not None and emb.kind_logits is not None:
+            kind_probs = lesion_kind_probs(emb.kind_logits)
+        return DecoderContext(keys, self.head.background(emb.mask_features), kind_probs)
+
+    def forward(self, emb: Embedding, queries: torch.Tensor, prompt: torch.Tensor, prompt_valid: torch.Tensor,
+                kind: torch.Tensor | None = None, context: DecoderContext | None = None) -> list[LayerOutput]:
+        """kind: (B, K) kind distribution of the prompt (model/kind.py), or None for no kind prior.
+        context: ``self.context(emb)`` if already made (it is made here otherwise)."""
+        tokens = emb.tokens
+        ctx = context if context is not None else self.context(emb)
+        keys, bg = ctx.keys, ctx.bg_logits
         bias = None
-        if self.kind_prior is not None and kind is not None and emb.kind_logits is not None:
-            bias = self.kind_prior(emb.kind_logits, kind)
+        if self.kind_prior is not None and kind is not None and ctx.kind_probs is not None:
+            bias = self.kind_prior(ctx.kind_probs, kind).to(emb.mask_features.dtype)
         q = queries
         outputs = [self.head(q, emb.mask_features, bg, bias)]
         for layer in self.layers:  # deep supervision: a prediction after every layer

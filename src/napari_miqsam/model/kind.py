@@ -74,15 +74,19 @@ def prompt_kind(kinds: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) 
     return (kinds * pos).sum(1) / pos.sum(1).clamp(min=1.0)
 
 
+def lesion_kind_probs(kind_logits: torch.Tensor) -> torch.Tensor:
+    """P(kind_k | v) for the lesion kinds only (no renormalisation), (B, K, d2, h2, w2), float32."""
+    return torch.softmax(kind_logits.float(), dim=1)[:, 1:]
+
+
 def same_kind(kind_logits: torch.Tensor, kind: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-voxel same-kind probability ``s(v)`` and lesion probability ``1 - P(background | v)``.
 
     kind_logits: (B, 1 + K, d2, h2, w2); kind: pi, (B, K). Returns two (B, d2, h2, w2) maps;
     ``s <= lesion`` everywhere, and ``s / lesion`` is P(clicked kind | lesion) at v.
     """
-    probs = torch.softmax(kind_logits.float(), dim=1)
-    same = torch.einsum("bk,bkzyx->bzyx", kind.float(), probs[:, 1:])
-    return same, 1.0 - probs[:, 0]
+    probs = lesion_kind_probs(kind_logits)
+    return torch.einsum("bk,bkzyx->bzyx", kind.float(), probs), probs.sum(1)
 
 
 class KindPrior(nn.Module):
@@ -97,7 +101,10 @@ class KindPrior(nn.Module):
         """w = scale * (softplus(raw) - softplus(0)): never negative, exactly 0 before training."""
         return WEIGHT_SCALE * (F.softplus(self.raw_weight) - F.softplus(torch.zeros_like(self.raw_weight)))
 
-    def forward(self, kind_logits: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
-        """``w * log(s + eps)`` per voxel, (B, 1, d2, h2, w2); kind: pi, (B, K)."""
-        same = same_kind(kind_logits, kind)[0][:, None]
-        return (self.weight * torch.log(same + EPS)).to(kind_logits.dtype)
+    def forward(self, kind_probs: torch.Tensor, kind: torch.Tensor) -> torch.Tensor:
+        """``w * log(s + eps)`` per voxel, (B, 1, d2, h2, w2), float32.
+
+        kind_probs: :func:`lesion_kind_probs` of the kind logits, (B, K, ...); kind: pi, (B, K).
+        """
+        same = torch.einsum("bk,bkzyx->bzyx", kind.float(), kind_probs.float())[:, None]
+        return self.weight * torch.log(same + EPS)
