@@ -301,8 +301,8 @@ class Predictor:
             slot[dst] = assigned[own].cpu().numpy()
             fg[dst] = fg_w[own].float().cpu().numpy()
             score_map[dst] = conf[best_q[own]].float().cpu().numpy()
-            if same is not None and cw.embedding.kind_logits is not None:
-                s_w, l_w = same_kind(cw.embedding.kind_logits, kind)
+            if same is not None and cw.context is not None and cw.context.kind_probs is not None:
+                s_w, l_w = same_kind(cw.context.kind_probs, kind)
                 same[dst] = s_w[0][own].cpu().numpy()
                 lesion[dst] = l_w[0][own].cpu().numpy()
             if progress is not None:

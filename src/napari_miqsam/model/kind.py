@@ -6,7 +6,8 @@ cross-entropy against the dataset's lesion classes, which makes the mask feature
 apart.
 
 At prompt time the kind distribution around the positive clicks, ``pi`` (lesion-kind probabilities
-summed over a few cells around each click, normalised over the kinds, averaged over the clicks), gives a same-kind probability per voxel
+summed over a few cells around each click, normalised over the kinds, averaged over the clicks),
+gives a same-kind probability per voxel
 
     s(v) = sum_k pi_k * P(kind_k | v)
 
@@ -79,13 +80,14 @@ def lesion_kind_probs(kind_logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(kind_logits.float(), dim=1)[:, 1:]
 
 
-def same_kind(kind_logits: torch.Tensor, kind: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def same_kind(kind_probs: torch.Tensor, kind: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-voxel same-kind probability ``s(v)`` and lesion probability ``1 - P(background | v)``.
 
-    kind_logits: (B, 1 + K, d2, h2, w2); kind: pi, (B, K). Returns two (B, d2, h2, w2) maps;
-    ``s <= lesion`` everywhere, and ``s / lesion`` is P(clicked kind | lesion) at v.
+    kind_probs: :func:`lesion_kind_probs` of the kind logits, (B, K, d2, h2, w2); kind: pi, (B, K).
+    Returns two (B, d2, h2, w2) maps; ``s <= lesion`` everywhere, and ``s / lesion`` is
+    P(clicked kind | lesion) at v.
     """
-    probs = lesion_kind_probs(kind_logits)
+    probs = kind_probs.float()
     return torch.einsum("bk,bkzyx->bzyx", kind.float(), probs), probs.sum(1)
 
 
@@ -106,5 +108,5 @@ class KindPrior(nn.Module):
 
         kind_probs: :func:`lesion_kind_probs` of the kind logits, (B, K, ...); kind: pi, (B, K).
         """
-        same = torch.einsum("bk,bkzyx->bzyx", kind.float(), kind_probs.float())[:, None]
+        same = same_kind(kind_probs, kind)[0][:, None]
         return self.weight * torch.log(same + EPS)
