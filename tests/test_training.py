@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from napari_miqsam.training.losses import dice_loss, layer_loss, LossWeights
 from napari_miqsam.training.matching import match_queries
-from napari_miqsam.training.sampling import PreparedCase, augment, boundary_target, sample_example
+from napari_miqsam.training.sampling import PreparedCase, augment, boundary_target, collate, sample_example
 from napari_miqsam.model.head import LayerOutput
 
 
@@ -70,6 +70,35 @@ def test_sample_example_targets_all_instances_of_the_clicked_class():
         assert ex2.targets.sum() == pytest.approx(ex.targets.sum())
     sal = boundary_target(case.classes)
     assert sal.shape == (1, 5, 5, 5) and 0 < sal.mean() < 1
+
+
+def test_a_patch_larger_than_the_case_takes_the_case_whole_and_flips_follow_each_axis():
+    case = toy_case()  # 40^3
+    wide = PreparedCase(np.pad(case.image, ((0, 0), (0, 0), (0, 20)), constant_values=-1.0),
+                        np.pad(case.classes, ((0, 0), (0, 0), (0, 20))), np.pad(case.instances, ((0, 0), (0, 0), (0, 20))),
+                        case.instance_class)  # 40 x 40 x 60
+    rng = np.random.default_rng(3)
+    ex = sample_example(wide, 64, rng)
+    assert ex.image.shape == (1, 40, 40, 64)  # each side rounded up to a multiple of 8, not a 64^3 cube
+    assert ex.targets.shape[1:] == (20, 20, 32) and ex.kinds.shape[1:] == (20, 20, 32) and ex.saliency.shape[1:] == (5, 5, 8)
+    # every target instance is inside the patch whole: a whole case cuts nothing at its borders
+    sizes = sorted(round(float(v) * 8) for v in ex.targets.sum(dim=(1, 2, 3)))
+    by_class = {c: sorted(int((wide.instances == i).sum()) for i in range(1, len(wide.instance_class))
+                          if wide.instance_class[i] == c) for c in (2, 3)}
+    assert sizes in (by_class[2], by_class[3])
+    for _ in range(8):
+        flipped = augment(ex, rng)
+        z, y, x = flipped.points[0].round().long().tolist()
+        assert any(flipped.targets[k, z // 2, y // 2, x // 2] > 0 for k in range(len(flipped.targets)))
+    # a batch of different shapes is padded to the largest: air, no targets, background kind
+    small = sample_example(case, 64, rng)
+    batch = collate([ex, small])
+    assert batch["image"].shape == (2, 1, 40, 40, 64)
+    assert float(batch["image"][1, 0, :, :, 40:].max()) == -1.0
+    assert batch["kinds"].shape == (2, 3, 20, 20, 32)
+    assert torch.allclose(batch["kinds"][1, 0, :, :, 20:], torch.ones(1))
+    assert torch.allclose(batch["kinds"].sum(1), torch.ones(1))
+    assert batch["targets"][1].shape[1:] == (20, 20, 32)
 
 
 def _free_port() -> int:

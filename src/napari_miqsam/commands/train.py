@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=d.out, help="run folder: checkpoint.pt, log.jsonl, miqsam_<config>.safetensors")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch", type=int, default=d.batch, help="patches per step per process")
-    p.add_argument("--patch", type=int, default=d.patch, help="patch side in model voxels (multiple of 16)")
+    p.add_argument("--patch", type=int, default=d.patch, help="patch side in model voxels (multiple of 16); a case side smaller than it is taken whole (rounded up to 8)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--seed", type=int, default=d.seed)

@@ -59,19 +59,32 @@ def prepare_case(image: np.ndarray, labels: np.ndarray, spacing, cfg: MIQSAMConf
     return PreparedCase(img, cls, inst, np.asarray(inst_class, dtype=np.int16), name)
 
 
+PATCH_MULTIPLE = 8  # the encoder's token stride: every patch side is a multiple of it
+
+
 @dataclass
 class Example:
-    image: torch.Tensor  # (1, P, P, P)
+    """A training example; a patch side is ``patch`` where the case is larger, else the case's own
+    side rounded up to a multiple of 8 (so a patch as large as the inference window shows the model
+    whole cases, as the Predictor does)."""
+
+    image: torch.Tensor  # (1, D, H, W)
     points: torch.Tensor  # (Q, 3) patch voxel coordinates (z, y, x)
     labels: torch.Tensor  # (Q,) 1 positive, 0 negative
-    targets: torch.Tensor  # (K, P/2, P/2, P/2) soft occupancy at stride 2
-    saliency: torch.Tensor  # (1, P/8, P/8, P/8) boundary target
-    kinds: torch.Tensor  # (1 + K, P/2, P/2, P/2) soft occupancy of (background, lesion kinds)
+    targets: torch.Tensor  # (K, D/2, H/2, W/2) soft occupancy at stride 2
+    saliency: torch.Tensor  # (1, D/8, H/8, W/8) boundary target
+    kinds: torch.Tensor  # (1 + K, D/2, H/2, W/2) soft occupancy of (background, lesion kinds)
 
 
-def _crop(arr: np.ndarray, start, size: int, fill) -> np.ndarray:
-    out = np.full((size,) * 3, fill, dtype=arr.dtype)
-    src = tuple(slice(max(0, s), min(n, s + size)) for s, n in zip(start, arr.shape))
+def patch_shape(case_shape, patch: int) -> tuple[int, int, int]:
+    """Patch sides: ``patch`` where the case is larger, else the case's side rounded up to a multiple of 8."""
+    m = PATCH_MULTIPLE
+    return tuple(patch if n > patch else min(patch, -(-n // m) * m) for n in case_shape)
+
+
+def _crop(arr: np.ndarray, start, size, fill) -> np.ndarray:
+    out = np.full(tuple(size), fill, dtype=arr.dtype)
+    src = tuple(slice(max(0, s), min(n, s + z)) for s, n, z in zip(start, arr.shape, size))
     dst = tuple(slice(a.start - s, a.stop - s) for a, s in zip(src, start))
     out[dst] = arr[src]
     return out
@@ -119,17 +132,18 @@ def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     click = _click(case.instances[box] == inst, rng) + np.asarray(lo)
     margin = min(8, patch // 4)
+    size = patch_shape(case.image.shape, patch)
     start = []
     for axis in range(3):
         n = case.image.shape[axis]
         if n <= patch:
-            start.append(-int(rng.integers(0, patch - n + 1)))
+            start.append(-int(rng.integers(0, size[axis] - n + 1)))
         else:
             s = int(click[axis]) - int(rng.integers(margin, patch - margin))
             start.append(int(np.clip(s, 0, n - patch)))
-    image = _crop(case.image, start, patch, np.float32(-1.0))
-    inst_p = _crop(case.instances, start, patch, np.int32(0))
-    cls_p = _crop(case.classes, start, patch, np.uint8(0))
+    image = _crop(case.image, start, size, np.float32(-1.0))
+    inst_p = _crop(case.instances, start, size, np.int32(0))
+    cls_p = _crop(case.classes, start, size, np.uint8(0))
     click_p = click - np.asarray(start)
     present_ids = np.unique(inst_p[inst_p > 0])
     target_ids = [i for i in present_ids if case.instance_class[i] == cls]
@@ -150,11 +164,10 @@ def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg
 def augment(ex: Example, rng: np.random.Generator) -> Example:
     """Random flips, intensity scale/shift, contrast (gamma-like) and noise; masks follow the flips."""
     img, pts, tg, sal, kinds = ex.image, ex.points.clone(), ex.targets, ex.saliency, ex.kinds
-    p = img.shape[-1]
     for axis in range(3):
         if rng.random() < 0.5:
             img, tg, sal, kinds = img.flip(axis + 1), tg.flip(axis + 1), sal.flip(axis + 1), kinds.flip(axis + 1)
-            pts[:, axis] = p - 1 - pts[:, axis]
+            pts[:, axis] = img.shape[axis + 1] - 1 - pts[:, axis]
     img = img * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.12, 0.12))
     if rng.random() < 0.3:
         g = float(rng.uniform(0.8, 1.25))
@@ -163,8 +176,28 @@ def augment(ex: Example, rng: np.random.Generator) -> Example:
     return Example(img.clamp(-1.5, 1.5), pts, ex.labels, tg, sal, kinds)
 
 
+def _pad_to(t: torch.Tensor, shape, value: float) -> torch.Tensor:
+    """Pad the last three dims of ``t`` at their ends to ``shape``."""
+    extra = [s - n for s, n in zip(shape, t.shape[-3:])]
+    if not any(extra):
+        return t
+    return F.pad(t, [0, extra[2], 0, extra[1], 0, extra[0]], value=value)
+
+
 def collate(batch: list[Example]) -> dict:
-    """Stack a batch; points are padded with a validity mask."""
+    """Stack a batch; points are padded with a validity mask, and patches of different shapes (whole
+    cases of different sizes) are padded at their ends to the largest: image with -1 (air), masks
+    with 0 and the kind target with background."""
+    shape = tuple(max(e.image.shape[1 + a] for e in batch) for a in range(3))
+    if any(tuple(e.image.shape[1:]) != shape for e in batch):
+        half, eighth = tuple(s // 2 for s in shape), tuple(s // PATCH_MULTIPLE for s in shape)
+        padded = []
+        for e in batch:
+            kinds = _pad_to(e.kinds, half, 0.0)
+            kinds[0] += 1.0 - kinds.sum(0)  # the padding is background
+            padded.append(Example(_pad_to(e.image, shape, -1.0), e.points, e.labels, _pad_to(e.targets, half, 0.0),
+                                  _pad_to(e.saliency, eighth, 0.0), kinds))
+        batch = padded
     q = max(len(e.labels) for e in batch)
     pts = torch.zeros(len(batch), q, 3)
     lab = torch.zeros(len(batch), q, dtype=torch.long)
