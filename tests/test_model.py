@@ -6,6 +6,7 @@ import torch
 
 from napari_miqsam.errors import WeightsError
 from napari_miqsam.model.config import get_config
+from napari_miqsam.model.head import LayerOutput
 from napari_miqsam.model.miqsam import MIQSAM3D
 from napari_miqsam.model.positional import grid_sample_coords
 from napari_miqsam.model.query_generator import sample_at_points
@@ -217,3 +218,23 @@ def test_click_just_off_a_lesion_snaps_onto_it():
     assert torch.equal(snap_to_lesion(logits, on), on)
     far = torch.tensor([0.5, 10.5, 10.5])  # no lesion within one cell: unchanged
     assert torch.equal(snap_to_lesion(logits, far), far)
+
+
+@pytest.mark.parametrize("competition", [True, False])
+def test_winners_equal_the_materialised_softmax(competition):
+    g = torch.Generator().manual_seed(0)
+    masks = torch.randn(2, 5, 6, 7, 8, generator=g) * 4
+    bg = torch.randn(2, 1, 6, 7, 8, generator=g) * 4 if competition else None
+    out = LayerOutput(masks, torch.zeros(2, 5), bg, competition)
+    slot, fg = out.winners()
+    if competition:
+        probs = torch.softmax(out.slot_logits(), dim=1)
+        best_p, best_q = probs[:, 1:].max(dim=1)
+        ref_slot = torch.where(best_p > probs[:, 0], best_q + 1, 0)
+        ref_fg = 1 - probs[:, 0]
+    else:
+        best_p, best_q = torch.sigmoid(masks).max(dim=1)
+        ref_slot = torch.where(best_p > 0.5, best_q + 1, 0)
+        ref_fg = best_p
+    assert torch.equal(slot, ref_slot) and 0 < (slot > 0).float().mean() < 1
+    assert torch.allclose(fg, ref_fg, atol=1e-6)

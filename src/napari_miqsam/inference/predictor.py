@@ -285,16 +285,8 @@ class Predictor:
                 raise CancelledError("prediction cancelled")
             out = self.model.decoder(cw.float32(), queries, tokens, valid, kind, cw.context)[-1]
             conf = out.scores[0]  # (N,)
-            if out.competition:  # one softmax over (background, queries) gives all three maps
-                slots = torch.softmax(out.slot_logits()[0], dim=0)  # (1 + N, d2, h2, w2)
-                best_p, best_q = slots[1:].max(dim=0)
-                fg_w = 1.0 - slots[0]
-                # a voxel belongs to the query whose slot wins the softmax; background may win
-                assigned = torch.where(best_p > slots[0], best_q + 1, torch.zeros_like(best_q))
-            else:
-                best_p, best_q = torch.sigmoid(out.mask_logits[0]).max(dim=0)
-                fg_w = best_p
-                assigned = torch.where(best_p > 0.5, best_q + 1, torch.zeros_like(best_q))
+            assigned, fg_w = (t[0] for t in out.winners())  # the winning slot (0 background) and P(not background)
+            best_q = (assigned - 1).clamp(min=0)
             win = cw.window
             own = tuple(slice((a - s) // STRIDE, (b - s) // STRIDE) for a, b, s in zip(win.own_start, win.own_stop, win.start))
             dst = tuple(slice(a // STRIDE, b // STRIDE) for a, b in zip(win.own_start, win.own_stop))

@@ -38,6 +38,25 @@ class LayerOutput:
             return torch.softmax(self.slot_logits(), dim=1)[:, 1:]
         return torch.sigmoid(self.mask_logits)
 
+    def winners(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per voxel, the winning slot and the foreground probability, each (B, D2, H2, W2).
+
+        slot: 0 where the background wins, else 1 + the index of the winning query; fg: the
+        probability of not being background. With competition this is the softmax over (background,
+        queries) without materialising it: the winner is the largest logit, and ``1 - P(background)
+        = sigmoid(logsumexp(query logits) - background logit)``. Without competition a voxel goes to
+        its most likely query if that one's sigmoid exceeds 0.5, and fg is that sigmoid.
+        """
+        best, best_q = self.mask_logits.max(dim=1)
+        if self.competition:
+            bg = self.bg_logits[:, 0]
+            fg = torch.sigmoid(torch.logsumexp(self.mask_logits, dim=1) - bg)
+            won = best > bg
+        else:
+            fg = torch.sigmoid(best)
+            won = fg > 0.5
+        return torch.where(won, best_q + 1, torch.zeros_like(best_q)), fg
+
     @property
     def scores(self) -> torch.Tensor:
         return torch.sigmoid(self.score_logits)
