@@ -183,8 +183,10 @@ def test_seam_merge_keeps_one_label_per_lesion():
     slot[7:9, 7:9, 0:2] = 3  # a separate lesion
     ids, n = split_instances(slot, seams=[(2, 5)])
     assert n == 2 and len(np.unique(ids[2:5, 2:5, 3:8])) == 1
-    ids, n = split_instances(slot)  # without the seam, competition splits touching instances
+    ids, n = split_instances(slot, by_query=True)  # without the seam, the queries split touching pieces
     assert n == 3
+    ids, n = split_instances(slot)  # by default a connected piece is one instance, whatever its queries
+    assert n == 2 and len(np.unique(ids[2:5, 2:5, 3:8])) == 1
 
 
 def test_upsampled_masks_are_smooth_and_exact_size():

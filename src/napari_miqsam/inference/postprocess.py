@@ -1,8 +1,9 @@
 """From the model's stride-2 slot maps to instances in the original grid.
 
 Steps (all numpy/scipy, no model call):
-  1. ``split_instances``: 26-connected components of the foreground, split by winning query, and
-     pieces that touch across a window seam merged (a lesion cut by a window border is one instance);
+  1. ``split_instances``: 26-connected components of the foreground (optionally split where the
+     winning query changes), and pieces that touch across a window seam merged (a lesion cut by a
+     window border is one instance);
   2. ``drop_negative``: instances containing a negative click are removed;
   3. ``to_original_grid``: each instance's mask is rebuilt at the original resolution inside its
      bounding box by trilinear interpolation of the foreground probability, restricted to the
@@ -37,15 +38,21 @@ class UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def split_instances(slot: np.ndarray, seams: list[tuple[int, int]] | None = None) -> tuple[np.ndarray, int]:
+def split_instances(slot: np.ndarray, seams: list[tuple[int, int]] | None = None,
+                    by_query: bool = False) -> tuple[np.ndarray, int]:
     """Instance ids (int32) from a slot map (0 background, q >= 1 winning query).
 
-    Connected foreground pieces are split where the winning query changes; ``seams`` lists
-    (axis, index) planes of window-ownership borders: pieces touching across one are merged.
+    Each connected foreground piece is an instance; with ``by_query`` it is also split where the
+    winning query changes (touching lesions held apart by the competition, but also one lesion whose
+    cells two queries share, cut in two: measured worse, see ``Predictor.split_by_query``).
+    ``seams`` lists (axis, index) planes of window-ownership borders: pieces touching across one
+    are merged.
     """
     fg, n = ndimage.label(slot > 0, structure=FULL)
     if n == 0:
         return fg.astype(np.int32), 0
+    if not by_query:
+        return fg.astype(np.int32), n
     out = np.zeros(slot.shape, dtype=np.int32)
     next_id = 0
     for comp, sl in enumerate(ndimage.find_objects(fg), start=1):

@@ -38,6 +38,7 @@ Cancel = Callable[[], bool]
 STRIDE = 2  # mask features are at stride 2 of the model grid
 SNAP_RADIUS = 1  # cells; measured on validation phantoms (README), see Predictor.snap_radius
 KIND_SCORING = False  # measured: a wash against a lower threshold (README), see Predictor.kind_scoring
+SPLIT_BY_QUERY = False  # measured: splitting pieces by winning query cuts lesions in two (README)
 MAX_INSTANCES = 255  # an untrained or confused model can return thousands of specks; keep the best
 
 
@@ -85,6 +86,8 @@ class Predictor:
             kind agreement (``postprocess.score_instances``); False: the confidence alone.
         snap_radius: a positive click whose cell reads background moves to the most lesion-like
             cell within this many stride-2 cells (``model.kind.snap_to_lesion``); 0: never.
+        split_by_query: a connected piece of foreground is split where the winning query changes
+            (``postprocess.split_instances``); False: each connected piece is one instance.
     """
 
     def __init__(self, model: MIQSAM3D, *, trained: bool = True, device: str = "auto",
@@ -108,6 +111,7 @@ class Predictor:
         self.max_instances = MAX_INSTANCES
         self.kind_scoring = KIND_SCORING
         self.snap_radius = SNAP_RADIUS
+        self.split_by_query = SPLIT_BY_QUERY
         self._windows: list[CachedWindow] = []
         self._grid: GridMap | None = None
         self._padded: tuple[int, int, int] | None = None
@@ -249,7 +253,7 @@ class Predictor:
             maps = self._decode_all(queries, tokens, valid, kind, progress, cancel)
         slot, fg, score_map, same, lesion = maps
         seams = self._seams()
-        ids, n = split_instances(slot, seams)
+        ids, n = split_instances(slot, seams, self.split_by_query)
         scores = score_instances(ids, n, score_map, same, lesion)
         ids, n, scores = keep_best(ids, n, scores, self.max_instances)
         instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg)
