@@ -45,6 +45,7 @@ train-default: install
 	OMP_NUM_THREADS=1 $(VENV)/bin/miqsam train --config cpu --data phantom --out runs/cpu --steps 5000 --batch 4 --patch 64 --pool 160 --threads 1 --ablation '{"kind_prior": false}'
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --nproc_per_node=2 -m napari_miqsam.training --config cpu --data phantom --out runs/cpu2 --steps 6000 --batch 2 --patch 64 --pool 120 --threads 1 --seed 1 --lr 5e-4 --warmup 150 --init runs/cpu/miqsam_cpu.safetensors
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --nproc_per_node=2 -m napari_miqsam.training --config cpu --data phantom --out runs/cpu3 --steps 5500 --batch 2 --patch 64 --pool 120 --threads 1 --seed 2 --lr 3e-4 --warmup 150 --init runs/cpu2/miqsam_cpu.safetensors
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --nproc_per_node=2 -m napari_miqsam.training --config cpu --data phantom --out runs/cpu5 --steps 1400 --batch 1 --patch 128 --pool 80 --threads 1 --seed 4 --lr 2e-4 --warmup 80 --init runs/cpu3/miqsam_cpu.safetensors
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -6,7 +6,8 @@ per threshold).
 
 ``--kind-scoring both`` scores the same clicks with and without the kind agreement in the instance
 scores (``Predictor.kind_scoring``, ``inference.postprocess.score_instances``), so the two can be
-compared at every threshold.
+compared at every threshold. ``--split-by-query both`` does the same for splitting connected pieces
+where the winning query changes (``Predictor.split_by_query``).
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ def main() -> None:
     p.add_argument("--clicks", type=int, default=2)
     p.add_argument("--kind-scoring", choices=("on", "off", "both"), default="off")
     p.add_argument("--snap", type=int, default=1, help="Predictor.snap_radius")
+    p.add_argument("--split-by-query", choices=("on", "off", "both"), default="off")
     args = p.parse_args()
     predictor = Predictor.from_weights(args.weights, device="cpu")
     predictor.snap_radius = args.snap
-    modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.kind_scoring]
+    choice = {"on": (True,), "off": (False,), "both": (True, False)}
+    modes = [(k, sp) for k in choice[args.kind_scoring] for sp in choice[args.split_by_query]]
     rows = {(m, t): [] for m in modes for t in THRESHOLDS}
     rng = np.random.default_rng(0)
     for i in range(args.cases):
@@ -49,14 +52,14 @@ def main() -> None:
             for c in range(args.clicks):
                 click = simulate_click(target, CLICK_MODES[c % 3], rng, case.spacing)
                 for m in modes:
-                    predictor.kind_scoring = m
+                    predictor.kind_scoring, predictor.split_by_query = m
                     pred = predictor.predict([click])
                     for t in THRESHOLDS:
                         rows[m, t].append(score(pred.labels(t)[0], case.labels, cls, case.spacing, ids, 10))
     keys = ("dice", "instance_f1", "instance_precision", "instance_recall", "nsd_1mm", "wrong_class_rate")
     for (m, t), rs in rows.items():
         summary = {k: round(float(np.mean([r[k] for r in rs])), 3) for k in keys}
-        print(f"kind_scoring={'on' if m else 'off'} threshold={t}", json.dumps(summary))
+        print(f"kind_scoring={'on' if m[0] else 'off'} split_by_query={'on' if m[1] else 'off'} threshold={t}", json.dumps(summary))
 
 
 if __name__ == "__main__":

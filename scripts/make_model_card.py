@@ -21,7 +21,7 @@ import shutil
 from datetime import date
 from pathlib import Path
 
-from napari_miqsam.inference.predictor import SNAP_RADIUS
+from napari_miqsam.inference.predictor import SNAP_RADIUS, SPLIT_BY_QUERY
 from napari_miqsam.model.weights import DEFAULT_WEIGHTS, read_metadata
 from napari_miqsam.training.sources import TRAIN_SEED_OFFSET
 
@@ -75,6 +75,7 @@ def main() -> None:
             "threshold": evaluation.get("threshold"),
             "kind_scoring": evaluation.get("kind_scoring", False),
             "snap_radius": SNAP_RADIUS,
+            "split_by_query": SPLIT_BY_QUERY,
             "model": evaluation["model"],
             "baselines": evaluation["baselines"],
         },
