@@ -46,7 +46,8 @@ def split_instances(slot: np.ndarray, seams: list[tuple[int, int]] | None = None
     winning query changes (touching lesions held apart by the competition, but also one lesion whose
     cells two queries share, cut in two: measured worse, see ``Predictor.split_by_query``).
     ``seams`` lists (axis, index) planes of window-ownership borders: pieces touching across one
-    are merged.
+    are merged (only needed with ``by_query``: without it a lesion crossing a seam is already one
+    connected piece of the assembled map).
     """
     fg, n = ndimage.label(slot > 0, structure=FULL)
     if n == 0:
