@@ -193,8 +193,7 @@ def collate(batch: list[Example]) -> dict:
         half, eighth = tuple(s // 2 for s in shape), tuple(s // PATCH_MULTIPLE for s in shape)
         padded = []
         for e in batch:
-            kinds = _pad_to(e.kinds, half, 0.0)
-            kinds[0] += 1.0 - kinds.sum(0)  # the padding is background
+            kinds = torch.cat([_pad_to(e.kinds[:1], half, 1.0), _pad_to(e.kinds[1:], half, 0.0)])  # padding: background
             padded.append(Example(_pad_to(e.image, shape, -1.0), e.points, e.labels, _pad_to(e.targets, half, 0.0),
                                   _pad_to(e.saliency, eighth, 0.0), kinds))
         batch = padded
