@@ -7,7 +7,8 @@ per threshold).
 ``--kind-scoring both`` scores the same clicks with and without the kind agreement in the instance
 scores (``Predictor.kind_scoring``, ``inference.postprocess.score_instances``), so the two can be
 compared at every threshold. ``--split-by-query both`` does the same for splitting connected pieces
-where the winning query changes (``Predictor.split_by_query``).
+where the winning query changes (``Predictor.split_by_query``). ``--min-volume 0,30`` scores every
+threshold at each smallest shown volume (``Prediction.labels(threshold, min_volume)``, mm³).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from napari_miqsam.data.instances import instances_of
 from napari_miqsam.data.phantom import make_phantom
 from napari_miqsam.data.prompts import CLICK_MODES, simulate_click
 from napari_miqsam.evaluation.evaluate import score
+from napari_miqsam.inference.prediction import DEFAULT_MIN_VOLUME
 from napari_miqsam.inference.predictor import Predictor
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -34,12 +36,16 @@ def main() -> None:
     p.add_argument("--kind-scoring", choices=("on", "off", "both"), default="off")
     p.add_argument("--snap", type=int, default=1, help="Predictor.snap_radius")
     p.add_argument("--split-by-query", choices=("on", "off", "both"), default="off")
+    p.add_argument("--min-volume", default=str(DEFAULT_MIN_VOLUME), help="comma-separated mm³ values")
+    p.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)), help="comma-separated")
     args = p.parse_args()
+    volumes = [float(v) for v in args.min_volume.split(",")]
+    thresholds = [float(t) for t in args.thresholds.split(",")]
     predictor = Predictor.from_weights(args.weights, device="cpu")
     predictor.snap_radius = args.snap
     choice = {"on": (True,), "off": (False,), "both": (True, False)}
     modes = [(k, sp) for k in choice[args.kind_scoring] for sp in choice[args.split_by_query]]
-    rows = {(m, t): [] for m in modes for t in THRESHOLDS}
+    rows = {(m, t, v): [] for m in modes for t in thresholds for v in volumes}
     rng = np.random.default_rng(0)
     for i in range(args.cases):
         case = make_phantom(900_000 + i)
@@ -54,12 +60,15 @@ def main() -> None:
                 for m in modes:
                     predictor.kind_scoring, predictor.split_by_query = m
                     pred = predictor.predict([click])
-                    for t in THRESHOLDS:
-                        rows[m, t].append(score(pred.labels(t)[0], case.labels, cls, case.spacing, ids, 10))
+                    for t in thresholds:
+                        for v in volumes:
+                            lab = pred.labels(t, v)[0]
+                            rows[m, t, v].append(score(lab, case.labels, cls, case.spacing, ids, 10))
     keys = ("dice", "instance_f1", "instance_precision", "instance_recall", "nsd_1mm", "wrong_class_rate")
-    for (m, t), rs in rows.items():
+    for (m, t, v), rs in rows.items():
         summary = {k: round(float(np.mean([r[k] for r in rs])), 3) for k in keys}
-        print(f"kind_scoring={'on' if m[0] else 'off'} split_by_query={'on' if m[1] else 'off'} threshold={t}", json.dumps(summary))
+        print(f"kind_scoring={'on' if m[0] else 'off'} split_by_query={'on' if m[1] else 'off'} threshold={t} "
+              f"min_volume={v:g}", json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -73,6 +73,7 @@ def main() -> None:
             "cases": evaluation.get("n_cases"),
             "clicks": evaluation.get("clicks"),
             "threshold": evaluation.get("threshold"),
+            "min_volume_mm3": evaluation.get("min_volume", 0.0),
             "kind_scoring": evaluation.get("kind_scoring", False),
             "snap_radius": SNAP_RADIUS,
             "split_by_query": SPLIT_BY_QUERY,

@@ -20,7 +20,7 @@ class _Prediction:
     def __init__(self, labels):
         self._labels = labels
 
-    def labels(self, threshold):
+    def labels(self, threshold, min_volume=0.0):
         return self._labels.astype(np.uint16), [{"id": i} for i in range(1, int(self._labels.max()) + 1)]
 
 

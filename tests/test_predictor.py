@@ -207,12 +207,29 @@ def test_threshold_is_a_pure_function():
     m = np.ones((2, 2, 2), bool)
     pred = Prediction((6, 6, 6), (1.0, 2.0, 1.0), [
         Instance(0.9, (slice(0, 2),) * 3, m), Instance(0.3, (slice(1, 3),) * 3, m), Instance(0.6, (slice(4, 6),) * 3, m)])
-    lab, rows = pred.labels(0.5)
+    lab, rows = pred.labels(0.5, 0.0)
     assert [r["id"] for r in rows] == [1, 2] and lab[2, 2, 2] == 0
-    lab, rows = pred.labels(0.0)
+    lab, rows = pred.labels(0.0, 0.0)
     assert lab[1, 1, 1] == 1  # overlap goes to the higher score
     assert rows[2]["voxels"] == 7 and rows[2]["volume_mm3"] == 14.0
-    assert pred.count(0.95) == 0
+    assert pred.count(0.95, 0.0) == 0
+
+
+def test_small_instances_are_hidden_unless_clicked():
+    big = np.ones((4, 4, 4), bool)  # 64 voxels of 2 mm³: 128 mm³
+    small = np.ones((2, 2, 2), bool)  # 16 mm³
+    inst = [Instance(0.9, (slice(0, 4),) * 3, big), Instance(0.8, (slice(6, 8),) * 3, small),
+            Instance(0.7, (slice(6, 8), slice(0, 2), slice(0, 2)), small)]
+    pred = Prediction((8, 8, 8), (1.0, 2.0, 1.0), inst, positive=np.array([[7.2, 0.6, 1.4]]))
+    assert pred.volumes.tolist() == [128.0, 16.0, 16.0]
+    assert pred.clicked().tolist() == [False, False, True]
+    lab, rows = pred.labels(0.5, 30.0)
+    ids = [r["id"] for r in rows]
+    # the sorted instances are (0.9 big, 0.8 small, 0.7 small clicked): the unclicked small one goes
+    assert ids == [1, 3] and lab[7, 7, 7] == 0 and lab[7, 1, 1] == 3
+    assert pred.count(0.5, 0.0) == 3 and pred.count(0.5, 200.0) == 1
+    assert pred.count(0.75, 30.0) == 1  # the clicked one still needs the confidence
+    assert Prediction((8, 8, 8), (1.0, 1.0, 1.0)).count() == 0
 
 
 def test_normalisation_ct_and_other():

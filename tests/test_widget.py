@@ -58,6 +58,34 @@ def test_threshold_updates_instances_without_model_call(phantom_widget, qtbot):
     assert widget.predictors.set_image_calls == 1
 
 
+def test_min_volume_hides_small_instances_without_model_call(phantom_widget, qtbot):
+    from napari_miqsam.inference.prediction import Instance, Prediction
+
+    viewer, widget = phantom_widget
+    click(widget, tumour_voxel(viewer))
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    out = widget.output_layer
+    calls = len(widget.predictors.predict_calls)
+    # a prediction with sizes chosen for the test, on the image's grid (spacing 2 x 1 x 1: 2 mm³ voxels)
+    box = np.ones((4, 4, 4), bool)  # 128 mm³
+    dot = np.ones((2, 2, 2), bool)  # 16 mm³
+    prediction = Prediction(out.data.shape, (2.0, 1.0, 1.0), [
+        Instance(0.9, (slice(0, 4),) * 3, box), Instance(0.8, (slice(10, 12),) * 3, dot),
+        Instance(0.7, (slice(20, 22), slice(5, 7), slice(5, 7)), dot)], positive=np.array([[21, 6, 6]]))
+    widget._accept(prediction, widget.image_layer())
+    widget.min_volume_spin.setValue(0)
+    assert widget.table.rowCount() == n_labels(out) == 3
+    widget.min_volume_spin.setValue(30)  # the clicked small one stays
+    assert widget.table.rowCount() == n_labels(out) == 2 and out.data[11, 11, 11] == 0
+    assert "volume ≥ 30 mm³" in widget.status_label.text()
+    widget.min_volume_spin.setValue(1000)
+    assert n_labels(out) == 1 and out.data[21, 6, 6] == 3
+    viewer.layers.selection.active = out
+    out.undo()  # each change is one undo step
+    assert n_labels(out) == 2
+    assert len(widget.predictors.predict_calls) == calls
+
+
 def test_negative_point_is_passed_and_removes_its_instance(phantom_widget, qtbot):
     viewer, widget = phantom_widget
     positive = tumour_voxel(viewer)

@@ -30,6 +30,7 @@ from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -43,7 +44,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_miqsam.errors import CancelledError, MiqsamError
-from napari_miqsam.inference.prediction import DEFAULT_THRESHOLD
+from napari_miqsam.inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
 
 from ._history import merge_labels, replace_labels
 from ._instance_table import InstanceTable
@@ -264,6 +265,19 @@ class MiqsamWidget(QWidget):
         threshold_row.addWidget(self.threshold_slider, 1)
         threshold_row.addWidget(self.threshold_label)
         layout.addLayout(threshold_row)
+        volume_row = QHBoxLayout()
+        self.min_volume_spin = QDoubleSpinBox()
+        self.min_volume_spin.setRange(0.0, 1e7)
+        self.min_volume_spin.setDecimals(0)
+        self.min_volume_spin.setSingleStep(10.0)
+        self.min_volume_spin.setValue(DEFAULT_MIN_VOLUME)
+        self.min_volume_spin.setSuffix(" mm³")
+        self.min_volume_spin.setKeyboardTracking(False)  # valueChanged on Enter / arrows: one undo step
+        self.min_volume_spin.setToolTip(
+            "Hide instances smaller than this volume (the clicked one is always kept); 0 shows all.")
+        volume_row.addWidget(QLabel("Volume ≥"))
+        volume_row.addWidget(self.min_volume_spin, 1)
+        layout.addLayout(volume_row)
 
         self.table = InstanceTable()
         layout.addWidget(self.table, 1)
@@ -294,6 +308,7 @@ class MiqsamWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.threshold_slider.sliderMoved.connect(self._on_threshold_moved)
         self.threshold_slider.valueChanged.connect(self._on_threshold_changed)
+        self.min_volume_spin.valueChanged.connect(lambda _value: self._show(commit=True))
         self.table.instance_selected.connect(self.go_to_instance)
         self.table.delete_requested.connect(self.delete_instance)
         self.delete_button.clicked.connect(self.table.request_delete)
@@ -304,6 +319,11 @@ class MiqsamWidget(QWidget):
     def threshold(self) -> float:
         """The confidence threshold in [0, 1] (follows the slider while it is dragged)."""
         return self.threshold_slider.sliderPosition() / 100.0
+
+    @property
+    def min_volume(self) -> float:
+        """The smallest instance volume shown (mm³, or the image's units cubed)."""
+        return float(self.min_volume_spin.value())
 
     @property
     def output_layer(self) -> Labels | None:
@@ -809,7 +829,7 @@ class MiqsamWidget(QWidget):
         self._show(commit=True, image=image)
 
     def _thresholded(self) -> tuple[np.ndarray, list[dict]]:
-        labels, rows = self._prediction.labels(self.threshold)
+        labels, rows = self._prediction.labels(self.threshold, self.min_volume)
         labels = np.asarray(labels)
         # Label id k is always instance k of the prediction, whatever the threshold.
         dropped = [int(r["id"]) for r in rows if int(r["id"]) in self._deleted]
@@ -838,7 +858,9 @@ class MiqsamWidget(QWidget):
             output.refresh()
             self._set_rows(rows)
         n = len(rows)
-        self.status_label.setText(f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {self.threshold:.2f}.")
+        volume = f" and volume ≥ {self.min_volume:g} mm³" if self.min_volume > 0 else ""
+        self.status_label.setText(
+            f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {self.threshold:.2f}{volume}.")
 
     def _flush_preview(self, refresh: bool = True) -> None:
         """Turn a live threshold preview into a normal state before an undoable write."""

@@ -8,7 +8,7 @@ import math
 import re
 from pathlib import Path
 
-from ..inference.prediction import DEFAULT_THRESHOLD
+from ..inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
 
 HELP = "Evaluate one-click lesion segmentation (model vs region growing vs threshold+CC) on labelled data."
 
@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clicks", type=int, default=3, help="clicks per lesion class and case (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the instance and click choice")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help=f"confidence threshold (default {DEFAULT_THRESHOLD})")
+    parser.add_argument("--min-volume", type=float, default=DEFAULT_MIN_VOLUME,
+                        help=f"hide predicted instances smaller than this many mm³ (default {DEFAULT_MIN_VOLUME:g}; "
+                        "the clicked one is kept)")
     parser.add_argument("--window", type=int, default=None,
                         help="sliding-window side in model voxels (default: the weights' config; smaller forces tiling)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N cases")
@@ -94,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--clicks must be at least 1, got {args.clicks}")
     if not 0.0 <= args.threshold <= 1.0:
         raise InputError(f"--threshold must lie in [0, 1], got {args.threshold}")
+    if args.min_volume < 0:
+        raise InputError(f"--min-volume must be >= 0, got {args.min_volume}")
     if args.no_model and args.no_baselines:
         raise InputError("--no-model and --no-baselines leave nothing to evaluate")
     if args.json is not None and args.json.exists() and not args.overwrite:
@@ -127,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         clicks=args.clicks,
         seed=args.seed,
         threshold=args.threshold,
+        min_volume=args.min_volume,
         min_size=args.min_size,
         progress=not args.quiet and rank == 0,
         baselines=not args.no_baselines,

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError, WriteError
-from ..inference.prediction import DEFAULT_THRESHOLD
+from ..inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
 
 HELP = "segment every lesion of the clicked kind in a NIfTI/TIFF volume; writes labels + CSV"
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative", nargs=3, type=float, action="append", metavar=("Z", "Y", "X"), default=[],
                    help="negative click (not this); repeatable")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help=f"confidence threshold in [0, 1] (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--min-volume", type=float, default=DEFAULT_MIN_VOLUME,
+                   help=f"hide instances smaller than this (spacing units cubed, mm³ for CT; default "
+                   f"{DEFAULT_MIN_VOLUME:g}); the clicked instance is always kept")
     p.add_argument("--weights", type=Path, default=None, help=".safetensors weights (default: shipped)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--channel", type=int, default=None, help="channel of a multichannel (4D) volume")
@@ -78,7 +81,7 @@ def predict_file(predictor, image: Path, output: Path, args) -> int:
             bar.update(done - bar.n)
         predictor.set_image(vol.data, vol.spacing, channel=args.channel, progress=progress)
     prediction = predictor.predict(args.point, args.negative)
-    labels, rows = prediction.labels(args.threshold)
+    labels, rows = prediction.labels(args.threshold, args.min_volume)
     write_labels(output, labels, like=vol, overwrite=args.overwrite)
     write_csv(csv_out, rows, args.overwrite)
     print(f"{image.name}: {len(rows)} instance(s) at threshold {args.threshold} -> {output} (+ {csv_out.name})")
@@ -93,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give at least one positive click with --point Z Y X")
     if not 0.0 <= args.threshold <= 1.0:
         raise InputError(f"--threshold must lie in [0, 1], got {args.threshold}")
+    if args.min_volume < 0:
+        raise InputError(f"--min-volume must be >= 0, got {args.min_volume}")
     predictor = Predictor.from_weights(args.weights, device=args.device)
     if not predictor.trained:
         print(f"warning: the weights {args.weights or 'shipped default'} are UNTRAINED; results are meaningless",

@@ -32,7 +32,7 @@ from ..data.phantom import Case
 from ..data.prompts import CLICK_MODES, simulate_click
 from ..errors import InputError
 from .baselines import denoise, grow_with_window, threshold_cc
-from ..inference.prediction import DEFAULT_THRESHOLD
+from ..inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
 from .metrics import dice, instance_scores, nsd, wrong_class_rate
 
 __all__ = ["METHODS", "METRICS", "evaluate", "format_markdown_table", "merge_results", "score"]
@@ -166,6 +166,7 @@ def evaluate(
     shard: tuple[int, int] | None = None,
     baselines: bool = True,
     iou: float = 0.5,
+    min_volume: float = DEFAULT_MIN_VOLUME,
 ) -> dict:
     """Evaluate one-click multi-instance segmentation; see the module docstring.
 
@@ -174,8 +175,8 @@ def evaluate(
             ``PhantomRef``); materialised as a list (loading is lazy, one case at a time).
         predictor: an object with ``set_image(volume, spacing=...)`` and
             ``predict(positive=[(z, y, x)], negative=[]) -> Prediction`` where
-            ``Prediction.labels(threshold) -> (uint16 instance labels in the original grid,
-            table)``; or a zero-argument factory returning one; or None (baselines only).
+            ``Prediction.labels(threshold, min_volume) -> (uint16 instance labels in the original
+            grid, table)``; or a zero-argument factory returning one; or None (baselines only).
         clicks: clicks per (case, class), modes cycling center / interior / boundary.
         seed: seeds the instance choice and the clicks (per case: ``(seed, case index)``).
         threshold: confidence threshold passed to ``Prediction.labels``.
@@ -187,6 +188,7 @@ def evaluate(
         shard: ``(rank, world)``: only ``cases[rank::world]``.
         baselines: also run region growing and threshold + connected components.
         iou: IoU threshold for instance matching.
+        min_volume: smallest shown instance (spacing units cubed), passed to ``Prediction.labels``.
 
     Returns:
         ``{"model": {metric: mean}, "baselines": {"region_grow": {...}, "threshold_cc":
@@ -210,11 +212,11 @@ def evaluate(
     for index in bar:
         case = _load(all_cases[index])
         rows.extend(
-            _evaluate_case(case, index, model, clicks, seed, threshold, lesion_classes,
+            _evaluate_case(case, index, model, clicks, seed, (threshold, min_volume), lesion_classes,
                            min_size, baselines, iou)
         )
     bar.close()
-    return _assemble(rows, clicks, seed, threshold, {"shard": [rank, world]})
+    return _assemble(rows, clicks, seed, threshold, {"shard": [rank, world], "min_volume": float(min_volume)})
 
 
 def _evaluate_case(
@@ -223,7 +225,7 @@ def _evaluate_case(
     model: Any,
     clicks: int,
     seed: int,
-    threshold: float,
+    shown: tuple[float, float],
     lesion_classes: Sequence[int] | None,
     min_size: int,
     baselines: bool,
@@ -262,7 +264,7 @@ def _evaluate_case(
             if model is not None:
                 t0 = time.perf_counter()
                 prediction = model.predict(positive=[point], negative=[])
-                lab, _table = prediction.labels(threshold)
+                lab, _table = prediction.labels(*shown)
                 predict_s.append(time.perf_counter() - t0)
                 per.setdefault("model", []).append(
                     score(np.asarray(lab), labels, cls, spacing, inst, min_size, iou))
@@ -312,7 +314,8 @@ def merge_results(partials: Sequence[dict]) -> dict:
             unique.append(r)
     first = partials[0]
     return _assemble(unique, first["clicks"], first["seed"], first.get("threshold", DEFAULT_THRESHOLD),
-                     {"shard": [0, 1], "merged_from": len(partials)})
+                     {"shard": [0, 1], "merged_from": len(partials),
+                      "min_volume": first.get("min_volume", DEFAULT_MIN_VOLUME)})
 
 
 _LABELS = {
@@ -348,7 +351,7 @@ def format_markdown_table(result: dict) -> str:
         f"One-click evaluation: {result.get('n_cases', 0)} cases, {result.get('n_rows', 0)} "
         f"(case, class) rows, {result.get('clicks')} clicks each "
         f"(center/interior/boundary), seed {result.get('seed')}, threshold "
-        f"{result.get('threshold', DEFAULT_THRESHOLD)}",
+        f"{result.get('threshold', DEFAULT_THRESHOLD)}, min volume {result.get('min_volume', 0):g} mm³",
         "",
         *table(summary),
     ]
