@@ -8,7 +8,8 @@ per threshold).
 scores (``Predictor.kind_scoring``, ``inference.postprocess.score_instances``), so the two can be
 compared at every threshold. ``--split-by-query both`` does the same for splitting connected pieces
 where the winning query changes (``Predictor.split_by_query``). ``--min-volume 0,30`` scores every
-threshold at each smallest shown volume (``Prediction.labels(threshold, min_volume)``, mm³).
+threshold at each smallest shown volume (``Prediction.labels(threshold, min_volume)``, mm³), and
+``--kind-gate 0,0.5`` predicts at each kind gate (``Predictor.kind_gate``; 0: off).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from napari_miqsam.data.phantom import make_phantom
 from napari_miqsam.data.prompts import CLICK_MODES, simulate_click
 from napari_miqsam.evaluation.evaluate import score
 from napari_miqsam.inference.prediction import DEFAULT_MIN_VOLUME
-from napari_miqsam.inference.predictor import Predictor
+from napari_miqsam.inference.predictor import KIND_GATE, Predictor
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -37,6 +38,7 @@ def main() -> None:
     p.add_argument("--snap", type=int, default=1, help="Predictor.snap_radius")
     p.add_argument("--split-by-query", choices=("on", "off", "both"), default="off")
     p.add_argument("--min-volume", default=str(DEFAULT_MIN_VOLUME), help="comma-separated mm³ values")
+    p.add_argument("--kind-gate", default=str(KIND_GATE), help="comma-separated Predictor.kind_gate values")
     p.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)), help="comma-separated")
     args = p.parse_args()
     volumes = [float(v) for v in args.min_volume.split(",")]
@@ -44,7 +46,8 @@ def main() -> None:
     predictor = Predictor.from_weights(args.weights, device="cpu")
     predictor.snap_radius = args.snap
     choice = {"on": (True,), "off": (False,), "both": (True, False)}
-    modes = [(k, sp) for k in choice[args.kind_scoring] for sp in choice[args.split_by_query]]
+    gates = [float(g) for g in args.kind_gate.split(",")]
+    modes = [(k, sp, g) for k in choice[args.kind_scoring] for sp in choice[args.split_by_query] for g in gates]
     rows = {(m, t, v): [] for m in modes for t in thresholds for v in volumes}
     rng = np.random.default_rng(0)
     for i in range(args.cases):
@@ -58,7 +61,7 @@ def main() -> None:
             for c in range(args.clicks):
                 click = simulate_click(target, CLICK_MODES[c % 3], rng, case.spacing)
                 for m in modes:
-                    predictor.kind_scoring, predictor.split_by_query = m
+                    predictor.kind_scoring, predictor.split_by_query, predictor.kind_gate = m
                     pred = predictor.predict([click])
                     for t in thresholds:
                         for v in volumes:
@@ -67,7 +70,7 @@ def main() -> None:
     keys = ("dice", "instance_f1", "instance_precision", "instance_recall", "nsd_1mm", "wrong_class_rate")
     for (m, t, v), rs in rows.items():
         summary = {k: round(float(np.mean([r[k] for r in rs])), 3) for k in keys}
-        print(f"kind_scoring={'on' if m[0] else 'off'} split_by_query={'on' if m[1] else 'off'} threshold={t} "
+        print(f"kind_scoring={'on' if m[0] else 'off'} split_by_query={'on' if m[1] else 'off'} kind_gate={m[2]:g} threshold={t} "
               f"min_volume={v:g}", json.dumps(summary))
 
 

@@ -290,3 +290,28 @@ def test_pieces_on_another_kind_score_lower():
     tumour, cyst = ids[0, 0, 0] - 1, ids[5, 5, 5] - 1
     assert n == 2 and np.allclose(plain, 0.9)
     assert kinded[tumour] > 0.8 and kinded[cyst] < 0.1
+
+
+def test_kind_consistency_compares_each_piece_with_the_clicked_one():
+    from napari_miqsam.inference.postprocess import kind_consistency, pieces_at
+
+    ids = np.zeros((4, 4, 8), np.int32)
+    ids[:, :, 0:2], ids[:, :, 3:5], ids[:, :, 6:8] = 1, 2, 3
+    probs = np.zeros((2, 4, 4, 8), np.float32)  # (tumour, cyst) per cell
+    probs[:, :, :, 0:2] = np.array([0.9, 0.05])[:, None, None, None]
+    probs[:, :, :, 3:5] = np.array([0.6, 0.2])[:, None, None, None]
+    probs[:, :, :, 6:8] = np.array([0.1, 0.8])[:, None, None, None]
+    agree = kind_consistency(ids, 3, probs, np.array([1]))
+    assert agree[0] > 0.9 and agree[1] > 0.7 and agree[2] < 0.2
+    agree = kind_consistency(ids, 3, probs, np.array([3]))  # a click on the cyst
+    assert agree[2] > 0.85 and agree[0] < 0.2
+    fallback = kind_consistency(ids, 3, probs, np.array([], int), fallback=np.array([0.0, 1.0]))
+    assert fallback[2] > 0.85 and fallback[0] < 0.1
+    undecided = kind_consistency(ids, 3, probs, np.array([], int), fallback=np.array([0.5, 0.5]))
+    assert (undecided == 1.0).all()  # nothing is dropped for a kind that cannot be told
+    assert kind_consistency(ids, 3, probs, np.array([], int)).tolist() == [1.0, 1.0, 1.0]
+    # a click on the background right next to piece 2 reads piece 2; far from everything, nothing
+    assert pieces_at(ids, np.array([[1, 1, 5], [2, 2, 1]])).tolist() == [1, 2]
+    far = np.zeros((6, 6, 6), np.int32)
+    far[0, 0, 0] = 1
+    assert pieces_at(far, np.array([[4, 4, 4]])).tolist() == []

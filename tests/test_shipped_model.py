@@ -54,3 +54,28 @@ def test_a_lesion_far_from_the_click_is_found(shipped):
     own = np.zeros(labels.shape, bool)
     own[:, :, :width] = ids == target
     assert abs(dice(np.isin(lab, found), twin) - max(dice(lab == k, own) for k in np.unique(lab[own]) if k)) < 0.3
+
+
+def test_the_kind_gate_only_removes_pieces_and_keeps_the_clicked_one(shipped):
+    """Predictor.kind_gate drops pieces whose kind disagrees with the clicked piece: the gated
+    prediction is the ungated one minus some instances, never the one under the click."""
+    case = make_phantom(11)
+    shipped.set_image(case.image, case.spacing)
+    for cls in (2, 3):
+        ids, n = instances_of(case.labels, cls)
+        if not n:
+            continue
+        click = tuple(int(v) for v in np.argwhere(ids == 1).mean(0).round())
+        if ids[click] != 1:
+            click = tuple(np.argwhere(ids == 1)[0])
+        shipped.kind_gate = 0.0
+        everything = shipped.predict([click])
+        shipped.kind_gate = 0.5
+        try:
+            gated = shipped.predict([click])
+        finally:
+            shipped.kind_gate = 0.5
+        assert 0 < len(gated) <= len(everything)
+        masks = {(tuple((s.start, s.stop) for s in i.bbox), i.mask.tobytes()) for i in everything.instances}
+        assert all((tuple((s.start, s.stop) for s in i.bbox), i.mask.tobytes()) in masks for i in gated.instances)
+        assert gated.clicked().any() == everything.clicked().any()  # the clicked piece always stays

@@ -4,8 +4,9 @@ Steps (all numpy/scipy, no model call):
   1. ``split_instances``: 26-connected components of the foreground (optionally split where the
      winning query changes), and pieces that touch across a window seam merged (a lesion cut by a
      window border is one instance);
-  2. ``drop_negative``: instances containing a negative click are removed;
-  3. ``to_original_grid``: each instance's mask is rebuilt at the original resolution inside its
+  2. ``kind_consistency`` (with a kind head): each piece's lesion kind, read by the kind head over
+     the piece, is compared with that of the clicked piece; pieces of another kind are dropped;
+  3. ``to_original_grid``: instances containing a negative click are removed, and each instance's mask is rebuilt at the original resolution inside its
      bounding box by trilinear interpolation of the foreground probability, restricted to the
      instance's cells (dilated by one cell into background), so edges are smooth, not blocky.
 """
@@ -119,15 +120,64 @@ def score_instances(ids: np.ndarray, n: int, score_map: np.ndarray, same: np.nda
     return scores
 
 
+def select(ids: np.ndarray, scores: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """Keep the instances ``order`` (0-based indices, in that order), relabelled 1..k."""
+    order = np.asarray(order, dtype=int)
+    remap = np.zeros(len(scores) + 1, dtype=np.int32)
+    remap[order + 1] = np.arange(1, len(order) + 1)
+    return remap[ids], len(order), scores[order]
+
+
 def keep_best(ids: np.ndarray, n: int, scores: np.ndarray, limit: int) -> tuple[np.ndarray, int, np.ndarray]:
     """Keep at most ``limit`` instances (highest score, then largest), relabelled 1..k."""
     if n <= limit:
         return ids, n, scores
     sizes = np.bincount(ids.ravel(), minlength=n + 1)[1:]
-    order = np.lexsort((-sizes, -scores))[:limit]  # primary key: score, then size
-    remap = np.zeros(n + 1, dtype=np.int32)
-    remap[order + 1] = np.arange(1, limit + 1)
-    return remap[ids], limit, scores[order]
+    return select(ids, scores, np.lexsort((-sizes, -scores))[:limit])  # primary key: score, then size
+
+
+def pieces_at(ids: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """Instance ids (1-based, sorted, unique) under each cell of ``cells`` ((P, 3) ints), or, for a
+    cell on background, the most frequent id of its 3x3x3 neighbourhood (a click on an edge)."""
+    found = set()
+    for c in np.asarray(cells, dtype=int).reshape(-1, 3):
+        c = np.clip(c, 0, np.asarray(ids.shape) - 1)
+        if ids[tuple(c)]:
+            found.add(int(ids[tuple(c)]))
+            continue
+        box = ids[tuple(slice(max(0, v - 1), v + 2) for v in c)]
+        near = box[box > 0]
+        if near.size:
+            found.add(int(np.bincount(near).argmax()))
+    return np.array(sorted(found), dtype=int)
+
+
+def kind_consistency(ids: np.ndarray, n: int, kind_probs: np.ndarray, clicked: np.ndarray,
+                     fallback: np.ndarray | None = None) -> np.ndarray:
+    """How much each piece is of the clicked piece's lesion kind, (n,) in [0, 1].
+
+    kind_probs: (K, *ids.shape) P(kind_k | cell) from the kind head (lesion kinds only, not
+    renormalised). A piece's kind distribution ``q`` is its kind mass summed over its cells and
+    normalised over the kinds; the prototype ``p`` is the same over the clicked pieces (``clicked``,
+    1-based ids), or ``fallback`` (the clicks' own kind distribution) when no piece is clicked.
+    Returns ``q . p / max(p)``: 1 for a piece wholly of the prototype's main kind, ~0 for one of
+    another kind when the prototype is clear, and never far below 1 when the prototype itself is
+    undecided (then the kind cannot be told and nothing should be dropped for it).
+    """
+    if n == 0:
+        return np.zeros(0)
+    index = np.arange(1, n + 1)
+    mass = np.stack([np.asarray(ndimage.sum(k, labels=ids, index=index), dtype=float) for k in kind_probs], axis=1)
+    q = mass / np.maximum(mass.sum(1, keepdims=True), 1e-8)  # (n, K)
+    clicked = np.asarray(clicked, dtype=int)
+    if clicked.size:
+        proto = mass[clicked - 1].sum(0)
+    elif fallback is not None:
+        proto = np.asarray(fallback, dtype=float).reshape(-1)
+    else:
+        return np.ones(n)
+    proto = proto / max(float(proto.sum()), 1e-8)
+    return np.clip(q @ proto / max(float(proto.max()), 1e-8), 0.0, 1.0)
 
 
 def to_original_grid(ids: np.ndarray, n: int, fg: np.ndarray, scores: np.ndarray, grid: GridMap,

@@ -24,10 +24,18 @@ from ..errors import CancelledError, InputError, NotReadyError, OutOfMemoryError
 from ..model.config import MIQSAMConfig, get_config
 from ..model.decoder import DecoderContext
 from ..model.encoder import Embedding
-from ..model.kind import prompt_kind, same_kind, snap_to_lesion
+from ..model.kind import prompt_kind, snap_to_lesion
 from ..model.miqsam import MIQSAM3D
 from ..model.weights import DEFAULT_WEIGHTS, load_weights
-from .postprocess import keep_best, score_instances, split_instances, to_original_grid
+from .postprocess import (
+    keep_best,
+    kind_consistency,
+    pieces_at,
+    score_instances,
+    select,
+    split_instances,
+    to_original_grid,
+)
 from .prediction import Prediction
 from .preprocess import GridMap, as_volume, check_spacing, normalise_intensity
 from .resample import resample_to_model
@@ -39,6 +47,7 @@ STRIDE = 2  # mask features are at stride 2 of the model grid
 SNAP_RADIUS = 1  # cells; measured on validation phantoms (README), see Predictor.snap_radius
 KIND_SCORING = False  # measured: a wash against a lower threshold (README), see Predictor.kind_scoring
 SPLIT_BY_QUERY = False  # measured: splitting pieces by winning query cuts lesions in two (README)
+KIND_GATE = 0.5  # measured on validation phantoms (README), see Predictor.kind_gate
 MAX_INSTANCES = 255  # an untrained or confused model can return thousands of specks; keep the best
 
 
@@ -88,6 +97,9 @@ class Predictor:
             cell within this many stride-2 cells (``model.kind.snap_to_lesion``); 0: never.
         split_by_query: a connected piece of foreground is split where the winning query changes
             (``postprocess.split_instances``); False: each connected piece is one instance.
+        kind_gate: with a kind head, a piece whose kind agreement with the clicked piece
+            (``postprocess.kind_consistency``) is below this is dropped; the clicked piece always
+            stays; 0: off.
     """
 
     def __init__(self, model: MIQSAM3D, *, trained: bool = True, device: str = "auto",
@@ -112,6 +124,7 @@ class Predictor:
         self.kind_scoring = KIND_SCORING
         self.snap_radius = SNAP_RADIUS
         self.split_by_query = SPLIT_BY_QUERY
+        self.kind_gate = KIND_GATE
         self._windows: list[CachedWindow] = []
         self._grid: GridMap | None = None
         self._padded: tuple[int, int, int] | None = None
@@ -251,10 +264,20 @@ class Predictor:
             queries = self.model.query_generator.queries_from_prompt(tokens, labels, valid)
             kind = prompt_kind(kinds, labels, valid) if kinds is not None else None
             maps = self._decode_all(queries, tokens, valid, kind, progress, cancel)
-        slot, fg, score_map, same, lesion = maps
-        seams = self._seams()
-        ids, n = split_instances(slot, seams, self.split_by_query)
+        slot, fg, score_map, kind_probs = maps
+        ids, n = split_instances(slot, self._seams() if self.split_by_query else None, self.split_by_query)
+        same = lesion = None
+        if self.kind_scoring and kind_probs is not None:
+            pi = kind[0].float().cpu().numpy()
+            same, lesion = np.tensordot(pi, kind_probs, axes=1), kind_probs.sum(0)
         scores = score_instances(ids, n, score_map, same, lesion)
+        if self.kind_gate > 0 and kind_probs is not None and n:
+            clicked = pieces_at(ids, np.floor(pts_model[: len(pos)] / STRIDE))
+            agree = kind_consistency(ids, n, kind_probs, clicked, kind[0].float().cpu().numpy())
+            keep = agree >= self.kind_gate
+            keep[clicked - 1] = True
+            if not keep.all():
+                ids, n, scores = select(ids, scores, np.nonzero(keep)[0])
         ids, n, scores = keep_best(ids, n, scores, self.max_instances)
         instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg)
         return Prediction(grid.shape, grid.spacing, instances, pos, neg)
@@ -281,9 +304,8 @@ class Predictor:
         slot = np.zeros(shape2, dtype=np.int16)
         fg = np.zeros(shape2, dtype=np.float32)
         score_map = np.zeros(shape2, dtype=np.float32)
-        with_kind = kind is not None and self.kind_scoring  # the kind maps only serve the kind scoring
-        same = np.zeros(shape2, dtype=np.float32) if with_kind else None
-        lesion = np.zeros(shape2, dtype=np.float32) if with_kind else None
+        with_kind = kind is not None and (self.kind_scoring or self.kind_gate > 0)  # only they use the kind maps
+        kind_probs = None
         for i, cw in enumerate(self._windows):
             if cancel is not None and cancel():
                 raise CancelledError("prediction cancelled")
@@ -297,18 +319,19 @@ class Predictor:
             slot[dst] = assigned[own].cpu().numpy()
             fg[dst] = fg_w[own].float().cpu().numpy()
             score_map[dst] = conf[best_q[own]].float().cpu().numpy()
-            if same is not None and cw.context is not None and cw.context.kind_probs is not None:
-                s_w, l_w = same_kind(cw.context.kind_probs, kind)
-                same[dst] = s_w[0][own].cpu().numpy()
-                lesion[dst] = l_w[0][own].cpu().numpy()
+            if with_kind and cw.context is not None and cw.context.kind_probs is not None:
+                probs = cw.context.kind_probs[0]  # (K, d2, h2, w2) of this window
+                if kind_probs is None:
+                    kind_probs = np.zeros((probs.shape[0], *shape2), dtype=np.float32)
+                kind_probs[(slice(None), *dst)] = probs[(slice(None), *own)].float().cpu().numpy()
             if progress is not None:
                 progress(i + 1, len(self._windows))
         # crop away the padding of the model grid
         valid2 = tuple(-(-n // STRIDE) for n in self.grid.model_shape)
         crop = tuple(slice(0, n) for n in valid2)
-        if same is not None:
-            same, lesion = same[crop], lesion[crop]
-        return slot[crop], fg[crop], score_map[crop], same, lesion
+        if kind_probs is not None:
+            kind_probs = kind_probs[(slice(None), *crop)]
+        return slot[crop], fg[crop], score_map[crop], kind_probs
 
     def _seams(self) -> list[tuple[int, int]]:
         seams = set()
