@@ -75,6 +75,7 @@ def main() -> None:
             "threshold": evaluation.get("threshold"),
             "min_volume_mm3": evaluation.get("min_volume", 0.0),
             "kind_scoring": evaluation.get("kind_scoring", False),
+            "kind_gate": evaluation.get("kind_gate", 0.0),
             "snap_radius": SNAP_RADIUS,
             "split_by_query": SPLIT_BY_QUERY,
             "model": evaluation["model"],

@@ -62,6 +62,8 @@ def test_predict_errors_are_one_sentence(tmp_path, tiny_weights, capsys):
         (["--point", "99", "1", "1"], "outside"),
         ([], "--point"),
         (["--point", "1", "1", "1", "--weights", str(tmp_path / "nope.safetensors")], "not found"),
+        (["--point", "1", "1", "1", "--min-volume", "-5"], "--min-volume"),
+        (["--point", "1", "1", "1", "--kind-gate", "1.5"], "--kind-gate"),
     ]
     for extra, msg in cases:
         args = ["predict", str(src), *extra, "-o", str(tmp_path / "o.nii.gz")]

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (under torchrun each rank uses its LOCAL_RANK GPU)")
     parser.add_argument("--min-size", type=int, default=10,
                         help="ignore instances smaller than this many voxels (default 10)")
+    parser.add_argument("--kind-gate", type=float, default=None,
+                        help="drop pieces whose kind agreement with the clicked piece is below this "
+                        "(default: the Predictor's, 0.5; 0: off)")
     parser.add_argument("--kind-scoring", choices=("on", "off"), default=None,
                         help="multiply instance scores by their kind agreement (default: the Predictor's default)")
     parser.add_argument("--no-model", action="store_true", help="baselines only")
@@ -123,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.kind_scoring is not None:
             predictor.kind_scoring = args.kind_scoring == "on"
+        if args.kind_gate is not None:
+            if not 0.0 <= args.kind_gate <= 1.0:
+                raise InputError(f"--kind-gate must lie in [0, 1], got {args.kind_gate}")
+            predictor.kind_gate = args.kind_gate
         if not getattr(predictor, "trained", True) and rank == 0:
             print("warning: the weights are UNTRAINED; the model's numbers are meaningless",
                   file=sys.stderr)
@@ -149,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     result["weights"] = str(args.weights) if args.weights is not None else "default"
     if predictor is not None:
         result["kind_scoring"] = bool(predictor.kind_scoring)
+        result["kind_gate"] = float(getattr(predictor, "kind_gate", 0.0))
     print(format_markdown_table(result), end="")
     if args.json is not None:
         write_json_atomic(args.json, result, overwrite=True)

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-volume", type=float, default=DEFAULT_MIN_VOLUME,
                    help=f"hide instances smaller than this (spacing units cubed, mm³ for CT; default "
                    f"{DEFAULT_MIN_VOLUME:g}); the clicked instance is always kept")
+    p.add_argument("--kind-gate", type=float, default=None,
+                   help="drop instances whose lesion kind disagrees with the clicked one's below this "
+                   "agreement (default 0.5; 0: keep every kind)")
     p.add_argument("--weights", type=Path, default=None, help=".safetensors weights (default: shipped)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--channel", type=int, default=None, help="channel of a multichannel (4D) volume")
@@ -98,7 +101,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--threshold must lie in [0, 1], got {args.threshold}")
     if args.min_volume < 0:
         raise InputError(f"--min-volume must be >= 0, got {args.min_volume}")
+    if args.kind_gate is not None and not 0.0 <= args.kind_gate <= 1.0:
+        raise InputError(f"--kind-gate must lie in [0, 1], got {args.kind_gate}")
     predictor = Predictor.from_weights(args.weights, device=args.device)
+    if args.kind_gate is not None:
+        predictor.kind_gate = args.kind_gate
     if not predictor.trained:
         print(f"warning: the weights {args.weights or 'shipped default'} are UNTRAINED; results are meaningless",
               file=sys.stderr)
