@@ -86,6 +86,22 @@ def test_min_volume_hides_small_instances_without_model_call(phantom_widget, qtb
     assert len(widget.predictors.predict_calls) == calls
 
 
+def test_same_kind_only_sets_the_kind_gate_and_runs_again(phantom_widget, qtbot):
+    from napari_miqsam.inference.predictor import KIND_GATE
+
+    viewer, widget = phantom_widget
+    click(widget, tumour_voxel(viewer))
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    predictor = widget._entry(widget.image_layer()).predictor
+    assert widget.same_kind_check.isChecked() and predictor.kind_gate == KIND_GATE > 0
+    calls = len(widget.predictors.predict_calls)
+    widget.same_kind_check.setChecked(False)
+    qtbot.waitUntil(lambda: len(widget.predictors.predict_calls) == calls + 1, timeout=WAIT_MS)
+    wait_done(qtbot, widget)
+    assert predictor.kind_gate == 0.0
+    assert widget.predictors.set_image_calls == 1  # the embedding is reused
+
+
 def test_negative_point_is_passed_and_removes_its_instance(phantom_widget, qtbot):
     viewer, widget = phantom_widget
     positive = tumour_voxel(viewer)

@@ -235,6 +235,12 @@ class MiqsamWidget(QWidget):
         self.auto_check = QCheckBox("Run on each new point")
         self.auto_check.setChecked(True)
         layout.addWidget(self.auto_check)
+        self.same_kind_check = QCheckBox("Only the clicked kind")
+        self.same_kind_check.setChecked(True)
+        self.same_kind_check.setToolTip(
+            "Drop instances the model reads as another lesion kind than the one clicked "
+            "(e.g. cysts when a tumour is clicked). Unchecked: every lesion the queries find.")
+        layout.addWidget(self.same_kind_check)
 
         run_row = QHBoxLayout()
         self.run_button = QPushButton(f"Run ({KEY_RUN})")
@@ -306,6 +312,7 @@ class MiqsamWidget(QWidget):
         self.weights_button.clicked.connect(self._choose_weights)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
+        self.same_kind_check.toggled.connect(self._on_same_kind_toggled)
         self.threshold_slider.sliderMoved.connect(self._on_threshold_moved)
         self.threshold_slider.valueChanged.connect(self._on_threshold_changed)
         self.min_volume_spin.valueChanged.connect(lambda _value: self._show(commit=True))
@@ -721,6 +728,7 @@ class MiqsamWidget(QWidget):
             embed=embed,
             weights=self._weights(),
             device=self._device(),
+            same_kind_only=self.same_kind_check.isChecked(),
         )
         self._job = job
         self._user_cancelled = False
@@ -976,6 +984,11 @@ class MiqsamWidget(QWidget):
                 }
             )
         return rows
+
+    def _on_same_kind_toggled(self, _checked: bool) -> None:
+        """Run again for the current prompts when a result is shown (the choice changes it)."""
+        if self._prediction is not None:
+            self.run()
 
     # ---------------------------------------------------------- threshold
     def _on_threshold_moved(self, value: int) -> None:

@@ -29,6 +29,8 @@ class Job:
     ``positive`` / ``negative`` are (z, y, x) voxel coordinates of ``volume``; ``spacing`` is
     (z, y, x) in mm. ``predictor`` is the cached predictor for this image layer (None: load one
     from ``weights`` on ``device``); ``embed`` says whether ``set_image`` must run first.
+    ``same_kind_only``: drop instances of another lesion kind than the clicked one
+    (``Predictor.kind_gate``); False keeps every kind.
     """
 
     seq: int
@@ -43,6 +45,7 @@ class Job:
     embed: bool
     weights: str | None
     device: str
+    same_kind_only: bool = True
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _superseded: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -115,6 +118,10 @@ def run_job(job: Job, report: ProgressFn | None = None, loader: Callable[..., An
         if job.superseded():
             return result
         progress("Predicting")(0, 0)
+        if hasattr(result.predictor, "kind_gate"):
+            from napari_miqsam.inference.predictor import KIND_GATE
+
+            result.predictor.kind_gate = KIND_GATE if job.same_kind_only else 0.0
         result.prediction = result.predictor.predict(
             job.positive, job.negative, progress=progress("Predicting"), cancel=job.stopped
         )
