@@ -10,15 +10,14 @@ pytest.importorskip("pytestqt")
 
 from napari_miqsam._widget import MiqsamWidget  # noqa: E402
 from napari_miqsam._widget._dock import KEY_COMMIT, KEY_NEGATIVE, KEY_RUN, OUTPUT_NAME, PROMPTS_NAME  # noqa: E402
-from widget_helpers import WAIT_MS, TinyPredictors, click, n_labels, tumour_voxel, wait_done  # noqa: E402
+from widget_helpers import WAIT_MS, TinyPredictors, click, n_labels, segment, tumour_voxel, wait_done  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
 
 def test_point_on_tumour_gives_instance_layer_with_scores(sample_widget, qtbot, notifications):
     viewer, widget = sample_widget
-    click(widget, tumour_voxel(viewer))
-    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    segment(qtbot, widget, tumour_voxel(viewer))
     out = viewer.layers[OUTPUT_NAME]
     image = viewer.layers["phantom CT"]
     assert out is widget.output_layer
@@ -40,8 +39,7 @@ def test_point_on_tumour_gives_instance_layer_with_scores(sample_widget, qtbot, 
 
 def test_threshold_updates_instances_without_model_call(phantom_widget, qtbot):
     viewer, widget = phantom_widget
-    click(widget, tumour_voxel(viewer))
-    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    segment(qtbot, widget, tumour_voxel(viewer))
     out = widget.output_layer
     calls = len(widget.predictors.predict_calls)
     widget.threshold_slider.setValue(0)
@@ -62,8 +60,7 @@ def test_min_volume_hides_small_instances_without_model_call(phantom_widget, qtb
     from napari_miqsam.inference.prediction import Instance, Prediction
 
     viewer, widget = phantom_widget
-    click(widget, tumour_voxel(viewer))
-    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    segment(qtbot, widget, tumour_voxel(viewer))
     out = widget.output_layer
     calls = len(widget.predictors.predict_calls)
     # a prediction with sizes chosen for the test, on the image's grid (spacing 2 x 1 x 1: 2 mm³ voxels)
@@ -90,8 +87,7 @@ def test_same_kind_only_sets_the_kind_gate_and_runs_again(phantom_widget, qtbot)
     from napari_miqsam.inference.predictor import KIND_GATE
 
     viewer, widget = phantom_widget
-    click(widget, tumour_voxel(viewer))
-    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    segment(qtbot, widget, tumour_voxel(viewer))
     predictor = widget._entry(widget.image_layer()).predictor
     assert widget.same_kind_check.isChecked() and predictor.kind_gate == KIND_GATE > 0
     calls = len(widget.predictors.predict_calls)
@@ -105,8 +101,7 @@ def test_same_kind_only_sets_the_kind_gate_and_runs_again(phantom_widget, qtbot)
 def test_negative_point_is_passed_and_removes_its_instance(phantom_widget, qtbot):
     viewer, widget = phantom_widget
     positive = tumour_voxel(viewer)
-    click(widget, positive)
-    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    segment(qtbot, widget, positive)
     out = widget.output_layer
     ids = [i for i in np.unique(out.data) if i]
     assert ids
@@ -162,8 +157,7 @@ def test_widget_survives_image_layer_deletion(phantom_widget, qtbot, notificatio
 
 def test_output_layer_deleted_between_runs_is_recreated(phantom_widget, qtbot):
     viewer, widget = phantom_widget
-    click(widget, tumour_voxel(viewer))
-    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    segment(qtbot, widget, tumour_voxel(viewer))
     viewer.layers.remove(widget.output_layer)
     assert widget.output_layer is None and widget.table.rowCount() == 0
     widget.threshold_slider.setValue(30)  # nothing to show: no error, no layer
@@ -176,8 +170,7 @@ def test_output_layer_deleted_between_runs_is_recreated(phantom_widget, qtbot):
 def test_new_run_and_deletion_are_single_undo_steps(phantom_widget, qtbot):
     viewer, widget = phantom_widget
     widget.threshold_slider.setValue(95)  # start high, so that lowering it later shows more instances
-    click(widget, tumour_voxel(viewer))
-    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    segment(qtbot, widget, tumour_voxel(viewer))
     out = widget.output_layer
     first = np.array(out.data, copy=True)
     first_rows = len(out.features)
@@ -202,8 +195,7 @@ def test_new_run_and_deletion_are_single_undo_steps(phantom_widget, qtbot):
 
 def test_selecting_a_row_moves_the_view_to_the_instance(phantom_widget, qtbot):
     viewer, widget = phantom_widget
-    click(widget, tumour_voxel(viewer))
-    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    segment(qtbot, widget, tumour_voxel(viewer))
     out = widget.output_layer
     widget.table.selectRow(widget.table.rowCount() - 1)
     instance = widget.table.selected_id()
@@ -215,8 +207,7 @@ def test_selecting_a_row_moves_the_view_to_the_instance(phantom_widget, qtbot):
 
 def test_commit_keeps_existing_voxels_and_is_undoable(phantom_widget, qtbot, notifications):
     viewer, widget = phantom_widget
-    click(widget, tumour_voxel(viewer))
-    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    segment(qtbot, widget, tumour_voxel(viewer))
     out = np.asarray(widget.output_layer.data).copy()
     existing = tuple(np.argwhere(out)[0])
     target_data = np.zeros(out.shape, dtype=np.uint16)

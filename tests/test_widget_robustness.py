@@ -19,7 +19,7 @@ from napari.layers import Labels  # noqa: E402
 from napari_miqsam._widget import MiqsamWidget  # noqa: E402
 from napari_miqsam._widget._dock import OUTPUT_NAME, PROMPTS_NAME  # noqa: E402
 from napari_miqsam.errors import OutOfMemoryError  # noqa: E402
-from widget_helpers import WAIT_MS, TinyPredictors, click, n_labels, tumour_voxel, wait_done  # noqa: E402
+from widget_helpers import WAIT_MS, TinyPredictors, click, n_labels, segment, tumour_voxel, wait_done  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -124,8 +124,7 @@ def test_image_data_replaced_during_a_run_never_writes_the_stale_result(phantom_
 
 def test_output_layer_deleted_during_a_run_is_recreated_not_redirected(phantom_widget, qtbot, notifications):
     viewer, widget = phantom_widget
-    click(widget, tumour_voxel(viewer))
-    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    segment(qtbot, widget, tumour_voxel(viewer))
     release = hold_runs(widget)
     widget.threshold_slider.setValue(0)
     widget.run()
@@ -199,8 +198,7 @@ def test_4d_and_rgb_images_become_a_clear_notification(make_napari_viewer, qtbot
 
 def test_empty_volume_runs_without_error(make_napari_viewer, qtbot, notifications):
     viewer, widget = volume_widget(make_napari_viewer, np.zeros((16, 32, 32), np.float32))
-    click(widget, (8, 16, 16))
-    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    segment(qtbot, widget, (8, 16, 16))
     # the tiny model is untrained, so how many instances it finds in nothing is not meaningful;
     # the run itself must complete and the table must match the layer
     assert len(widget.output_layer.features) == n_labels(widget.output_layer) == widget.table.rowCount()
@@ -213,8 +211,7 @@ def test_nan_voxels_do_not_break_a_run(make_napari_viewer, qtbot, notifications)
     data[:4] = np.nan
     data[8, 10:20, 10:20] = np.inf
     viewer, widget = volume_widget(make_napari_viewer, data)
-    click(widget, (10, 16, 16))
-    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    segment(qtbot, widget, (10, 16, 16))
     assert len(widget.output_layer.features) == n_labels(widget.output_layer)
     assert np.isnan(viewer.layers["vol"].data[:4]).all()  # the user's image is not "repaired"
     assert not errors(notifications)
@@ -259,8 +256,7 @@ def test_users_labels_layers_are_never_modified_by_runs(phantom_widget, qtbot, n
     viewer.layers.selection.active = annotations  # selected, and the commit target too
     widget.target_combo.setCurrentText("my annotations")
     before = layer_copies(viewer)
-    click(widget, tumour_voxel(viewer))
-    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    segment(qtbot, widget, tumour_voxel(viewer))
     widget.threshold_slider.setValue(0)
     click(widget, tumour_voxel(viewer) + np.array([0, 1, 0]))
     qtbot.waitUntil(lambda: len(widget.predictors.predict_calls) == 2 and not widget.busy, timeout=WAIT_MS)

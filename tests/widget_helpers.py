@@ -99,6 +99,12 @@ def click(widget, voxel) -> None:
     points.add(np.asarray(voxel, dtype=float))
 
 
+def segment(qtbot, widget, voxel) -> None:
+    """Click ``voxel`` and wait until the instances are shown and the widget is idle."""
+    click(widget, voxel)
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+
+
 def wait_done(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: not widget.busy, timeout=WAIT_MS)
 
