@@ -3,7 +3,7 @@
     predictor = Predictor.from_weights()              # shipped default weights
     predictor.set_image(volume, spacing=(2.5, 0.8, 0.8))   # expensive: the encoder, once
     prediction = predictor.predict(positive=[(40, 120, 96)])  # cheap: PC-IQG + CQRD + head
-    labels, table = prediction.labels(threshold=0.3)        # no model call
+    labels, table = prediction.labels(threshold=0.2)        # no model call
 
 Volumes larger than one window are covered by overlapping sliding windows; the queries are made
 once (each click's features from the window that owns it) and decoded in every window, so lesions
