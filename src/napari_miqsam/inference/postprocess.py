@@ -6,9 +6,10 @@ Steps (all numpy/scipy, no model call):
      window border is one instance);
   2. ``kind_consistency`` (with a kind head): each piece's lesion kind, read by the kind head over
      the piece, is compared with that of the clicked piece; pieces of another kind are dropped;
-  3. ``to_original_grid``: instances containing a negative click are removed, and each instance's mask is rebuilt at the original resolution inside its
-     bounding box by trilinear interpolation of the foreground probability, restricted to the
-     instance's cells (dilated by one cell into background), so edges are smooth, not blocky.
+  3. ``to_original_grid``: instances containing a negative click are removed, and each instance's
+     mask is rebuilt at the original resolution inside its bounding box by trilinear interpolation
+     of the foreground probability, restricted to the instance's cells (dilated by one cell into
+     background), so edges are smooth, not blocky.
 """
 
 from __future__ import annotations

@@ -93,7 +93,10 @@ class Prediction:
         """Indices of the instances shown: score >= threshold and (volume >= min_volume or clicked)."""
         if not self.instances:
             return []
-        keep = (self.scores >= threshold) & ((self.volumes >= min_volume) | self.clicked())
+        keep = self.scores >= threshold
+        small = keep & (self.volumes < min_volume)
+        if small.any():  # only then does it matter which instance holds the click
+            keep &= ~small | self.clicked()
         return [int(k) for k in np.nonzero(keep)[0]]
 
     def count(self, threshold: float = DEFAULT_THRESHOLD, min_volume: float = DEFAULT_MIN_VOLUME) -> int:
