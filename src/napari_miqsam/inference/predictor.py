@@ -24,7 +24,7 @@ from ..errors import CancelledError, InputError, NotReadyError, OutOfMemoryError
 from ..model.config import MIQSAMConfig, get_config
 from ..model.decoder import DecoderContext
 from ..model.encoder import Embedding
-from ..model.kind import prompt_kind, snap_to_lesion
+from ..model.kind import prompt_kind, same_kind, snap_to_lesion
 from ..model.miqsam import MIQSAM3D
 from ..model.weights import DEFAULT_WEIGHTS, load_weights
 from .postprocess import (
@@ -268,8 +268,7 @@ class Predictor:
         ids, n = split_instances(slot, self._seams() if self.split_by_query else None, self.split_by_query)
         same = lesion = None
         if self.kind_scoring and kind_probs is not None:
-            pi = kind[0].float().cpu().numpy()
-            same, lesion = np.tensordot(pi, kind_probs, axes=1), kind_probs.sum(0)
+            same, lesion = (t[0].numpy() for t in same_kind(torch.from_numpy(kind_probs)[None], kind.cpu()))
         scores = score_instances(ids, n, score_map, same, lesion)
         if self.kind_gate > 0 and kind_probs is not None and n:
             clicked = pieces_at(ids, np.floor(pts_model[: len(pos)] / STRIDE))
