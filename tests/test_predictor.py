@@ -14,6 +14,7 @@ from napari_miqsam.inference.tiling import plan_windows
 from napari_miqsam.model.config import get_config
 from napari_miqsam.model.encoder import Embedding
 from napari_miqsam.model.head import LayerOutput
+from napari_miqsam.model.refine import MaskRefiner
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +121,9 @@ class LocalModel(torch.nn.Module):
         self.cfg = get_config("tiny", kind_prior=False)
         self.query_generator = LocalPrompts()
         self.decoder = LocalDecoder()
+        torch.manual_seed(0)
+        self.refiner = MaskRefiner(4)  # random, non-zero: the refinement must not depend on the windows
+        torch.nn.init.normal_(self.refiner.body[-1].weight, std=0.3)
 
     def embed(self, x):
         feats = torch.nn.functional.avg_pool3d(x, 2)

@@ -107,7 +107,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, out):
+def _ddp_worker(rank, world, port, out, refine_only=False):
     import os
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -116,7 +116,8 @@ def _ddp_worker(rank, world, port, out):
     from napari_miqsam.training.loop import TrainOptions, train
 
     res = train(TrainOptions(config="tiny", data="phantom", out=str(out), steps=3, batch=1, patch=32, pool=1,
-                             cases=4, warmup=1, checkpoint_every=100, device="cpu", phantom_shape=(32, 64, 64)),
+                             cases=4, warmup=1, checkpoint_every=100, device="cpu", phantom_shape=(32, 64, 64),
+                             refine_only=refine_only, lr=1e-2 if refine_only else 1e-3),
                 log=lambda *a: None)
     torch.save({k: v.clone() for k, v in res.model.state_dict().items()}, out / f"rank{rank}.pt")
     import torch.distributed as dist
@@ -125,8 +126,10 @@ def _ddp_worker(rank, world, port, out):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_hold_identical_weights(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+@pytest.mark.parametrize("refine_only", [False, True])
+def test_ddp_two_processes_hold_identical_weights(tmp_path, refine_only):
+    """Both stages: the network through DDP, the refiner's own stage through hand-averaged gradients."""
+    mp.spawn(_ddp_worker, args=(2, _free_port(), tmp_path, refine_only), nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert a.keys() == b.keys()
@@ -135,7 +138,9 @@ def test_ddp_two_processes_hold_identical_weights(tmp_path):
     init = __import__("napari_miqsam.model.miqsam", fromlist=["x"])
     torch.manual_seed(0)
     fresh = init.MIQSAM3D(__import__("napari_miqsam.model.config", fromlist=["x"]).get_config("tiny")).state_dict()
-    assert any(not torch.equal(a[k], fresh[k]) for k in a)  # and they did train
+    changed = {k for k in a if not torch.equal(a[k], fresh[k])}
+    assert changed  # and they did train
+    assert all(k.startswith("refiner.") for k in changed) == refine_only  # the refiner's stage trains it alone
     assert (tmp_path / "miqsam_tiny.safetensors").exists() and (tmp_path / "checkpoint.pt").exists()
 
 

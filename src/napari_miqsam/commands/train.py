@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: default)")
     p.add_argument("--ablation", default="{}", help='JSON of config switches, e.g. \'{"gating": false}\'')
+    p.add_argument("--refine-only", action="store_true",
+                   help="train only the mask refiner on the frozen network of --init (a last stage)")
+    p.add_argument("--refine-pieces", type=int, default=d.refine_pieces, help="found instances per patch the refiner trains on")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, val_every=args.val_every, resume=args.resume,
         init=str(DEFAULT_WEIGHTS) if args.init == "default" else args.init,
         device=args.device, threads=args.threads, ablation=json.loads(args.ablation),
+        refine_only=args.refine_only, refine_pieces=args.refine_pieces,
     )
     train(opt)
     return 0

@@ -8,11 +8,14 @@ Steps (all numpy/scipy, no model call):
      the piece, is compared with that of the clicked piece; pieces of another kind are dropped;
   3. ``to_original_grid``: instances containing a negative click are removed, and each instance's
      mask is rebuilt at the original resolution inside its bounding box by trilinear interpolation
-     of the foreground probability, restricted to the instance's cells (dilated by one cell into
-     background), so edges are smooth, not blocky.
+     of its mask logits: the mask refiner's stride-1 logits when a ``refine`` function is given
+     (``model/refine.py``), else the stride-2 foreground probability; either way restricted to the
+     instance's cells dilated by one cell into background, so edges are smooth, not blocky.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -181,12 +184,18 @@ def kind_consistency(ids: np.ndarray, n: int, kind_probs: np.ndarray, clicked: n
     return np.clip(q @ proto / max(float(proto.max()), 1e-8), 0.0, 1.0)
 
 
+#: refine(k, lo, hi) -> instance k's logits at stride 1 over stride-2 cells [lo, hi) (model/refine.py)
+Refine = Callable[[int, tuple, tuple], np.ndarray]
+
+
 def to_original_grid(ids: np.ndarray, n: int, fg: np.ndarray, scores: np.ndarray, grid: GridMap,
-                     stride: int = 2, negative: np.ndarray | None = None) -> list[Instance]:
+                     stride: int = 2, negative: np.ndarray | None = None,
+                     refine: Refine | None = None) -> list[Instance]:
     """Rebuild each instance at the original resolution (see module docstring).
 
     ids/fg: (d2, h2, w2) instance ids and foreground probability on the stride-``stride`` model map.
     negative: (P, 3) original voxel coordinates; an instance containing one is dropped.
+    refine: the mask refiner's stride-1 logits of one instance (None: interpolate ``fg``).
     """
     instances = []
     neg = np.round(np.asarray(negative, float)).astype(int).reshape(-1, 3) if negative is not None else np.zeros((0, 3), int)
@@ -200,10 +209,15 @@ def to_original_grid(ids: np.ndarray, n: int, fg: np.ndarray, scores: np.ndarray
         grown = ndimage.binary_dilation(member, structure=FULL) & ((ids[cells] == 0) | member)
         ranges = [grid.cells_to_original(a, lo[a], hi[a], stride) for a in range(3)]
         coords = [grid.cell_coords(a, r[0], r[1], stride) - lo[a] for a, r in enumerate(ranges)]
-        prob = interpolate_separable(fg[cells].astype(np.float32), tuple(coords))
+        if refine is not None:
+            logits = refine(k, tuple(lo), tuple(hi)).astype(np.float32, copy=False)
+            fine = [grid.cell_coords(a, r[0], r[1], 1) - stride * lo[a] for a, r in enumerate(ranges)]
+            inside = interpolate_separable(logits, tuple(fine)) > 0.0
+        else:
+            inside = interpolate_separable(fg[cells].astype(np.float32), tuple(coords)) > 0.5
         near = [np.clip(np.round(c).astype(int), 0, member.shape[a] - 1) for a, c in enumerate(coords)]
         allowed = grown[np.ix_(*near)]
-        mask = (prob > 0.5) & allowed
+        mask = inside & allowed
         if not mask.any():  # a sub-voxel instance: keep its nearest original voxels
             mask = member[np.ix_(*near)]
             if not mask.any():

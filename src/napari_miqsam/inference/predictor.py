@@ -26,6 +26,7 @@ from ..model.decoder import DecoderContext
 from ..model.encoder import Embedding
 from ..model.kind import prompt_kind, same_kind, snap_to_lesion
 from ..model.miqsam import MIQSAM3D
+from ..model.refine import refine_instance
 from ..model.weights import DEFAULT_WEIGHTS, load_weights
 from .postprocess import (
     keep_best,
@@ -48,6 +49,7 @@ SNAP_RADIUS = 1  # cells; measured on validation phantoms (README), see Predicto
 KIND_SCORING = False  # measured: a wash against a lower threshold (README), see Predictor.kind_scoring
 SPLIT_BY_QUERY = False  # measured: splitting pieces by winning query cuts lesions in two (README)
 KIND_GATE = 0.5  # measured on validation phantoms (README), see Predictor.kind_gate
+REFINE = True  # redraw each instance at stride 1 with the mask refiner when the weights have one
 MAX_INSTANCES = 255  # an untrained or confused model can return thousands of specks; keep the best
 
 
@@ -100,6 +102,8 @@ class Predictor:
         kind_gate: with a kind head, a piece whose kind agreement with the clicked piece
             (``postprocess.kind_consistency``) is below this is dropped; the clicked piece always
             stays; 0: off.
+        refine: with a mask refiner in the weights (``model/refine.py``), each instance's mask is
+            redrawn at stride 1 from the model-grid image; False: upsampled stride-2 masks.
     """
 
     def __init__(self, model: MIQSAM3D, *, trained: bool = True, device: str = "auto",
@@ -125,9 +129,11 @@ class Predictor:
         self.snap_radius = SNAP_RADIUS
         self.split_by_query = SPLIT_BY_QUERY
         self.kind_gate = KIND_GATE
+        self.refine = REFINE
         self._windows: list[CachedWindow] = []
         self._grid: GridMap | None = None
         self._padded: tuple[int, int, int] | None = None
+        self._model_vol: torch.Tensor | None = None  # padded model-grid volume (CPU), for the refiner
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -159,7 +165,7 @@ class Predictor:
         return self._grid
 
     def reset_image(self) -> None:
-        self._windows, self._grid, self._padded = [], None, None
+        self._windows, self._grid, self._padded, self._model_vol = [], None, None, None
 
     def set_image(self, volume: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
                   modality: str = "auto", channel: int | None = None,
@@ -202,6 +208,7 @@ class Predictor:
         except MemoryError as exc:
             raise OutOfMemoryError(f"out of memory while embedding a {vol.shape} volume; try a smaller window") from exc
         self._windows, self._grid, self._padded = cached, grid, padded
+        self._model_vol = model_vol if self.model.refiner is not None else None
 
     def _embed_window(self, win: Window, crop: torch.Tensor) -> CachedWindow:
         m = self.cfg.pad_multiple
@@ -278,8 +285,20 @@ class Predictor:
             if not keep.all():
                 ids, n, scores = select(ids, scores, np.nonzero(keep)[0])
         ids, n, scores = keep_best(ids, n, scores, self.max_instances)
-        instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg)
+        refine = self._refine_fn(fg, ids) if self.refine and self._model_vol is not None else None
+        instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg, refine=refine)
         return Prediction(grid.shape, grid.spacing, instances, pos, neg)
+
+    def _refine_fn(self, fg: np.ndarray, ids: np.ndarray):
+        """refine(k, lo, hi): instance k's stride-1 logits over stride-2 cells [lo, hi)."""
+        fg_t, ids_t = torch.from_numpy(fg), torch.from_numpy(ids)
+
+        def refine(k: int, lo: tuple, hi: tuple) -> np.ndarray:
+            with torch.inference_mode():
+                out = refine_instance(self.model.refiner, self._model_vol, fg_t, ids_t, k, lo, hi)
+            return out.float().cpu().numpy()
+
+        return refine
 
     def _prompt_tokens(self, pts_model: np.ndarray, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Each click's embedding (1, P, C) and lesion-kind distribution (1, P, K) (None without

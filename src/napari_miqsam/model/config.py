@@ -43,6 +43,9 @@ class MIQSAMConfig:
     # biases the masks (model/kind.py).
     kinds: int = 2
     kind_prior: bool = True
+    # Stride-1 mask refiner (model/refine.py): redraws each found instance at the model spacing.
+    refine: bool = True
+    refine_width: int = 12
     # Model grid: voxels are resampled to this spacing (z, y, x) in mm before the encoder.
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
     # Fourier position encodings measure distances in units of position_extent / 2 model voxels (a
@@ -77,6 +80,7 @@ class MIQSAMConfig:
         known = {f.name for f in fields(cls)}
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
         kw.setdefault("kind_prior", False)  # files written before the kind prior existed have none
+        kw.setdefault("refine", False)  # nor the refiner
         return cls(**kw)
 
 

@@ -15,6 +15,7 @@ from .encoder import Embedding, HybridEncoder
 from .head import LayerOutput
 from .kind import point_kinds, prompt_kind
 from .query_generator import QueryGenerator
+from .refine import MaskRefiner
 
 
 class MIQSAM3D(nn.Module):
@@ -24,6 +25,8 @@ class MIQSAM3D(nn.Module):
         self.encoder = HybridEncoder(cfg)
         self.query_generator = QueryGenerator(cfg)
         self.decoder = CQRD(cfg)
+        # stride-1 refinement of each found instance (inference and its own training stage)
+        self.refiner = MaskRefiner(cfg.refine_width) if cfg.refine else None
 
     def embed(self, volume: torch.Tensor) -> Embedding:
         """volume: (B, 1, D, H, W) normalised, sides multiples of 8 -> cached Embedding."""

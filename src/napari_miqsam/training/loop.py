@@ -20,6 +20,7 @@ from ..model.config import get_config
 from ..model.miqsam import MIQSAM3D
 from ..model.weights import init_from, save_weights
 from .losses import set_criterion
+from .refine import refine_loss
 from .sampling import augment, collate, sample_example
 from .sources import CasePool, case_loader
 
@@ -50,6 +51,8 @@ class TrainOptions:
     threads: int = 0
     ablation: dict = field(default_factory=dict)  # e.g. {"gating": False}
     phantom_shape: tuple | None = None  # phantom size in voxels (None: the generator's default)
+    refine_only: bool = False  # train only the mask refiner, on the frozen network (start from --init)
+    refine_pieces: int = 6  # pieces per example the refiner trains on
 
 
 @dataclass
@@ -93,7 +96,15 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         fresh = init_from(model, opt.init)
         log(f"initialised from {opt.init}" + (f"; {len(fresh)} tensors kept fresh: {', '.join(fresh)}" if fresh else ""))
     model = model.to(device)
-    optim = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    refiner = model.refiner
+    if opt.refine_only and refiner is None:
+        raise ValueError(f"--refine-only needs a config with a mask refiner ({cfg.name!r} has refine=False)")
+    # the refiner trains in its own stage: frozen there, and everything else frozen in that stage
+    model.requires_grad_(not opt.refine_only)
+    if refiner is not None:
+        refiner.requires_grad_(opt.refine_only)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
     out = Path(opt.out)
     ckpt = out / "checkpoint.pt"
     step, elapsed = 0, 0.0
@@ -103,7 +114,10 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         optim.load_state_dict(state["optim"])
         step, elapsed = int(state["step"]), float(state["elapsed"])
         log(f"resumed from {ckpt} at step {step} ({elapsed / 60:.1f} min so far)")
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    if world > 1 and not opt.refine_only:
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:  # the refiner's gradients are averaged by hand (a variable number of pieces per rank)
+        ddp = model
     n_cases, load = case_loader(opt.data, opt.format, opt.seed, opt.cases, opt.phantom_shape)
     rng = np.random.default_rng(opt.seed * 1000 + rank + step)
     pool = CasePool(n_cases, load, cfg, opt.pool, rank, world, seed=opt.seed + step)
@@ -125,13 +139,21 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
             if ex is not None:
                 examples.append(augment(ex, rng))
         batch = collate(examples)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            emb, outputs = ddp(batch["image"].to(device), batch["points"].to(device), batch["labels"].to(device), batch["valid"].to(device))
-            losses = set_criterion(outputs, [t.to(device) for t in batch["targets"]], emb.saliency_logits,
-                                   batch["saliency"].to(device), emb.kind_logits, batch["kinds"].to(device))
+        if opt.refine_only:
+            model.eval()  # the frozen network as the Predictor runs it
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                _, outputs = model(batch["image"].to(device), batch["points"].to(device), batch["labels"].to(device), batch["valid"].to(device))
+            losses = refine_loss(refiner, batch["image"].to(device), outputs[-1], batch["instances"], rng, opt.refine_pieces)
+        else:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                emb, outputs = ddp(batch["image"].to(device), batch["points"].to(device), batch["labels"].to(device), batch["valid"].to(device))
+                losses = set_criterion(outputs, [t.to(device) for t in batch["targets"]], emb.saliency_logits,
+                                       batch["saliency"].to(device), emb.kind_logits, batch["kinds"].to(device))
         optim.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), opt.clip)
+        if opt.refine_only and world > 1:
+            average_gradients(params, world)
+        gnorm = torch.nn.utils.clip_grad_norm_(params, opt.clip)
         optim.step()
         step += 1
         if step % opt.refresh_every == 0:
@@ -160,6 +182,15 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     if world > 1:
         dist.barrier()
     return TrainResult(path, model, step, elapsed / 60)
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """All-reduce and average gradients across ranks (a missing gradient counts as zero)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
 
 
 def validate(model: MIQSAM3D, opt: TrainOptions) -> dict:

@@ -74,6 +74,7 @@ class Example:
     targets: torch.Tensor  # (K, D/2, H/2, W/2) soft occupancy at stride 2
     saliency: torch.Tensor  # (1, D/8, H/8, W/8) boundary target
     kinds: torch.Tensor  # (1 + K, D/2, H/2, W/2) soft occupancy of (background, lesion kinds)
+    instances: torch.Tensor | None = None  # (D, H, W) int32 ids of the target instances, 0 elsewhere (refiner)
 
 
 def patch_shape(case_shape, patch: int) -> tuple[int, int, int]:
@@ -157,23 +158,25 @@ def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg
         points.append(_click(inst_p == j, rng)); labels.append(0)
     onehot = np.stack([(inst_p == i) for i in target_ids]).astype(np.float32)
     targets = F.avg_pool3d(torch.from_numpy(onehot)[None], 2)[0]
+    own = np.where(np.isin(inst_p, target_ids), inst_p, 0).astype(np.int32)
     return Example(torch.from_numpy(image)[None], torch.tensor(np.asarray(points), dtype=torch.float32),
-                   torch.tensor(labels), targets, boundary_target(cls_p), kind_target(cls_p))
+                   torch.tensor(labels), targets, boundary_target(cls_p), kind_target(cls_p), torch.from_numpy(own))
 
 
 def augment(ex: Example, rng: np.random.Generator) -> Example:
     """Random flips, intensity scale/shift, contrast (gamma-like) and noise; masks follow the flips."""
-    img, pts, tg, sal, kinds = ex.image, ex.points.clone(), ex.targets, ex.saliency, ex.kinds
+    img, pts, tg, sal, kinds, inst = ex.image, ex.points.clone(), ex.targets, ex.saliency, ex.kinds, ex.instances
     for axis in range(3):
         if rng.random() < 0.5:
             img, tg, sal, kinds = img.flip(axis + 1), tg.flip(axis + 1), sal.flip(axis + 1), kinds.flip(axis + 1)
+            inst = inst.flip(axis) if inst is not None else None
             pts[:, axis] = img.shape[axis + 1] - 1 - pts[:, axis]
     img = img * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.12, 0.12))
     if rng.random() < 0.3:
         g = float(rng.uniform(0.8, 1.25))
         img = torch.sign(img) * img.abs().clamp(max=1.5) ** g
     img = img + torch.randn_like(img) * float(rng.uniform(0.0, 0.06))
-    return Example(img.clamp(-1.5, 1.5), pts, ex.labels, tg, sal, kinds)
+    return Example(img.clamp(-1.5, 1.5), pts, ex.labels, tg, sal, kinds, inst)
 
 
 def _pad_to(t: torch.Tensor, shape, value: float) -> torch.Tensor:
@@ -194,8 +197,9 @@ def collate(batch: list[Example]) -> dict:
         padded = []
         for e in batch:
             kinds = torch.cat([_pad_to(e.kinds[:1], half, 1.0), _pad_to(e.kinds[1:], half, 0.0)])  # padding: background
+            inst = _pad_to(e.instances, shape, 0) if e.instances is not None else None
             padded.append(Example(_pad_to(e.image, shape, -1.0), e.points, e.labels, _pad_to(e.targets, half, 0.0),
-                                  _pad_to(e.saliency, eighth, 0.0), kinds))
+                                  _pad_to(e.saliency, eighth, 0.0), kinds, inst))
         batch = padded
     q = max(len(e.labels) for e in batch)
     pts = torch.zeros(len(batch), q, 3)
@@ -206,4 +210,4 @@ def collate(batch: list[Example]) -> dict:
         pts[i, :n], lab[i, :n], valid[i, :n] = e.points, e.labels, True
     return {"image": torch.stack([e.image for e in batch]), "points": pts, "labels": lab, "valid": valid,
             "targets": [e.targets for e in batch], "saliency": torch.stack([e.saliency for e in batch]),
-            "kinds": torch.stack([e.kinds for e in batch])}
+            "kinds": torch.stack([e.kinds for e in batch]), "instances": [e.instances for e in batch]}
