@@ -9,7 +9,8 @@ scores (``Predictor.kind_scoring``, ``inference.postprocess.score_instances``), 
 compared at every threshold. ``--split-by-query both`` does the same for splitting connected pieces
 where the winning query changes (``Predictor.split_by_query``). ``--min-volume 0,30`` scores every
 threshold at each smallest shown volume (``Prediction.labels(threshold, min_volume)``, mm³), and
-``--kind-gate 0,0.5`` predicts at each kind gate (``Predictor.kind_gate``; 0: off).
+``--kind-gate 0,0.5`` predicts at each kind gate (``Predictor.kind_gate``; 0: off), and ``--refine both``
+with and without the mask refiner (``Predictor.refine``; weights with a refiner only).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     p.add_argument("--split-by-query", choices=("on", "off", "both"), default="off")
     p.add_argument("--min-volume", default=str(DEFAULT_MIN_VOLUME), help="comma-separated mm³ values")
     p.add_argument("--kind-gate", default=str(KIND_GATE), help="comma-separated Predictor.kind_gate values")
+    p.add_argument("--refine", choices=("on", "off", "both"), default="on")
     p.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)), help="comma-separated")
     args = p.parse_args()
     volumes = [float(v) for v in args.min_volume.split(",")]
@@ -47,7 +49,8 @@ def main() -> None:
     predictor.snap_radius = args.snap
     choice = {"on": (True,), "off": (False,), "both": (True, False)}
     gates = [float(g) for g in args.kind_gate.split(",")]
-    modes = [(k, sp, g) for k in choice[args.kind_scoring] for sp in choice[args.split_by_query] for g in gates]
+    modes = [(k, sp, g, r) for k in choice[args.kind_scoring] for sp in choice[args.split_by_query] for g in gates
+             for r in choice[args.refine]]
     rows = {(m, t, v): [] for m in modes for t in thresholds for v in volumes}
     rng = np.random.default_rng(0)
     for i in range(args.cases):
@@ -61,7 +64,7 @@ def main() -> None:
             for c in range(args.clicks):
                 click = simulate_click(target, CLICK_MODES[c % 3], rng, case.spacing)
                 for m in modes:
-                    predictor.kind_scoring, predictor.split_by_query, predictor.kind_gate = m
+                    predictor.kind_scoring, predictor.split_by_query, predictor.kind_gate, predictor.refine = m
                     pred = predictor.predict([click])
                     for t in thresholds:
                         for v in volumes:
@@ -71,7 +74,7 @@ def main() -> None:
     for (m, t, v), rs in rows.items():
         summary = {k: round(float(np.mean([r[k] for r in rs])), 3) for k in keys}
         print(f"kind_scoring={'on' if m[0] else 'off'} split_by_query={'on' if m[1] else 'off'} kind_gate={m[2]:g} threshold={t} "
-              f"min_volume={v:g}", json.dumps(summary))
+              f"min_volume={v:g} refine={'on' if m[3] else 'off'}", json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -206,3 +206,23 @@ def test_kind_loss_does_not_let_small_lesions_be_called_background():
     ce_gap = kind_loss(background, t, dice_weight=0) - kind_loss(right, t, dice_weight=0)
     gap = kind_loss(background, t) - kind_loss(right, t)
     assert ce_gap < 0.2 and gap > 0.5 and gap > 5 * ce_gap
+
+
+def test_lesions_smaller_than_a_cell_still_mark_their_cell():
+    """Occupancy targets call a sub-cell lesion background; peak normalisation gives it its cell."""
+    from napari_miqsam.training.sampling import kind_target, peak_normalised
+
+    occ = torch.zeros(2, 4, 4, 4)
+    occ[0, 0, 0, 0], occ[0, 0, 0, 1] = 0.25, 0.125  # a lesion filling a quarter of its best cell
+    occ[1, 1:3, 1:3, 1:3], occ[1, 0, 0, 0] = 1.0, 0.5  # a large one: unchanged
+    t = peak_normalised(occ)
+    assert t[0, 0, 0, 0] == 1.0 and t[0, 0, 0, 1] == 0.5 and torch.equal(t[1], occ[1])
+    classes = np.zeros((8, 8, 8), np.uint8)
+    inst = np.zeros((8, 8, 8), np.int32)
+    classes[1, 1, 1], inst[1, 1, 1] = 2, 1  # a one-voxel tumour: an eighth of cell (0, 0, 0)
+    classes[4:, 4:, 4:], inst[4:, 4:, 4:] = 3, 2  # a cyst of whole cells
+    plain, raised = kind_target(classes), kind_target(classes, instances=inst)
+    assert plain[0, 0, 0, 0] == 0.875  # background wins the tumour's cell...
+    assert torch.equal(raised[:, 0, 0, 0], torch.tensor([0.0, 1.0, 0.0]))  # ...unless raised
+    assert torch.equal(raised[:, 1:, 1:, 1:], plain[:, 1:, 1:, 1:])
+    assert torch.allclose(raised.sum(0), torch.ones(1))

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind-gate", type=float, default=None,
                         help="drop pieces whose kind agreement with the clicked piece is below this "
                         "(default: the Predictor's, 0.5; 0: off)")
+    parser.add_argument("--no-refine", action="store_true",
+                        help="upsample the stride-2 masks instead of redrawing them with the weights' mask refiner")
     parser.add_argument("--kind-scoring", choices=("on", "off"), default=None,
                         help="multiply instance scores by their kind agreement (default: the Predictor's default)")
     parser.add_argument("--no-model", action="store_true", help="baselines only")
@@ -124,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             str(args.weights) if args.weights is not None else None, device=args.device,
             window=args.window,
         )
+        predictor.refine = not args.no_refine
         if args.kind_scoring is not None:
             predictor.kind_scoring = args.kind_scoring == "on"
         if args.kind_gate is not None:
@@ -157,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     if predictor is not None:
         result["kind_scoring"] = bool(predictor.kind_scoring)
         result["kind_gate"] = float(getattr(predictor, "kind_gate", 0.0))
+        result["refine"] = bool(getattr(predictor, "refine", False)) and getattr(predictor.model, "refiner", None) is not None
     print(format_markdown_table(result), end="")
     if args.json is not None:
         write_json_atomic(args.json, result, overwrite=True)

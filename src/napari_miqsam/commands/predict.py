@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind-gate", type=float, default=None,
                    help="drop instances whose lesion kind disagrees with the clicked one's below this "
                    "agreement (default 0.5; 0: keep every kind)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="upsample the stride-2 masks instead of redrawing them with the weights' mask refiner")
     p.add_argument("--weights", type=Path, default=None, help=".safetensors weights (default: shipped)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--channel", type=int, default=None, help="channel of a multichannel (4D) volume")
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_weights(args.weights, device=args.device)
     if args.kind_gate is not None:
         predictor.kind_gate = args.kind_gate
+    predictor.refine = not args.no_refine
     if not predictor.trained:
         print(f"warning: the weights {args.weights or 'shipped default'} are UNTRAINED; results are meaningless",
               file=sys.stderr)

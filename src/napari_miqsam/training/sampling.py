@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 import torch
 import torch.nn.functional as F
 
@@ -108,14 +109,52 @@ def boundary_target(classes: np.ndarray, stride: int = 8) -> torch.Tensor:
     return F.max_pool3d(edge[None, None].float(), stride)[0]
 
 
-def kind_target(classes: np.ndarray, lesion_classes=LESION_CLASSES) -> torch.Tensor:
+def peak_normalised(occupancy: torch.Tensor) -> torch.Tensor:
+    """Scale each (K, ...) occupancy map whose largest cell is below 1 so that it reaches 1.
+
+    A lesion smaller than a stride-2 cell (under about 6 mm at 1.5 mm spacing) half-fills its cells
+    at best, so a plain occupancy target teaches the network to call it background: measured, a
+    perfect stride-2 mask with occupancy targets already loses a fifth of the instances (instance F1
+    0.80 on validation phantoms). Raised to 1, its most-filled cell says "here"; where the boundary
+    lies within the cells is the mask refiner's job (model/refine.py). Larger lesions are unchanged.
+    """
+    peak = occupancy.flatten(1).amax(1).clamp(min=1e-6)
+    return (occupancy / peak.view(-1, *([1] * (occupancy.ndim - 1)))).clamp(max=1.0)
+
+
+def kind_target(classes: np.ndarray, lesion_classes=LESION_CLASSES, instances: np.ndarray | None = None) -> torch.Tensor:
     """Soft occupancy (1 + K, d/2, h/2, w/2) of (not a lesion, kind 1..K) per stride-2 cell; kind k
-    is ``lesion_classes[k - 1]`` (KiTS: 2 tumour, 3 cyst)."""
+    is ``lesion_classes[k - 1]`` (KiTS: 2 tumour, 3 cyst). With ``instances`` (lesion ids), each
+    lesion's occupancy is ``peak_normalised`` so a lesion smaller than a cell still has a cell of
+    its kind; the cells are then normalised to sum to 1."""
     kind = np.zeros(classes.shape, dtype=np.int64)
     for k, c in enumerate(lesion_classes, start=1):
         kind[classes == c] = k
     onehot = F.one_hot(torch.from_numpy(kind), len(lesion_classes) + 1).permute(3, 0, 1, 2).float()
-    return F.avg_pool3d(onehot[None], 2)[0]
+    t = F.avg_pool3d(onehot[None], 2)[0]
+    if instances is None or not instances.any():
+        return t
+    raised = False
+    for i, box in enumerate(ndimage.find_objects(instances), start=1):
+        if box is None:
+            continue
+        lo = [b.start // 2 * 2 for b in box]
+        hi = [min(n, -(-b.stop // 2) * 2) for b, n in zip(box, instances.shape)]
+        region = tuple(slice(a, b) for a, b in zip(lo, hi))  # the lesion's box on even voxel bounds
+        crop = instances[region] == i
+        k = int(np.bincount(kind[region][crop]).argmax())
+        if k == 0:
+            continue
+        occ = F.avg_pool3d(torch.from_numpy(crop).float()[None, None], 2, ceil_mode=True)[0, 0]
+        if float(occ.max()) >= 1.0:
+            continue
+        cells = tuple(slice(a // 2, a // 2 + n) for a, n in zip(lo, occ.shape))
+        t[k][cells] = torch.maximum(t[k][cells], occ / occ.max())
+        raised = True
+    if raised:
+        t[0] = (1 - t[1:].sum(0)).clamp(min=0)
+        t = t / t.sum(0, keepdim=True)
+    return t
 
 
 def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg_prob: float = 0.3,
@@ -157,10 +196,11 @@ def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg
         j = other_ids[rng.integers(len(other_ids))]
         points.append(_click(inst_p == j, rng)); labels.append(0)
     onehot = np.stack([(inst_p == i) for i in target_ids]).astype(np.float32)
-    targets = F.avg_pool3d(torch.from_numpy(onehot)[None], 2)[0]
+    targets = peak_normalised(F.avg_pool3d(torch.from_numpy(onehot)[None], 2)[0])
     own = np.where(np.isin(inst_p, target_ids), inst_p, 0).astype(np.int32)
     return Example(torch.from_numpy(image)[None], torch.tensor(np.asarray(points), dtype=torch.float32),
-                   torch.tensor(labels), targets, boundary_target(cls_p), kind_target(cls_p), torch.from_numpy(own))
+                   torch.tensor(labels), targets, boundary_target(cls_p), kind_target(cls_p, instances=inst_p),
+                   torch.from_numpy(own))
 
 
 def augment(ex: Example, rng: np.random.Generator) -> Example:
