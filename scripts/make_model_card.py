@@ -44,6 +44,8 @@ def main() -> None:
                   "--patch {patch} --pool {pool} --threads {threads} --seed {seed} --lr {lr} --warmup {warmup}").format(**options)
     if options.get("init"):
         equivalent += f" --init {options['init']}"
+    if options.get("refine_only"):
+        equivalent += f" --refine-only --refine-pieces {options['refine_pieces']}"
     card = {
         "name": "MIQ-SAM3D cpu (phantom-trained default)",
         "what_it_is": "The napari-miqsam default model: the `cpu` configuration trained only on synthetic "
