@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from napari_miqsam.inference.postprocess import split_instances, to_original_grid
 from napari_miqsam.inference.preprocess import GridMap
 from napari_miqsam.model.head import LayerOutput
-from napari_miqsam.model.refine import OTHER_LOGIT, MaskRefiner, instance_logits, refine_instance
+from napari_miqsam.model.refine import OTHER_LOGIT, MaskRefiner, conv3d, instance_logits, refine_instance
 from napari_miqsam.training.refine import piece_boxes, piece_target, refine_loss
 
 
@@ -21,6 +21,18 @@ def test_an_untrained_refiner_is_the_upsampled_coarse_logit():
     assert torch.allclose(ref(image, coarse), want)
     torch.nn.init.normal_(ref.body[-1].weight)  # once trained, the image changes the answer
     assert not torch.allclose(ref(image, coarse), ref(-image, coarse))
+
+
+def test_the_refiners_convolution_is_the_modules_and_keeps_gradients():
+    torch.manual_seed(0)
+    for cin, cout, shape in ((2, 12, (9, 7, 5)), (12, 1, (6, 10, 8))):
+        conv = torch.nn.Conv3d(cin, cout, 3, padding=1)
+        x = torch.randn(1, cin, *shape, requires_grad=True)
+        fast = conv3d(x, conv)
+        assert fast.shape == (1, cout, *shape)
+        assert torch.allclose(fast, conv(x), atol=1e-5)
+        fast.square().sum().backward()
+        assert conv.weight.grad is not None and x.grad is not None and float(conv.weight.grad.abs().sum()) > 0
 
 
 def test_instance_logits_exclude_other_instances():
