@@ -54,7 +54,7 @@ def conv3d(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
 
     For one small volume (batch 1 and batch x channels x depth x height <= 20480, i.e. every crop
     the refiner sees of a lesion under about 60 mm), PyTorch's dispatcher picks its slow im2col 3D
-    convolution instead of oneDNN: 12 -> 12 channels on 32^3 voxels, one thread, 47 vs 2.5 ms
+    convolution instead of oneDNN: 12 -> 12 channels on 32^3 voxels, one thread, 37 vs 2.2 ms
     (``python benchmarks/refiner_conv.py``). Elsewhere (CUDA, other dtypes) the module itself runs.
     """
     if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available():
