@@ -45,7 +45,9 @@ screenshot: install
 # per process per step), each on new seeds; stage 6 trains only the stride-1 mask refiner
 # (model/refine.py) on the frozen stage-5 network; stage 7 fine-tunes the network on whole phantoms
 # with peak-normalised targets (a lesion smaller than a stride-2 cell keeps its most-filled cell;
-# the stage-6 refiner is carried along, frozen).
+# the stage-6 refiner is carried along, frozen). The last line records the model-grid spacing that
+# inference runs at (1.3 mm, chosen on validation phantoms with benchmarks/tune_threshold.py
+# --model-spacing; see the model card); runs/cpu8/miqsam_cpu.safetensors is then the shipped file.
 train-default: install
 	OMP_NUM_THREADS=1 $(VENV)/bin/miqsam train --config cpu --data phantom --out runs/cpu --steps 5000 --batch 4 --patch 64 --pool 160 --threads 1 --ablation '{"kind_prior": false}'
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --nproc_per_node=2 -m napari_miqsam.training --config cpu --data phantom --out runs/cpu2 --steps 6000 --batch 2 --patch 64 --pool 120 --threads 1 --seed 1 --lr 5e-4 --warmup 150 --init runs/cpu/miqsam_cpu.safetensors
@@ -54,6 +56,7 @@ train-default: install
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --nproc_per_node=2 -m napari_miqsam.training --config cpu --data phantom --out runs/cpu6 --steps 1500 --batch 1 --patch 128 --pool 80 --threads 1 --seed 5 --lr 2e-4 --warmup 50 --init runs/cpu5/miqsam_cpu.safetensors
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --nproc_per_node=2 -m napari_miqsam.training --config cpu --data phantom --out runs/cpu7r --steps 3000 --batch 1 --patch 128 --pool 40 --threads 1 --seed 7 --lr 1e-3 --warmup 100 --init runs/cpu6/miqsam_cpu.safetensors --refine-only
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --nproc_per_node=2 -m napari_miqsam.training --config cpu --data phantom --out runs/cpu8 --steps 2000 --batch 1 --patch 128 --pool 80 --threads 1 --seed 6 --lr 2e-4 --warmup 50 --init runs/cpu7r/miqsam_cpu.safetensors
+	$(PY) -c "from napari_miqsam.model.weights import update_metadata; update_metadata('runs/cpu8/miqsam_cpu.safetensors', {'inference_spacing': [1.3, 1.3, 1.3]})"
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -10,7 +10,9 @@ compared at every threshold. ``--split-by-query both`` does the same for splitti
 where the winning query changes (``Predictor.split_by_query``). ``--min-volume 0,30`` scores every
 threshold at each smallest shown volume (``Prediction.labels(threshold, min_volume)``, mm³), and
 ``--kind-gate 0,0.5`` predicts at each kind gate (``Predictor.kind_gate``; 0: off), and ``--refine both``
-with and without the mask refiner (``Predictor.refine``; weights with a refiner only).
+with and without the mask refiner (``Predictor.refine``; weights with a refiner only). ``--mask-level 0,-0.5``
+predicts at each mask edge level (``Predictor.mask_level``), and ``--model-spacing 1.3,1.5`` runs the
+same cases and clicks with the model grid at each spacing (``Predictor(spacing=...)``).
 """
 
 from __future__ import annotations
@@ -41,40 +43,46 @@ def main() -> None:
     p.add_argument("--min-volume", default=str(DEFAULT_MIN_VOLUME), help="comma-separated mm³ values")
     p.add_argument("--kind-gate", default=str(KIND_GATE), help="comma-separated Predictor.kind_gate values")
     p.add_argument("--refine", choices=("on", "off", "both"), default="on")
+    p.add_argument("--mask-level", default="0", help="comma-separated Predictor.mask_level values")
+    p.add_argument("--model-spacing", default=None,
+                   help="comma-separated model-grid spacings in mm (Predictor spacing; default: the weights')")
     p.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)), help="comma-separated")
     args = p.parse_args()
     volumes = [float(v) for v in args.min_volume.split(",")]
     thresholds = [float(t) for t in args.thresholds.split(",")]
-    predictor = Predictor.from_weights(args.weights, device="cpu")
-    predictor.snap_radius = args.snap
     choice = {"on": (True,), "off": (False,), "both": (True, False)}
     gates = [float(g) for g in args.kind_gate.split(",")]
-    modes = [(k, sp, g, r) for k in choice[args.kind_scoring] for sp in choice[args.split_by_query] for g in gates
-             for r in choice[args.refine]]
-    rows = {(m, t, v): [] for m in modes for t in thresholds for v in volumes}
-    rng = np.random.default_rng(0)
-    for i in range(args.cases):
-        case = make_phantom(900_000 + i)
-        predictor.set_image(case.image, case.spacing)
-        for cls in (2, 3):
-            ids, n = instances_of(case.labels, cls, 10)
-            if not n:
-                continue
-            target = ids == int(rng.integers(1, n + 1))
-            for c in range(args.clicks):
-                click = simulate_click(target, CLICK_MODES[c % 3], rng, case.spacing)
-                for m in modes:
-                    predictor.kind_scoring, predictor.split_by_query, predictor.kind_gate, predictor.refine = m
-                    pred = predictor.predict([click])
-                    for t in thresholds:
-                        for v in volumes:
-                            lab = pred.labels(t, v)[0]
-                            rows[m, t, v].append(score(lab, case.labels, cls, case.spacing, ids, 10))
+    levels = [float(v) for v in args.mask_level.split(",")]
+    spacings = [None] if args.model_spacing is None else [float(v) for v in args.model_spacing.split(",")]
+    modes = [(k, sp, g, r, lv) for k in choice[args.kind_scoring] for sp in choice[args.split_by_query] for g in gates
+             for r in choice[args.refine] for lv in levels]
+    rows = {(ms, m, t, v): [] for ms in spacings for m in modes for t in thresholds for v in volumes}
+    for ms in spacings:  # the same cases and clicks at every model spacing
+        predictor = Predictor.from_weights(args.weights, device="cpu", spacing=ms)
+        predictor.snap_radius = args.snap
+        rng = np.random.default_rng(0)
+        for i in range(args.cases):
+            case = make_phantom(900_000 + i)
+            predictor.set_image(case.image, case.spacing)
+            for cls in (2, 3):
+                ids, n = instances_of(case.labels, cls, 10)
+                if not n:
+                    continue
+                target = ids == int(rng.integers(1, n + 1))
+                for c in range(args.clicks):
+                    click = simulate_click(target, CLICK_MODES[c % 3], rng, case.spacing)
+                    for m in modes:
+                        predictor.kind_scoring, predictor.split_by_query, predictor.kind_gate, predictor.refine, predictor.mask_level = m
+                        pred = predictor.predict([click])
+                        for t in thresholds:
+                            for v in volumes:
+                                lab = pred.labels(t, v)[0]
+                                rows[ms, m, t, v].append(score(lab, case.labels, cls, case.spacing, ids, 10))
     keys = ("dice", "instance_f1", "instance_precision", "instance_recall", "nsd_1mm", "wrong_class_rate")
-    for (m, t, v), rs in rows.items():
+    for (ms, m, t, v), rs in rows.items():
         summary = {k: round(float(np.mean([r[k] for r in rs])), 3) for k in keys}
-        print(f"kind_scoring={'on' if m[0] else 'off'} split_by_query={'on' if m[1] else 'off'} kind_gate={m[2]:g} threshold={t} "
-              f"min_volume={v:g} refine={'on' if m[3] else 'off'}", json.dumps(summary))
+        print(f"model_spacing={'weights' if ms is None else f'{ms:g}'} kind_scoring={'on' if m[0] else 'off'} split_by_query={'on' if m[1] else 'off'} kind_gate={m[2]:g} threshold={t} "
+              f"min_volume={v:g} refine={'on' if m[3] else 'off'} mask_level={m[4]:g}", json.dumps(summary))
 
 
 if __name__ == "__main__":

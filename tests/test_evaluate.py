@@ -180,3 +180,22 @@ def test_cli_evaluate_kind_scoring_switch(tmp_path):
     assert results["on"]["kind_scoring"] is True and results["off"]["kind_scoring"] is False
     # at threshold 0 every instance is shown either way, so the scores change but not the masks
     assert results["on"]["model"]["dice"] == pytest.approx(results["off"]["model"]["dice"])
+
+
+def test_cli_evaluate_model_spacing(tmp_path):
+    """--model-spacing runs the model grid at another spacing; the JSON says which; a bad value is
+    a one-line error. Default: the shipped weights' inference spacing."""
+    from napari_miqsam.cli import main
+    from napari_miqsam.inference.predictor import inference_spacing
+    from napari_miqsam.model.weights import DEFAULT_WEIGHTS, read_metadata
+
+    out = tmp_path / "ph"
+    assert main(["phantom", str(out), "--cases", "1", "--seed", "7", "--shape", "32", "48", "48", "--quiet"]) == 0
+    js = tmp_path / "a.json"
+    assert main(["evaluate", str(out), "--no-baselines", "--clicks", "1", "--model-spacing", "2.5",
+                 "--json", str(js), "--quiet"]) == 0
+    assert json.loads(js.read_text())["model_spacing"] == [2.5, 2.5, 2.5]
+    js = tmp_path / "b.json"
+    assert main(["evaluate", str(out), "--no-baselines", "--clicks", "1", "--json", str(js), "--quiet"]) == 0
+    assert tuple(json.loads(js.read_text())["model_spacing"]) == inference_spacing(read_metadata(DEFAULT_WEIGHTS))
+    assert main(["evaluate", str(out), "--no-baselines", "--model-spacing", "1", "2", "--quiet"]) == 2

@@ -319,3 +319,59 @@ def test_kind_consistency_compares_each_piece_with_the_clicked_one():
     far = np.zeros((6, 6, 6), np.int32)
     far[0, 0, 0] = 1
     assert pieces_at(far, np.array([[4, 4, 4]])).tolist() == []
+
+
+def test_model_spacing_comes_from_the_weights_and_can_be_overridden(tmp_path):
+    """The weights' ``inference_spacing`` metadata sets the model grid; ``spacing=`` overrides it;
+    the tensors survive the metadata rewrite; bad values are clear errors."""
+    from napari_miqsam.errors import WeightsError
+    from napari_miqsam.model.weights import load_weights, save_weights, update_metadata
+
+    path = save_weights(Predictor.from_config("tiny", seed=0).model, tmp_path / "w.safetensors", trained=False,
+                        extra={"note": "kept"})
+    assert Predictor.from_weights(path, device="cpu").cfg.spacing == (1.0, 1.0, 1.0)  # the training spacing
+    before = load_weights(path)[0].state_dict()
+    update_metadata(path, {"inference_spacing": [2.0, 2.0, 2.0]})
+    model, meta = load_weights(path)
+    assert meta["note"] == "kept" and meta["trained"] == "false"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    p = Predictor.from_weights(path, device="cpu")
+    assert p.cfg.spacing == (2.0, 2.0, 2.0)
+    vol = volume((20, 40, 40))
+    p.set_image(vol, (1.0, 1.0, 1.0))
+    assert p.grid.model_shape == (10, 20, 20)  # resampled to 2 mm
+    lab, _ = p.predict([(10, 20, 20)]).labels(0.0)
+    assert lab.shape == vol.shape  # and answered in the original grid
+    assert Predictor.from_weights(path, device="cpu", spacing=1.5).cfg.spacing == (1.5, 1.5, 1.5)
+    assert Predictor.from_weights(path, device="cpu", spacing=(3, 1, 1)).cfg.spacing == (3.0, 1.0, 1.0)
+    for bad in (0, -1.0, (1.0, 2.0), float("nan")):
+        with pytest.raises(InputError, match="model spacing"):
+            Predictor.from_weights(path, device="cpu", spacing=bad)
+    update_metadata(path, {"inference_spacing": "soon"})
+    with pytest.raises(WeightsError, match="inference_spacing"):
+        Predictor.from_weights(path, device="cpu")
+
+
+def test_a_lower_mask_level_grows_the_mask_and_zero_is_the_default():
+    grid = GridMap.build((32, 32, 32), (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+    c = np.indices((16, 16, 16)) - 7.5
+    fg = (1 / (1 + np.exp(np.sqrt((c ** 2).sum(0)) - 4.0))).astype(np.float32)  # a soft ball
+    ids, n = split_instances((fg > 0.5).astype(np.int16))
+    inst = {lv: to_original_grid(ids, n, fg, np.array([0.9]), grid, 2, mask_level=lv)[0] for lv in (0.0, -1.0, 1.0)}
+    default = to_original_grid(ids, n, fg, np.array([0.9]), grid, 2)[0]
+    assert default.voxels == inst[0.0].voxels
+    assert inst[1.0].voxels < inst[0.0].voxels < inst[-1.0].voxels
+
+
+def test_saved_weights_are_readable_like_any_written_file(tmp_path):
+    import os
+
+    from napari_miqsam.model.weights import save_weights, update_metadata
+
+    path = save_weights(Predictor.from_config("tiny", seed=0).model, tmp_path / "w.safetensors", trained=False)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
+    os.chmod(path, 0o640)
+    update_metadata(path, {"note": "x"})
+    assert path.stat().st_mode & 0o777 == 0o640  # a rewrite keeps the file's mode

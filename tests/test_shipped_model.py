@@ -87,7 +87,7 @@ def test_the_shipped_refiner_is_trained_and_redraws_the_masks(shipped):
     upsampled stride-2 ones."""
     assert shipped.model.refiner is not None and shipped.refine
     last = shipped.model.refiner.body[-1].weight
-    assert float(last.abs().max()) > 0  # an untrained refiner's last layer is zero (plain upsampling)
+    assert float(last.detach().abs().max()) > 0  # an untrained refiner's last layer is zero (plain upsampling)
     case = make_phantom(3)
     shipped.set_image(case.image, case.spacing)
     ids, n = instances_of(case.labels, 2)
@@ -107,3 +107,15 @@ def test_the_shipped_refiner_is_trained_and_redraws_the_masks(shipped):
         shipped.refine = True
     assert scores[True] != scores[False]  # the refiner really redraws the mask
     assert scores[True] > scores[False] - 0.02
+
+
+def test_the_shipped_weights_ask_for_the_model_grid_their_card_names():
+    """The model grid inference runs at is stored in the weights and documented in the card."""
+    from napari_miqsam.inference.predictor import inference_spacing
+
+    card = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
+    asked = inference_spacing(read_metadata(DEFAULT_WEIGHTS))
+    assert asked is not None and list(asked) == card["inference"]["model_spacing_mm"]
+    assert list(asked) == card["evaluation"]["model_spacing_mm"]
+    p = Predictor.from_weights(None, device="cpu")
+    assert p.model_spacing == asked and p.training_spacing == (1.5, 1.5, 1.5)

@@ -284,3 +284,31 @@ def test_keyboard_shortcuts_are_bound_on_the_viewer(phantom_widget):
     assert viewer.layers[PROMPTS_NAME].feature_defaults["prompt"][0] == "negative"
     widget.shutdown()
     assert not bound & set(viewer.keymap)
+
+
+def test_detail_fast_runs_on_the_training_grid_and_embeds_again(phantom_widget, qtbot):
+    """'Detail: fast' loads the predictor on the weights' training grid (``training_spacing``)
+    instead of the finer grid they ask for; switching re-embeds and runs the shown prompt again."""
+    from napari_miqsam.inference.predictor import Predictor
+
+    viewer, widget = phantom_widget
+    made = []
+    tiny = widget.predictors
+
+    def finer(weights, device):  # the tiny model asking for a finer grid than it was trained on (1 mm)
+        p = tiny(weights, device)
+        p.set_model_spacing(0.8)
+        made.append(p)
+        return p
+
+    widget.predictor_factory = finer
+    assert widget.detail_combo.currentText() == "accurate"
+    segment(qtbot, widget, tumour_voxel(viewer))
+    assert made[-1].model_spacing == (0.8, 0.8, 0.8)
+    calls = tiny.set_image_calls
+    widget.detail_combo.setCurrentText("fast")
+    qtbot.waitUntil(lambda: tiny.set_image_calls == calls + 1, timeout=10000)
+    wait_done(qtbot, widget)
+    assert len(made) == 2 and made[-1].model_spacing == made[-1].training_spacing == (1.0, 1.0, 1.0)
+    assert widget._entry(widget.image_layer()).predictor is made[-1]
+    assert isinstance(made[-1], Predictor) and widget.output_layer is not None

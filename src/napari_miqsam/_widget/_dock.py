@@ -230,6 +230,15 @@ class MiqsamWidget(QWidget):
         weights_row.addWidget(self.weights_combo, 1)
         weights_row.addWidget(self.weights_button)
         form.addRow("Weights", weights_row)
+
+        self.detail_combo = QComboBox()
+        self.detail_combo.addItem("accurate", False)
+        self.detail_combo.addItem("fast", True)
+        self.detail_combo.setToolTip(
+            "accurate: the model grid the weights ask for (shipped weights: 1.3 mm; on validation phantoms "
+            "Dice 0.849 vs 0.823, instance F1 0.730 vs 0.700). fast: the grid they were trained on "
+            "(1.5 mm): fewer voxels and windows, about 1.4-6x faster on a CPU. Changing it embeds the image again.")
+        form.addRow("Detail", self.detail_combo)
         layout.addLayout(form)
 
         self.auto_check = QCheckBox("Run on each new point")
@@ -309,6 +318,7 @@ class MiqsamWidget(QWidget):
         self.prompts_combo.currentIndexChanged.connect(self._on_prompts_choice)
         self.device_combo.currentIndexChanged.connect(self._forget_predictors)
         self.weights_combo.currentIndexChanged.connect(self._forget_predictors)
+        self.detail_combo.currentIndexChanged.connect(self._on_detail_changed)
         self.weights_button.clicked.connect(self._choose_weights)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
@@ -656,6 +666,9 @@ class MiqsamWidget(QWidget):
     def _device(self) -> str:
         return self.device_combo.currentText()
 
+    def _fast(self) -> bool:
+        return bool(self.detail_combo.currentData())
+
     def _choose_weights(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
             self, "MIQ-SAM3D weights", str(Path.home()), "Weights (*.safetensors);;All files (*)"
@@ -729,6 +742,7 @@ class MiqsamWidget(QWidget):
             weights=self._weights(),
             device=self._device(),
             same_kind_only=self.same_kind_check.isChecked(),
+            fast=self._fast(),
         )
         self._job = job
         self._user_cancelled = False
@@ -766,7 +780,7 @@ class MiqsamWidget(QWidget):
         self._worker = None
         image = self._image_of(job)
         entry = self._predictors.get(job.image_key)
-        settings_unchanged = job.weights == self._weights() and job.device == self._device()
+        settings_unchanged = (job.weights, job.device, job.fast) == (self._weights(), self._device(), self._fast())
         if image is not None and entry is not None and entry.layer() is image and settings_unchanged:
             if result.predictor is not None:
                 entry.predictor = result.predictor
@@ -984,6 +998,12 @@ class MiqsamWidget(QWidget):
                 }
             )
         return rows
+
+    def _on_detail_changed(self, *_: Any) -> None:
+        """Another model grid: the embeddings are of the old one; run again when a result is shown."""
+        self._forget_predictors()
+        if self._prediction is not None:
+            self.run()
 
     def _on_same_kind_toggled(self, _checked: bool) -> None:
         """Run again for the current prompts when a result is shown (the choice changes it)."""

@@ -30,12 +30,14 @@ DEFAULT_VOLUMES = [
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--weights", type=Path, default=None, help="weights file (default: shipped)")
+    p.add_argument("--model-spacing", type=float, nargs="+", default=None, metavar="MM",
+                   help="model-grid spacing in mm, one number or Z Y X (default: the weights' inference spacing)")
     p.add_argument("--repeats", type=int, default=5, help="clicks timed per volume (median reported)")
     p.add_argument("--quick", action="store_true", help="only the two smallest volumes")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
 
 
-def _measure(shape, spacing, weights, device, repeats, queue) -> None:
+def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None) -> None:
     import resource
 
     import numpy as np
@@ -46,7 +48,7 @@ def _measure(shape, spacing, weights, device, repeats, queue) -> None:
     from ..inference.predictor import Predictor
 
     case = make_phantom(1234, shape=shape, spacing=spacing)
-    predictor = Predictor.from_weights(weights, device=device)
+    predictor = Predictor.from_weights(weights, device=device, spacing=model_spacing)
     ids, n = instances_of(case.labels, 2)
     if n == 0:
         ids, n = instances_of(case.labels, (2, 3))
@@ -68,7 +70,8 @@ def _measure(shape, spacing, weights, device, repeats, queue) -> None:
         preds[0].labels(float(thr))
         threshold_ms.append((time.perf_counter() - t) * 1000)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB -> MB on Linux
-    queue.put({"shape": list(shape), "spacing": list(spacing), "windows": len(predictor._windows),
+    queue.put({"shape": list(shape), "spacing": list(spacing), "model_spacing": list(predictor.cfg.spacing),
+               "windows": len(predictor._windows),
                "set_image_s": round(set_image_s, 3), "predict_ms": round(statistics.median(predict_ms), 1),
                "threshold_ms": round(statistics.median(threshold_ms), 2), "peak_rss_mb": round(rss, 1),
                "instances": len(preds[0]), "device": str(predictor.device), "threads": torch.get_num_threads()})
@@ -84,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for shape, spacing in volumes:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_measure, args=(shape, spacing, args.weights, args.device, max(5, args.repeats), queue))
+        proc = ctx.Process(target=_measure, args=(shape, spacing, args.weights, args.device, max(5, args.repeats), queue,
+                                                       args.model_spacing))
         proc.start()
         proc.join()
         if proc.exitcode != 0 or queue.empty():
@@ -96,10 +100,11 @@ def run(args: argparse.Namespace) -> int:
     out = {"device": results[0]["device"], "threads": results[0]["threads"], "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor(),
            "results": results}
-    print("| shape (z, y, x) | spacing mm | windows | set_image_s | predict_ms | threshold_ms | peak_rss_mb |")
-    print("|---|---|---|---|---|---|---|")
+    print("| shape (z, y, x) | spacing mm | model spacing mm | windows | set_image_s | predict_ms | threshold_ms | peak_rss_mb |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {'x'.join(map(str, r['shape']))} | {'x'.join(map(str, r['spacing']))} | {r['windows']} | "
+        print(f"| {'x'.join(map(str, r['shape']))} | {'x'.join(map(str, r['spacing']))} | "
+              f"{'x'.join(f'{v:g}' for v in r['model_spacing'])} | {r['windows']} | "
               f"{r['set_image_s']:.2f} | {r['predict_ms']:.0f} | {r['threshold_ms']:.1f} | {r['peak_rss_mb']:.0f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "agreement (default 0.5; 0: keep every kind)")
     p.add_argument("--no-refine", action="store_true",
                    help="upsample the stride-2 masks instead of redrawing them with the weights' mask refiner")
+    p.add_argument("--model-spacing", type=float, nargs="+", default=None, metavar="MM",
+                   help="model-grid spacing in mm, one number or Z Y X (default: the weights' inference spacing)")
     p.add_argument("--weights", type=Path, default=None, help=".safetensors weights (default: shipped)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--channel", type=int, default=None, help="channel of a multichannel (4D) volume")
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--min-volume must be >= 0, got {args.min_volume}")
     if args.kind_gate is not None and not 0.0 <= args.kind_gate <= 1.0:
         raise InputError(f"--kind-gate must lie in [0, 1], got {args.kind_gate}")
-    predictor = Predictor.from_weights(args.weights, device=args.device)
+    predictor = Predictor.from_weights(args.weights, device=args.device, spacing=args.model_spacing)
     if args.kind_gate is not None:
         predictor.kind_gate = args.kind_gate
     predictor.refine = not args.no_refine

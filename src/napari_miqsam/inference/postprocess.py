@@ -190,12 +190,13 @@ Refine = Callable[[int, tuple, tuple], np.ndarray]
 
 def to_original_grid(ids: np.ndarray, n: int, fg: np.ndarray, scores: np.ndarray, grid: GridMap,
                      stride: int = 2, negative: np.ndarray | None = None,
-                     refine: Refine | None = None) -> list[Instance]:
+                     refine: Refine | None = None, mask_level: float = 0.0) -> list[Instance]:
     """Rebuild each instance at the original resolution (see module docstring).
 
     ids/fg: (d2, h2, w2) instance ids and foreground probability on the stride-``stride`` model map.
     negative: (P, 3) original voxel coordinates; an instance containing one is dropped.
     refine: the mask refiner's stride-1 logits of one instance (None: interpolate ``fg``).
+    mask_level: the logit a voxel must exceed to be inside (0: probability 0.5; negative: larger masks).
     """
     instances = []
     neg = np.round(np.asarray(negative, float)).astype(int).reshape(-1, 3) if negative is not None else np.zeros((0, 3), int)
@@ -212,9 +213,9 @@ def to_original_grid(ids: np.ndarray, n: int, fg: np.ndarray, scores: np.ndarray
         if refine is not None:
             logits = refine(k, tuple(lo), tuple(hi)).astype(np.float32, copy=False)
             fine = [grid.cell_coords(a, r[0], r[1], 1) - stride * lo[a] for a, r in enumerate(ranges)]
-            inside = interpolate_separable(logits, tuple(fine)) > 0.0
+            inside = interpolate_separable(logits, tuple(fine)) > mask_level
         else:
-            inside = interpolate_separable(fg[cells].astype(np.float32), tuple(coords)) > 0.5
+            inside = interpolate_separable(fg[cells].astype(np.float32), tuple(coords)) > 1.0 / (1.0 + np.exp(-mask_level))
         near = [np.clip(np.round(c).astype(int), 0, member.shape[a] - 1) for a, c in enumerate(coords)]
         allowed = grown[np.ix_(*near)]
         mask = inside & allowed

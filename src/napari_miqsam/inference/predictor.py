@@ -12,6 +12,7 @@ anywhere in the volume are found; instances cut by window borders are merged.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -50,7 +51,30 @@ KIND_SCORING = False  # measured: a wash against a lower threshold (README), see
 SPLIT_BY_QUERY = False  # measured: splitting pieces by winning query cuts lesions in two (README)
 KIND_GATE = 0.5  # measured on validation phantoms (README), see Predictor.kind_gate
 REFINE = True  # redraw each instance at stride 1 with the mask refiner when the weights have one
+MASK_LEVEL = 0.0  # logit level of a mask's edge, see Predictor.mask_level
 MAX_INSTANCES = 255  # an untrained or confused model can return thousands of specks; keep the best
+
+
+def check_model_spacing(spacing: float | Sequence[float]) -> tuple[float, float, float]:
+    """A model-grid spacing as (z, y, x) mm from one number or three; InputError otherwise."""
+    sp = np.atleast_1d(np.asarray(spacing, dtype=float)).ravel()
+    if sp.size == 1:
+        sp = np.repeat(sp, 3)
+    if sp.size != 3 or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise InputError(f"the model spacing must be one or three positive numbers (mm), got {spacing!r}")
+    return tuple(float(v) for v in sp)  # type: ignore[return-value]
+
+
+def inference_spacing(meta: dict) -> tuple[float, float, float] | None:
+    """The model-grid spacing a weights file asks inference to run at (its ``inference_spacing``
+    metadata, chosen on validation data), or None: the training spacing of its config."""
+    value = meta.get("inference_spacing")
+    if value is None:
+        return None
+    try:
+        return check_model_spacing(json.loads(value) if isinstance(value, str) else value)
+    except (ValueError, InputError) as exc:
+        raise WeightsError(f"the weights' inference_spacing metadata is unreadable: {value!r}") from exc
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -104,15 +128,22 @@ class Predictor:
             stays; 0: off.
         refine: with a mask refiner in the weights (``model/refine.py``), each instance's mask is
             redrawn at stride 1 from the model-grid image; False: upsampled stride-2 masks.
+        mask_level: the mask logit at an instance's edge in the original grid (0: probability 0.5;
+            below 0: larger masks), ``postprocess.to_original_grid``.
     """
 
     def __init__(self, model: MIQSAM3D, *, trained: bool = True, device: str = "auto",
                  cache_dtype: torch.dtype = torch.float32, metadata: dict | None = None,
-                 window: int | None = None, overlap: int | None = None):
-        """``window`` / ``overlap`` (model voxels) override the config's sliding-window size."""
+                 window: int | None = None, overlap: int | None = None,
+                 spacing: float | Sequence[float] | None = None):
+        """``window`` / ``overlap`` (model voxels) override the config's sliding-window size;
+        ``spacing`` (mm, one number or (z, y, x)) the model grid's spacing (default: the config's,
+        the spacing the weights were trained at; see :func:`inference_spacing`)."""
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.cfg: MIQSAMConfig = model.cfg
+        if spacing is not None:
+            self.cfg = replace(self.cfg, spacing=check_model_spacing(spacing))
         if window is not None or overlap is not None:
             w = window if window is not None else self.cfg.window
             o = overlap if overlap is not None else min(self.cfg.overlap, w // 4)
@@ -130,6 +161,7 @@ class Predictor:
         self.split_by_query = SPLIT_BY_QUERY
         self.kind_gate = KIND_GATE
         self.refine = REFINE
+        self.mask_level = MASK_LEVEL
         self._windows: list[CachedWindow] = []
         self._grid: GridMap | None = None
         self._padded: tuple[int, int, int] | None = None
@@ -145,6 +177,8 @@ class Predictor:
                 raise WeightsError(f"the shipped default weights are missing ({path}); reinstall napari-miqsam or pass a weights file")
             raise WeightsError(f"weights file not found: {path}")
         model, meta = load_weights(path)
+        if kw.get("spacing") is None:
+            kw["spacing"] = inference_spacing(meta)
         return cls(model, trained=meta.get("trained", "false") == "true", device=device, metadata=meta, **kw)
 
     @classmethod
@@ -152,6 +186,27 @@ class Predictor:
         """An untrained model of a named config (tests, smoke runs)."""
         torch.manual_seed(seed)
         return cls(MIQSAM3D(get_config(name, **overrides)), trained=False, device=device)
+
+    # ----------------------------------------------------------------- model grid
+    @property
+    def model_spacing(self) -> tuple[float, float, float]:
+        """The model grid's spacing (mm) that ``set_image`` resamples to."""
+        return tuple(self.cfg.spacing)  # type: ignore[return-value]
+
+    @property
+    def training_spacing(self) -> tuple[float, float, float]:
+        """The spacing the weights were trained at (their config's): usually the fastest grid."""
+        return tuple(self.model.cfg.spacing)  # type: ignore[return-value]
+
+    def set_model_spacing(self, spacing: float | Sequence[float]) -> bool:
+        """Use another model-grid spacing (mm); True when it changed, which drops the embedded
+        image (call ``set_image`` again). InputError for a bad value."""
+        sp = check_model_spacing(spacing)
+        if sp == self.model_spacing:
+            return False
+        self.cfg = replace(self.cfg, spacing=sp)
+        self.reset_image()
+        return True
 
     # ----------------------------------------------------------------- embedding
     @property
@@ -286,7 +341,8 @@ class Predictor:
                 ids, n, scores = select(ids, scores, np.nonzero(keep)[0])
         ids, n, scores = keep_best(ids, n, scores, self.max_instances)
         refine = self._refine_fn(fg, ids) if self.refine and self._model_vol is not None else None
-        instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg, refine=refine)
+        instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg, refine=refine,
+                                     mask_level=self.mask_level)
         return Prediction(grid.shape, grid.spacing, instances, pos, neg)
 
     def _refine_fn(self, fg: np.ndarray, ids: np.ndarray):

@@ -29,11 +29,19 @@ def save_weights(model: MIQSAM3D, path: str | Path, *, trained: bool, extra: dic
     os.close(fd)
     try:
         save_file(state, tmp, metadata=meta)
+        # mkstemp makes the file private (0600); give it the mode a plain write would (or keep the old file's)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -48,6 +56,15 @@ def read_metadata(path: str | Path) -> dict:
             return dict(f.metadata() or {})
     except Exception as exc:  # safetensors raises several types for truncated/foreign files
         raise WeightsError(f"{path} is not a readable safetensors weights file ({exc})") from exc
+
+
+def update_metadata(path: str | Path, extra: dict) -> Path:
+    """Rewrite a weights file with ``extra`` merged into its metadata (tensors and other keys kept;
+    atomic, like :func:`save_weights`). E.g. ``{"inference_spacing": [1.3, 1.3, 1.3]}`` after
+    measuring on validation data which model-grid spacing the weights predict best at."""
+    model, meta = load_weights(path)
+    keep = {k: v for k, v in meta.items() if k not in ("config", "trained", "format")}
+    return save_weights(model, path, trained=meta.get("trained") == "true", extra={**keep, **extra})
 
 
 def load_weights(path: str | Path, device: str = "cpu") -> tuple[MIQSAM3D, dict]:
