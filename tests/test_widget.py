@@ -286,16 +286,16 @@ def test_keyboard_shortcuts_are_bound_on_the_viewer(phantom_widget):
     assert not bound & set(viewer.keymap)
 
 
-def test_detail_fast_runs_on_the_training_grid_and_embeds_again(phantom_widget, qtbot):
-    """'Detail: fast' loads the predictor on the weights' training grid (``training_spacing``)
-    instead of the finer grid they ask for; switching re-embeds and runs the shown prompt again."""
-    from napari_miqsam.inference.predictor import Predictor
+def test_detail_fast_runs_on_a_coarser_grid_and_embeds_again(phantom_widget, qtbot):
+    """'Detail: fast' loads the predictor on a grid FAST_SPACING_FACTOR coarser than the one the
+    weights ask for; switching re-embeds and runs the shown prompt again."""
+    from napari_miqsam.inference.predictor import FAST_SPACING_FACTOR, Predictor
 
     viewer, widget = phantom_widget
     made = []
     tiny = widget.predictors
 
-    def finer(weights, device):  # the tiny model asking for a finer grid than it was trained on (1 mm)
+    def finer(weights, device):  # the tiny model asking for a 0.8 mm grid
         p = tiny(weights, device)
         p.set_model_spacing(0.8)
         made.append(p)
@@ -309,6 +309,6 @@ def test_detail_fast_runs_on_the_training_grid_and_embeds_again(phantom_widget, 
     widget.detail_combo.setCurrentText("fast")
     qtbot.waitUntil(lambda: tiny.set_image_calls == calls + 1, timeout=10000)
     wait_done(qtbot, widget)
-    assert len(made) == 2 and made[-1].model_spacing == made[-1].training_spacing == (1.0, 1.0, 1.0)
+    assert len(made) == 2 and made[-1].model_spacing == pytest.approx((0.8 * FAST_SPACING_FACTOR,) * 3)
     assert widget._entry(widget.image_layer()).predictor is made[-1]
     assert isinstance(made[-1], Predictor) and widget.output_layer is not None
