@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import add_model_spacing_argument
+
 HELP = "measure embedding / click / threshold time and peak memory on phantoms; prints a table"
 
 DEFAULT_VOLUMES = [
@@ -30,8 +32,7 @@ DEFAULT_VOLUMES = [
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--weights", type=Path, default=None, help="weights file (default: shipped)")
-    p.add_argument("--model-spacing", type=float, nargs="+", default=None, metavar="MM",
-                   help="model-grid spacing in mm, one number or Z Y X (default: the weights' inference spacing)")
+    add_model_spacing_argument(p)
     p.add_argument("--repeats", type=int, default=5, help="clicks timed per volume (median reported)")
     p.add_argument("--quick", action="store_true", help="only the two smallest volumes")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -70,7 +71,7 @@ def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None
         preds[0].labels(float(thr))
         threshold_ms.append((time.perf_counter() - t) * 1000)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB -> MB on Linux
-    queue.put({"shape": list(shape), "spacing": list(spacing), "model_spacing": list(predictor.cfg.spacing),
+    queue.put({"shape": list(shape), "spacing": list(spacing), "model_spacing": list(predictor.model_spacing),
                "windows": len(predictor._windows),
                "set_image_s": round(set_image_s, 3), "predict_ms": round(statistics.median(predict_ms), 1),
                "threshold_ms": round(statistics.median(threshold_ms), 2), "peak_rss_mb": round(rss, 1),

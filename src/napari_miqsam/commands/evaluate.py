@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from ..inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
+from . import add_model_spacing_argument
 
 HELP = "Evaluate one-click lesion segmentation (model vs region growing vs threshold+CC) on labelled data."
 
@@ -29,8 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the clicked one is kept)")
     parser.add_argument("--window", type=int, default=None,
                         help="sliding-window side in model voxels (default: the weights' config; smaller forces tiling)")
-    parser.add_argument("--model-spacing", type=float, nargs="+", default=None, metavar="MM",
-                        help="model-grid spacing in mm, one number or Z Y X (default: the weights' inference spacing)")
+    add_model_spacing_argument(parser)
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N cases")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (under torchrun each rank uses its LOCAL_RANK GPU)")
     parser.add_argument("--min-size", type=int, default=10,
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         result["kind_scoring"] = bool(predictor.kind_scoring)
         result["kind_gate"] = float(getattr(predictor, "kind_gate", 0.0))
         result["refine"] = bool(getattr(predictor, "refine", False)) and getattr(predictor.model, "refiner", None) is not None
-        result["model_spacing"] = [float(v) for v in predictor.cfg.spacing]
+        result["model_spacing"] = list(predictor.model_spacing)
     print(format_markdown_table(result), end="")
     if args.json is not None:
         write_json_atomic(args.json, result, overwrite=True)

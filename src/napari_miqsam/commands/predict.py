@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError, WriteError
 from ..inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
+from . import add_model_spacing_argument
 
 HELP = "segment every lesion of the clicked kind in a NIfTI/TIFF volume; writes labels + CSV"
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
@@ -34,8 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "agreement (default 0.5; 0: keep every kind)")
     p.add_argument("--no-refine", action="store_true",
                    help="upsample the stride-2 masks instead of redrawing them with the weights' mask refiner")
-    p.add_argument("--model-spacing", type=float, nargs="+", default=None, metavar="MM",
-                   help="model-grid spacing in mm, one number or Z Y X (default: the weights' inference spacing)")
+    add_model_spacing_argument(p)
     p.add_argument("--weights", type=Path, default=None, help=".safetensors weights (default: shipped)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--channel", type=int, default=None, help="channel of a multichannel (4D) volume")
