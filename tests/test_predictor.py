@@ -371,7 +371,7 @@ def test_saved_weights_are_readable_like_any_written_file(tmp_path):
     path = save_weights(Predictor.from_config("tiny", seed=0).model, tmp_path / "w.safetensors", trained=False)
     mask = os.umask(0)
     os.umask(mask)
-    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not safetensors' private 0600
     os.chmod(path, 0o640)
     update_metadata(path, {"note": "x"})
     assert path.stat().st_mode & 0o777 == 0o640  # a rewrite keeps the file's mode

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from ..data.io import atomic_write
 from ..errors import WeightsError
 from .config import MIQSAMConfig
 from .miqsam import MIQSAM3D
@@ -15,8 +15,8 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "miqsam_c
 
 
 def save_weights(model: MIQSAM3D, path: str | Path, *, trained: bool, extra: dict | None = None) -> Path:
-    """Write ``model``'s parameters and config to ``path`` atomically (temp file + rename)."""
-    from safetensors.torch import save_file
+    """Write ``model``'s parameters and config to ``path`` atomically (``data.io.atomic_write``)."""
+    from safetensors.torch import save
 
     path = Path(path)
     meta = {"config": json.dumps(model.cfg.to_dict()), "trained": "true" if trained else "false",
@@ -25,23 +25,17 @@ def save_weights(model: MIQSAM3D, path: str | Path, *, trained: bool, extra: dic
         meta[k] = v if isinstance(v, str) else json.dumps(v)
     state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        # mkstemp makes the file private (0600); give it the mode a plain write would (or keep the old file's)
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    old_mode = path.stat().st_mode & 0o777 if path.exists() else None
 
+    def write(tmp: Path) -> None:
+        # serialised here and written by Python: safetensors' own save_file makes the file private
+        # (0600); a new file gets the umask's mode, a rewrite keeps the old file's
+        with open(tmp, "wb") as fh:
+            fh.write(save(state, metadata=meta))
+        if old_mode is not None:
+            os.chmod(tmp, old_mode)
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return atomic_write(path, write, overwrite=True)
 
 
 def read_metadata(path: str | Path) -> dict:
