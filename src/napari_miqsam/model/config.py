@@ -100,7 +100,9 @@ PRESETS: dict[str, MIQSAMConfig] = {
 
 
 def get_config(name: str = "cpu", **overrides) -> MIQSAMConfig:
-    """Return a preset by name, with optional field overrides (e.g. ``gating=False``)."""
+    """Return a preset by name, with optional field overrides (e.g. ``gating=False``; lists, as
+    from JSON, become tuples, as in :meth:`MIQSAMConfig.from_dict`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown config {name!r}; choose one of {sorted(PRESETS)}")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]

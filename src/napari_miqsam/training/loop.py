@@ -90,7 +90,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     if opt.threads:
         torch.set_num_threads(opt.threads)
     torch.manual_seed(opt.seed)  # same initial weights on every rank
-    cfg = get_config(opt.config, **{k: tuple(v) if isinstance(v, list) else v for k, v in opt.ablation.items()})
+    cfg = get_config(opt.config, **opt.ablation)
     model = MIQSAM3D(cfg)
     if opt.init:
         fresh = init_from(model, opt.init)
