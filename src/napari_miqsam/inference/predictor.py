@@ -143,8 +143,6 @@ class Predictor:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.cfg: MIQSAMConfig = model.cfg
-        if spacing is not None:
-            self.cfg = replace(self.cfg, spacing=check_model_spacing(spacing))
         if window is not None or overlap is not None:
             w = window if window is not None else self.cfg.window
             o = overlap if overlap is not None else min(self.cfg.overlap, w // 4)
@@ -167,6 +165,8 @@ class Predictor:
         self._grid: GridMap | None = None
         self._padded: tuple[int, int, int] | None = None
         self._model_vol: torch.Tensor | None = None  # padded model-grid volume (CPU), for the refiner
+        if spacing is not None:
+            self.set_model_spacing(spacing)
 
     # ----------------------------------------------------------------- construction
     @classmethod
