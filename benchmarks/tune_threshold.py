@@ -12,7 +12,8 @@ threshold at each smallest shown volume (``Prediction.labels(threshold, min_volu
 ``--kind-gate 0,0.5`` predicts at each kind gate (``Predictor.kind_gate``; 0: off), and ``--refine both``
 with and without the mask refiner (``Predictor.refine``; weights with a refiner only). ``--mask-level 0,-0.5``
 predicts at each mask edge level (``Predictor.mask_level``), and ``--model-spacing 1.3,1.5`` runs the
-same cases and clicks with the model grid at each spacing (``Predictor(spacing=...)``).
+same cases and clicks with the model grid at each spacing (``Predictor(spacing=...)``); ``--window 152``
+sets the sliding-window side in model voxels (``Predictor(window=...)``; default: the weights').
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main() -> None:
     p.add_argument("--mask-level", default="0", help="comma-separated Predictor.mask_level values")
     p.add_argument("--model-spacing", default=None,
                    help="comma-separated model-grid spacings in mm (Predictor spacing; default: the weights')")
+    p.add_argument("--window", type=int, default=None, help="sliding-window side in model voxels (default: the weights')")
     p.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)), help="comma-separated")
     args = p.parse_args()
     volumes = [float(v) for v in args.min_volume.split(",")]
@@ -58,7 +60,7 @@ def main() -> None:
              for r in choice[args.refine] for lv in levels]
     rows = {(ms, m, t, v): [] for ms in spacings for m in modes for t in thresholds for v in volumes}
     for ms in spacings:  # the same cases and clicks at every model spacing
-        predictor = Predictor.from_weights(args.weights, device="cpu", spacing=ms)
+        predictor = Predictor.from_weights(args.weights, device="cpu", spacing=ms, window=args.window)
         predictor.snap_radius = args.snap
         rng = np.random.default_rng(0)
         for i in range(args.cases):

@@ -226,3 +226,31 @@ def test_lesions_smaller_than_a_cell_still_mark_their_cell():
     assert torch.equal(raised[:, 0, 0, 0], torch.tensor([0.0, 1.0, 0.0]))  # ...unless raised
     assert torch.equal(raised[:, 1:, 1:, 1:], plain[:, 1:, 1:, 1:])
     assert torch.allclose(raised.sum(0), torch.ones(1))
+
+
+def test_scale_jitter_prepares_cases_on_grids_around_the_config_spacing():
+    from napari_miqsam.model.config import get_config
+    from napari_miqsam.training.sources import CasePool
+
+    cfg = get_config("tiny")  # spacing (1, 1, 1) mm
+    base = tuple(cfg.spacing)
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[5:25, 5:25, 5:25] = 1
+    labels[8:16, 8:16, 8:16] = 2
+    labels[18:23, 18:23, 18:23] = 3
+
+    def load(i):
+        return np.where(labels == 2, 20.0, 60.0).astype(np.float32), labels, (2.0, 2.0, 2.0), f"c{i}"
+
+    plain = CasePool(4, load, cfg, 2, seed=0)
+    assert {c.image.shape for c in plain.cases} == {(60, 60, 60)}  # 60 mm at 1 mm
+    pool = CasePool(40, load, cfg, 30, seed=0, scale_jitter=0.3)
+    sides = [c.image.shape[0] for c in pool.cases]
+    factors = [pool.model_spacing()[0] / base[0] for _ in range(200)]
+    assert 1 / 1.3 - 1e-9 <= min(factors) < 0.85 and 1.15 < max(factors) <= 1.3 + 1e-9
+    assert min(sides) < 56 and max(sides) > 64  # coarser and finer grids than the config's
+    for c in pool.cases:  # the labels follow the image onto each grid: both lesions are there
+        assert c.image.shape == c.classes.shape == c.instances.shape
+        assert sorted(c.instance_class[1:].tolist()) == [2, 3]
+    with pytest.raises(ValueError, match="scale_jitter"):
+        CasePool(4, load, cfg, 2, scale_jitter=-0.1)

@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ablation", default="{}", help='JSON of config switches, e.g. \'{"gating": false}\'')
     p.add_argument("--refine-only", action="store_true",
                    help="train only the mask refiner on the frozen network of --init (a last stage)")
+    p.add_argument("--scale-jitter", type=float, default=d.scale_jitter,
+                   help="scale augmentation: each case on a model grid of the config's spacing times [1/(1+J), 1+J] (0: off)")
     p.add_argument("--refine-pieces", type=int, default=d.refine_pieces, help="found instances per patch the refiner trains on")
 
 
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, val_every=args.val_every, resume=args.resume,
         init=str(DEFAULT_WEIGHTS) if args.init == "default" else args.init,
         device=args.device, threads=args.threads, ablation=json.loads(args.ablation),
-        refine_only=args.refine_only, refine_pieces=args.refine_pieces,
+        refine_only=args.refine_only, refine_pieces=args.refine_pieces, scale_jitter=args.scale_jitter,
     )
     train(opt)
     return 0

@@ -53,6 +53,7 @@ class TrainOptions:
     phantom_shape: tuple | None = None  # phantom size in voxels (None: the generator's default)
     refine_only: bool = False  # train only the mask refiner, on the frozen network (start from --init)
     refine_pieces: int = 6  # pieces per example the refiner trains on
+    scale_jitter: float = 0.0  # scale augmentation: model grid x [1/(1+J), 1+J] per case (sources.CasePool)
 
 
 @dataclass
@@ -120,7 +121,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         ddp = model
     n_cases, load = case_loader(opt.data, opt.format, opt.seed, opt.cases, opt.phantom_shape)
     rng = np.random.default_rng(opt.seed * 1000 + rank + step)
-    pool = CasePool(n_cases, load, cfg, opt.pool, rank, world, seed=opt.seed + step)
+    pool = CasePool(n_cases, load, cfg, opt.pool, rank, world, seed=opt.seed + step, scale_jitter=opt.scale_jitter)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     use_amp = device.type == "cuda"

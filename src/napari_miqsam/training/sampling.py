@@ -45,9 +45,10 @@ def nearest_to_model(labels: np.ndarray, grid: GridMap) -> np.ndarray:
 
 
 def prepare_case(image: np.ndarray, labels: np.ndarray, spacing, cfg: MIQSAMConfig, name: str = "",
-                 lesion_classes=LESION_CLASSES) -> PreparedCase:
-    """Normalise and resample a case exactly as the Predictor does; instances per lesion class."""
-    grid = GridMap.build(image.shape, spacing, cfg.spacing)
+                 lesion_classes=LESION_CLASSES, model_spacing=None) -> PreparedCase:
+    """Normalise and resample a case exactly as the Predictor does; instances per lesion class.
+    ``model_spacing`` (mm, z y x) overrides the config's model grid (scale augmentation)."""
+    grid = GridMap.build(image.shape, spacing, cfg.spacing if model_spacing is None else model_spacing)
     img = resample_to_model(normalise_intensity(image, cfg.ct_level, cfg.ct_half_width), grid.model_shape).numpy()
     cls = nearest_to_model(np.asarray(labels, dtype=np.uint8), grid)
     inst = np.zeros(cls.shape, dtype=np.int32)

@@ -35,10 +35,19 @@ def case_loader(data: str, fmt: str = "auto", seed: int = 0, cases: int = 2000,
 
 
 class CasePool:
-    """Keeps ``size`` prepared cases; ``refresh()`` swaps the oldest for the next case of this rank."""
+    """Keeps ``size`` prepared cases; ``refresh()`` swaps the oldest for the next case of this rank.
 
-    def __init__(self, n_cases: int, load, cfg: MIQSAMConfig, size: int, rank: int = 0, world: int = 1, seed: int = 0):
-        self.load, self.cfg, self.size = load, cfg, size
+    ``scale_jitter`` J > 0 is scale augmentation: each case is prepared on a model grid of the
+    config's spacing times a factor drawn log-uniformly from [1 / (1 + J), 1 + J], so the network
+    sees every lesion size at several sizes in cells (real scans come at every spacing, and
+    inference may run on a grid other than the training one, ``Predictor(spacing=...)``).
+    """
+
+    def __init__(self, n_cases: int, load, cfg: MIQSAMConfig, size: int, rank: int = 0, world: int = 1, seed: int = 0,
+                 scale_jitter: float = 0.0):
+        if scale_jitter < 0:
+            raise ValueError(f"scale_jitter must be >= 0, got {scale_jitter}")
+        self.load, self.cfg, self.size, self.scale_jitter = load, cfg, size, scale_jitter
         self.rng = np.random.default_rng(seed + 7919 * rank)
         self.indices = np.arange(rank, n_cases, world)  # DistributedSampler-style shard of the cases
         if len(self.indices) == 0:
@@ -58,11 +67,18 @@ class CasePool:
     def _add(self) -> None:
         for _ in range(10):  # skip cases without lesions
             image, labels, spacing, name = self.load(self._next_index())
-            case = prepare_case(image, labels, spacing, self.cfg, name)
+            case = prepare_case(image, labels, spacing, self.cfg, name, model_spacing=self.model_spacing())
             if len(case.instance_class) > 1:
                 self.cases.append(case)
                 return
         raise ValueError("ten cases in a row had no lesion; check the labels of the dataset")
+
+    def model_spacing(self) -> tuple[float, float, float]:
+        """The model grid (mm) the next case is prepared on: the config's, scaled by the jitter."""
+        if not self.scale_jitter:
+            return tuple(self.cfg.spacing)
+        f = float(np.exp(self.rng.uniform(-np.log1p(self.scale_jitter), np.log1p(self.scale_jitter))))
+        return tuple(float(s) * f for s in self.cfg.spacing)
 
     def refresh(self) -> None:
         if len(self.indices) > len(self.cases):
