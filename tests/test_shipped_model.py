@@ -26,6 +26,7 @@ def test_shipped_weights_and_model_card():
     assert "phantom" in card["what_it_is"] and "NOT a clinical model" in card["what_it_is"]
     assert card["training"]["command"] and card["training"]["code_commit"]
     assert card["evaluation"]["cases"] == 40 and "dice" in card["evaluation"]["model"]
+    assert card["config"] == json.loads(meta["config"])  # the card describes the network the file holds
 
 
 def test_a_lesion_far_from_the_click_is_found(shipped):
