@@ -219,6 +219,29 @@ def test_threshold_is_a_pure_function():
     assert pred.count(0.95, 0.0) == 0
 
 
+def test_label_rows_match_the_painted_volume_with_overlaps():
+    """Rows reuse each instance's cached count and centroid unless a higher-scoring box meets its
+    box; either way they equal what the label volume holds."""
+    rng = np.random.default_rng(3)
+    inst = []
+    for _ in range(25):
+        lo = rng.integers(0, 24, 3)
+        size = rng.integers(1, 9, 3)
+        mask = rng.random(tuple(size)) < 0.7
+        mask[(0,) * 3] = True
+        inst.append(Instance(float(rng.random()), tuple(slice(int(a), int(a + b)) for a, b in zip(lo, size)), mask))
+    pred = Prediction((32, 32, 32), (1.0, 0.5, 2.0), inst)
+    for thr in (0.0, 0.4, 0.8):
+        lab, rows = pred.labels(thr, 0.0)
+        shown = pred.shown(thr, 0.0)
+        present = [k + 1 for k in shown if (lab == k + 1).any()]
+        assert [r["id"] for r in rows] == present
+        for r in rows:
+            where = np.argwhere(lab == r["id"])
+            assert r["voxels"] == len(where) and r["volume_mm3"] == len(where) * 1.0
+            assert r["centroid"] == pytest.approx(tuple(where.mean(0)))
+
+
 def test_small_instances_are_hidden_unless_clicked():
     big = np.ones((4, 4, 4), bool)  # 64 voxels of 2 mm³: 128 mm³
     small = np.ones((2, 2, 2), bool)  # 16 mm³

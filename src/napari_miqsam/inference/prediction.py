@@ -8,6 +8,7 @@ Thresholding is a pure function of a cached ``Prediction`` (no model call):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -31,20 +32,30 @@ class Instance:
     """One predicted instance.
 
     score: confidence in [0, 1]. bbox: (z, y, x) slices into the original volume.
-    mask: bool array of the bbox's shape.
+    mask: bool array of the bbox's shape (treated as read-only: its voxel count and centroid are
+    computed once, so re-thresholding a cached Prediction does not recount them).
     """
 
     score: float
     bbox: tuple[slice, slice, slice]
     mask: np.ndarray
 
-    @property
+    @cached_property
     def voxels(self) -> int:
-        return int(self.mask.sum())
+        return int(np.count_nonzero(self.mask))
+
+    @cached_property
+    def _centroid(self) -> tuple[float, float, float]:
+        return _centroid(self.mask, self.bbox)
 
     def centroid(self) -> tuple[float, float, float]:
-        idx = np.nonzero(self.mask)
-        return tuple(float(i.mean() + s.start) for i, s in zip(idx, self.bbox))
+        return self._centroid
+
+
+def _centroid(mask: np.ndarray, bbox) -> tuple[float, float, float]:
+    """Mean (z, y, x) of a bbox-local mask, in the full volume's voxel coordinates."""
+    idx = np.nonzero(mask)
+    return tuple(float(i.mean() + s.start) for i, s in zip(idx, bbox))
 
 
 @dataclass
@@ -115,17 +126,24 @@ class Prediction:
         shown = self.shown(threshold, min_volume)
         for k in reversed(shown):  # lowest score first, so higher scores overwrite
             inst = self.instances[k]
-            out[inst.bbox][inst.mask] = k + 1
+            np.copyto(out[inst.bbox], np.uint16(k + 1), where=inst.mask)
         voxel_mm3 = float(np.prod(self.spacing))
         rows = []
-        for k in shown:
+        # only a higher-scoring shown instance whose box meets this one's can have taken voxels from
+        # it; any other instance's row is its own cached count and centroid
+        lo = np.array([[b.start for b in self.instances[k].bbox] for k in shown]).reshape(-1, 3)
+        hi = np.array([[b.stop for b in self.instances[k].bbox] for k in shown]).reshape(-1, 3)
+        meets = np.all((lo[:, None] < hi[None]) & (lo[None] < hi[:, None]), axis=2)
+        for j, k in enumerate(shown):
             inst = self.instances[k]
-            own = (out[inst.bbox] == k + 1)
-            n = int(own.sum())
+            if meets[j, :j].any():
+                own = out[inst.bbox] == k + 1
+                n = int(np.count_nonzero(own))
+                centroid = _centroid(own, inst.bbox) if n else None
+            else:
+                n, centroid = inst.voxels, inst.centroid() if inst.voxels else None
             if n == 0:
                 continue
-            idx = np.nonzero(own)
-            centroid = tuple(float(i.mean() + s.start) for i, s in zip(idx, inst.bbox))
             rows.append({"id": k + 1, "score": float(inst.score), "voxels": n,
                          "volume_mm3": n * voxel_mm3, "centroid": centroid})
         return out, rows
