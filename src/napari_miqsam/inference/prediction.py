@@ -136,14 +136,11 @@ class Prediction:
         meets = np.all((lo[:, None] < hi[None]) & (lo[None] < hi[:, None]), axis=2)
         for j, k in enumerate(shown):
             inst = self.instances[k]
-            if meets[j, :j].any():
-                own = out[inst.bbox] == k + 1
-                n = int(np.count_nonzero(own))
-                centroid = _centroid(own, inst.bbox) if n else None
-            else:
-                n, centroid = inst.voxels, inst.centroid() if inst.voxels else None
+            own = out[inst.bbox] == k + 1 if meets[j, :j].any() else None
+            n = inst.voxels if own is None else int(np.count_nonzero(own))
             if n == 0:
                 continue
+            centroid = inst.centroid() if own is None else _centroid(own, inst.bbox)
             rows.append({"id": k + 1, "score": float(inst.score), "voxels": n,
                          "volume_mm3": n * voxel_mm3, "centroid": centroid})
         return out, rows
