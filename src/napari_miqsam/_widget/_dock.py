@@ -236,7 +236,7 @@ class MiqsamWidget(QWidget):
         self.detail_combo.addItem("fast", True)
         self.detail_combo.setToolTip(
             "accurate: the model grid the weights ask for (shipped weights: 1.3 mm). fast: a grid 15% "
-            "coarser (1.5 mm): 0.65x the voxels and fewer windows, about 1.4-6x faster on a CPU, for "
+            "coarser (1.5 mm): 0.65x the voxels and fewer windows, about 1.3-7x faster on a CPU, for "
             "somewhat lower accuracy (README: Speed). Changing it embeds the image again.")
         form.addRow("Detail", self.detail_combo)
         layout.addLayout(form)
