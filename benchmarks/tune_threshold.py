@@ -12,7 +12,7 @@ threshold at each smallest shown volume (``Prediction.labels(threshold, min_volu
 ``--kind-gate 0,0.5`` predicts at each kind gate (``Predictor.kind_gate``; 0: off), and ``--refine both``
 with and without the mask refiner (``Predictor.refine``; weights with a refiner only). ``--mask-level 0,-0.5``
 predicts at each mask edge level (``Predictor.mask_level``), and ``--model-spacing 1.3,1.5`` runs the
-same cases and clicks with the model grid at each spacing (``Predictor(spacing=...)``); ``--window 152``
+same cases and clicks with the model grid at each spacing (``Predictor(spacing=...)``); ``--window 160``
 sets the sliding-window side in model voxels (``Predictor(window=...)``; default: the weights').
 """
 

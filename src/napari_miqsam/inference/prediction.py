@@ -46,13 +46,13 @@ class Instance:
 
     @cached_property
     def _centroid(self) -> tuple[float, float, float]:
-        return _centroid(self.mask, self.bbox)
+        return mask_centroid(self.mask, self.bbox)
 
     def centroid(self) -> tuple[float, float, float]:
         return self._centroid
 
 
-def _centroid(mask: np.ndarray, bbox) -> tuple[float, float, float]:
+def mask_centroid(mask: np.ndarray, bbox) -> tuple[float, float, float]:
     """Mean (z, y, x) of a bbox-local mask, in the full volume's voxel coordinates."""
     idx = np.nonzero(mask)
     return tuple(float(i.mean() + s.start) for i, s in zip(idx, bbox))
@@ -140,7 +140,7 @@ class Prediction:
             n = inst.voxels if own is None else int(np.count_nonzero(own))
             if n == 0:
                 continue
-            centroid = inst.centroid() if own is None else _centroid(own, inst.bbox)
+            centroid = inst.centroid() if own is None else mask_centroid(own, inst.bbox)
             rows.append({"id": k + 1, "score": float(inst.score), "voxels": n,
                          "volume_mm3": n * voxel_mm3, "centroid": centroid})
         return out, rows
