@@ -44,6 +44,35 @@ def test_losses_prefer_the_right_answer():
     assert dice_loss(torch.ones(1, 5), torch.ones(1, 5)) < 1e-6
 
 
+def test_instance_term_weighs_a_missed_small_lesion_like_a_large_one():
+    # one large lesion (32 cells) found, one single-cell lesion missed: the patch-mean voxel loss
+    # barely notices the miss, the per-instance term counts it as half the instances
+    t = torch.zeros(2, 4, 4, 4)
+    t[0, :2] = 1.0
+    t[1, 3, 3, 3] = 1.0
+    logits = torch.full((1, 2, 4, 4, 4), -8.0)
+    logits[0, 0, :2] = 8.0
+    bg = torch.zeros(1, 1, 4, 4, 4)
+    scores = torch.tensor([[5.0, 5.0]])
+    missed = layer_loss(LayerOutput(logits, scores, bg, True), [t], LossWeights(instance=1.0))
+    found = logits.clone()
+    found[0, 1, 3, 3, 3] = 8.0
+    both = layer_loss(LayerOutput(found, scores, bg, True), [t], LossWeights(instance=1.0))
+    assert both["instance"] < 0.01
+    assert missed["instance"] > 3.0  # (0 + ~8) / 2 instances
+    assert missed["mask"] < 0.2  # the same miss, averaged over the 64 cells
+    # without competition the term reads the matched query's own sigmoid
+    nc = layer_loss(LayerOutput(logits, scores, None, False), [t], LossWeights(instance=1.0))
+    assert nc["instance"] > 3.0
+    # weight 0 (the default) leaves the total as it was
+    from napari_miqsam.training.losses import set_criterion
+    out = [LayerOutput(logits, scores, bg, True)]
+    sal, sal_t = torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4)
+    off = set_criterion(out, [t], sal, sal_t)["loss"]
+    on = set_criterion(out, [t], sal, sal_t, w=LossWeights(instance=1.0))["loss"]
+    assert torch.isclose(on - off, missed["instance"])
+
+
 def toy_case(seed=0) -> PreparedCase:
     rng = np.random.default_rng(seed)
     img = rng.normal(0, 0.1, (40, 40, 40)).astype(np.float32)

@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train only the mask refiner on the frozen network of --init (a last stage)")
     p.add_argument("--scale-jitter", type=float, default=d.scale_jitter,
                    help="scale augmentation: each case on a model grid of the config's spacing times [1/(1+J), 1+J] (0: off)")
+    p.add_argument("--instance-weight", type=float, default=d.instance_weight,
+                   help="weight of a per-lesion likelihood term, so small lesions weigh as much as large ones (0: off)")
     p.add_argument("--refine-pieces", type=int, default=d.refine_pieces, help="found instances per patch the refiner trains on")
 
 
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         init=str(DEFAULT_WEIGHTS) if args.init == "default" else args.init,
         device=args.device, threads=args.threads, ablation=json.loads(args.ablation),
         refine_only=args.refine_only, refine_pieces=args.refine_pieces, scale_jitter=args.scale_jitter,
+        instance_weight=args.instance_weight,
     )
     train(opt)
     return 0

@@ -19,7 +19,7 @@ from ..distributed import init as init_distributed
 from ..model.config import get_config
 from ..model.miqsam import MIQSAM3D
 from ..model.weights import init_from, save_weights
-from .losses import set_criterion
+from .losses import LossWeights, set_criterion
 from .refine import refine_loss
 from .sampling import augment, collate, sample_example
 from .sources import CasePool, case_loader
@@ -54,6 +54,7 @@ class TrainOptions:
     refine_only: bool = False  # train only the mask refiner, on the frozen network (start from --init)
     refine_pieces: int = 6  # pieces per example the refiner trains on
     scale_jitter: float = 0.0  # scale augmentation: model grid x [1/(1+J), 1+J] per case (sources.CasePool)
+    instance_weight: float = 0.0  # weight of the per-instance likelihood term (losses.LossWeights.instance)
 
 
 @dataclass
@@ -149,7 +150,8 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 emb, outputs = ddp(batch["image"].to(device), batch["points"].to(device), batch["labels"].to(device), batch["valid"].to(device))
                 losses = set_criterion(outputs, [t.to(device) for t in batch["targets"]], emb.saliency_logits,
-                                       batch["saliency"].to(device), emb.kind_logits, batch["kinds"].to(device))
+                                       batch["saliency"].to(device), emb.kind_logits, batch["kinds"].to(device),
+                                       LossWeights(instance=opt.instance_weight))
         optim.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if opt.refine_only and world > 1:

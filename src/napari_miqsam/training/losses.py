@@ -6,6 +6,12 @@ Targets are soft occupancies at stride 2 (the fraction of each 2x2x2 cell inside
 With competition the mask loss is a per-voxel cross-entropy over (background, queries): the target
 slot of a voxel is the query matched to the instance covering it; unmatched queries get no voxels.
 Without competition each query gets a sigmoid BCE (unmatched ones towards empty).
+
+That voxel loss is a mean over the whole patch, where a 5 mm lesion is a handful of cells among
+hundreds of thousands; the optional instance term (``LossWeights.instance``) adds, per matched
+instance, the mean of the same log-likelihood over that instance's own cells, so every lesion weighs
+the same whatever its size (like the per-instance Dice, but a likelihood: it keeps pulling on cells
+of a lesion the query has missed entirely, where the Dice gradient is weak).
 """
 
 from __future__ import annotations
@@ -26,11 +32,19 @@ class LossWeights:
     conf: float = 2.0
     saliency: float = 0.5
     kind: float = 1.0
+    instance: float = 0.0  # per-instance mean log-likelihood over the instance's own cells (0: off)
 
 
 def dice_loss(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Mean soft-Dice loss over rows of (M, V)."""
     return (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
+
+
+def instance_nll(logp: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Mean over instances of the occupancy-weighted mean negative log-likelihood over each
+    instance's own cells: logp (M, V) log-probabilities of the matched queries, t (M, V) targets."""
+    t = t.float()
+    return (-(t * logp).sum(1) / t.sum(1).clamp(min=1e-6)).mean()
 
 
 def layer_loss(out: LayerOutput, targets: list[torch.Tensor], w: LossWeights) -> dict[str, torch.Tensor]:
@@ -39,7 +53,7 @@ def layer_loss(out: LayerOutput, targets: list[torch.Tensor], w: LossWeights) ->
     targets[b]: (K_b, d2, h2, w2) soft occupancy of the K_b target instances of batch item b.
     """
     probs_all = out.instance_probabilities()
-    terms = {"mask": [], "dice": [], "conf": []}
+    terms = {"mask": [], "dice": [], "conf": [], "instance": []}
     for b, tgt in enumerate(targets):
         probs = probs_all[b].flatten(1)  # (N, V)
         t = tgt.flatten(1).to(probs.dtype)  # (K, V)
@@ -57,10 +71,13 @@ def layer_loss(out: LayerOutput, targets: list[torch.Tensor], w: LossWeights) ->
             slot_t[0] = (1 - slot_t[1:].sum(0)).clamp(min=0)
             logp = F.log_softmax(out.slot_logits()[b].flatten(1).float(), dim=0)
             terms["mask"].append(-(slot_t * logp).sum(0).mean())
+            own = logp[qi_t + 1]  # (M, V) log P(voxel -> the matched query)
         else:
             mt = torch.zeros(n, t.shape[1], device=t.device, dtype=t.dtype)
             mt[qi_t] = t[ti_t]
             terms["mask"].append(F.binary_cross_entropy_with_logits(out.mask_logits[b].flatten(1).float(), mt))
+            own = F.logsigmoid(out.mask_logits[b].flatten(1).float()[qi_t])
+        terms["instance"].append(instance_nll(own, t[ti_t]) if len(qi) else probs.sum() * 0)
         terms["dice"].append(dice_loss(probs[qi_t], t[ti_t]) if len(qi) else probs.sum() * 0)
         conf_t = torch.zeros(n, device=probs.device)
         conf_t[qi_t] = 1.0
@@ -98,12 +115,14 @@ def set_criterion(outputs: list[LayerOutput], targets: list[torch.Tensor], salie
     kind_logits / kind_target: the encoder's lesion-kind logits and their soft targets (both
     (B, 1 + K, d2, h2, w2)); the kind term is left out when either is None.
     """
-    parts = {"mask": 0.0, "dice": 0.0, "conf": 0.0}
+    parts = {"mask": 0.0, "dice": 0.0, "conf": 0.0, "instance": 0.0}
     for out in outputs:
         for k, v in layer_loss(out, targets, w).items():
             parts[k] = parts[k] + v / len(outputs)
     sal = F.binary_cross_entropy_with_logits(saliency_logits.float(), saliency_target.float())
     total = w.mask * parts["mask"] + w.dice * parts["dice"] + w.conf * parts["conf"] + w.saliency * sal
+    if w.instance:
+        total = total + w.instance * parts["instance"]
     result = {"saliency": sal.detach(), **{k: v.detach() for k, v in parts.items()}}
     if kind_logits is not None and kind_target is not None:
         kl = kind_loss(kind_logits, kind_target)
