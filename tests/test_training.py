@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from napari_miqsam.training.losses import dice_loss, layer_loss, LossWeights
+from napari_miqsam.training.losses import dice_loss, layer_loss, LossWeights, set_criterion
 from napari_miqsam.training.matching import match_queries
 from napari_miqsam.training.sampling import PreparedCase, augment, boundary_target, collate, sample_example
 from napari_miqsam.model.head import LayerOutput
@@ -65,7 +65,6 @@ def test_instance_term_weighs_a_missed_small_lesion_like_a_large_one():
     nc = layer_loss(LayerOutput(logits, scores, None, False), [t], LossWeights(instance=1.0))
     assert nc["instance"] > 3.0
     # weight 0 (the default) leaves the total as it was
-    from napari_miqsam.training.losses import set_criterion
     out = [LayerOutput(logits, scores, bg, True)]
     sal, sal_t = torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4)
     off = set_criterion(out, [t], sal, sal_t)["loss"]

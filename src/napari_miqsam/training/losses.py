@@ -120,9 +120,8 @@ def set_criterion(outputs: list[LayerOutput], targets: list[torch.Tensor], salie
         for k, v in layer_loss(out, targets, w).items():
             parts[k] = parts[k] + v / len(outputs)
     sal = F.binary_cross_entropy_with_logits(saliency_logits.float(), saliency_target.float())
-    total = w.mask * parts["mask"] + w.dice * parts["dice"] + w.conf * parts["conf"] + w.saliency * sal
-    if w.instance:
-        total = total + w.instance * parts["instance"]
+    total = (w.mask * parts["mask"] + w.dice * parts["dice"] + w.conf * parts["conf"]
+             + w.instance * parts["instance"] + w.saliency * sal)
     result = {"saliency": sal.detach(), **{k: v.detach() for k, v in parts.items()}}
     if kind_logits is not None and kind_target is not None:
         kl = kind_loss(kind_logits, kind_target)
