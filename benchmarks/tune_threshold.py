@@ -13,7 +13,8 @@ threshold at each smallest shown volume (``Prediction.labels(threshold, min_volu
 with and without the mask refiner (``Predictor.refine``; weights with a refiner only). ``--mask-level 0,-0.5``
 predicts at each mask edge level (``Predictor.mask_level``), and ``--model-spacing 1.3,1.5`` runs the
 same cases and clicks with the model grid at each spacing (``Predictor(spacing=...)``); ``--window 160``
-sets the sliding-window side in model voxels (``Predictor(window=...)``; default: the weights').
+sets the sliding-window side in model voxels (``Predictor(window=...)``; default: the weights'), and
+``--grow both`` with and without growing small masks to the image's edge (``Predictor.grow``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     p.add_argument("--min-volume", default=str(DEFAULT_MIN_VOLUME), help="comma-separated mm³ values")
     p.add_argument("--kind-gate", default=str(KIND_GATE), help="comma-separated Predictor.kind_gate values")
     p.add_argument("--refine", choices=("on", "off", "both"), default="on")
+    p.add_argument("--grow", choices=("on", "off", "both"), default="off")
     p.add_argument("--mask-level", default="0", help="comma-separated Predictor.mask_level values")
     p.add_argument("--model-spacing", default=None,
                    help="comma-separated model-grid spacings in mm (Predictor spacing; default: the weights')")
@@ -56,8 +58,8 @@ def main() -> None:
     gates = [float(g) for g in args.kind_gate.split(",")]
     levels = [float(v) for v in args.mask_level.split(",")]
     spacings = [None] if args.model_spacing is None else [float(v) for v in args.model_spacing.split(",")]
-    modes = [(k, sp, g, r, lv) for k in choice[args.kind_scoring] for sp in choice[args.split_by_query] for g in gates
-             for r in choice[args.refine] for lv in levels]
+    modes = [(k, sp, g, r, lv, gr) for k in choice[args.kind_scoring] for sp in choice[args.split_by_query] for g in gates
+             for r in choice[args.refine] for lv in levels for gr in choice[args.grow]]
     rows = {(ms, m, t, v): [] for ms in spacings for m in modes for t in thresholds for v in volumes}
     for ms in spacings:  # the same cases and clicks at every model spacing
         predictor = Predictor.from_weights(args.weights, device="cpu", spacing=ms, window=args.window)
@@ -74,7 +76,8 @@ def main() -> None:
                 for c in range(args.clicks):
                     click = simulate_click(target, CLICK_MODES[c % 3], rng, case.spacing)
                     for m in modes:
-                        predictor.kind_scoring, predictor.split_by_query, predictor.kind_gate, predictor.refine, predictor.mask_level = m
+                        (predictor.kind_scoring, predictor.split_by_query, predictor.kind_gate, predictor.refine,
+                         predictor.mask_level, predictor.grow) = m
                         pred = predictor.predict([click])
                         for t in thresholds:
                             for v in volumes:
@@ -84,7 +87,7 @@ def main() -> None:
     for (ms, m, t, v), rs in rows.items():
         summary = {k: round(float(np.mean([r[k] for r in rs])), 3) for k in keys}
         print(f"model_spacing={'weights' if ms is None else f'{ms:g}'} kind_scoring={'on' if m[0] else 'off'} split_by_query={'on' if m[1] else 'off'} kind_gate={m[2]:g} threshold={t} "
-              f"min_volume={v:g} refine={'on' if m[3] else 'off'} mask_level={m[4]:g}", json.dumps(summary))
+              f"min_volume={v:g} refine={'on' if m[3] else 'off'} mask_level={m[4]:g} grow={'on' if m[5] else 'off'}", json.dumps(summary))
 
 
 if __name__ == "__main__":

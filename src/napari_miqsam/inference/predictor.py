@@ -38,6 +38,7 @@ from .postprocess import (
     split_instances,
     to_original_grid,
 )
+from .grow import grow_to_edge
 from .prediction import Prediction
 from .preprocess import GridMap, as_volume, check_spacing, normalise_intensity
 from .resample import resample_to_model
@@ -53,6 +54,10 @@ KIND_GATE = 0.5  # measured on validation phantoms (README), see Predictor.kind_
 REFINE = True  # redraw each instance at stride 1 with the mask refiner when the weights have one
 FAST_SPACING_FACTOR = 1.5 / 1.3  # the widget's "Detail: fast": a grid this much coarser (0.65x the voxels)
 MASK_LEVEL = 0.0  # logit level of a mask's edge, see Predictor.mask_level
+GROW = False  # grow refined masks to the image's half-contrast edge (inference/grow.py), see Predictor.grow
+GROW_MAX_CELLS = 100  # only instances of at most this many stride-2 cells are grown (small lesions)
+GROW_REACH_MM = 4.0  # how far (mm) a mask may grow; the surroundings are read from reach to 2 x reach
+LOGIT_FLOOR = 8.0  # logits outside an instance's box: certainly not it
 MAX_INSTANCES = 255  # an untrained or confused model can return thousands of specks; keep the best
 
 
@@ -131,6 +136,8 @@ class Predictor:
             redrawn at stride 1 from the model-grid image; False: upsampled stride-2 masks.
         mask_level: the mask logit at an instance's edge in the original grid (0: probability 0.5;
             below 0: larger masks), ``postprocess.to_original_grid``.
+        grow: with the mask refiner, each instance of at most ``grow_max_cells`` stride-2 cells is
+            grown out to the image's half-contrast edge (``inference/grow.py``); False: as refined.
     """
 
     def __init__(self, model: MIQSAM3D, *, trained: bool = True, device: str = "auto",
@@ -161,6 +168,8 @@ class Predictor:
         self.kind_gate = KIND_GATE
         self.refine = REFINE
         self.mask_level = MASK_LEVEL
+        self.grow = GROW
+        self.grow_max_cells = GROW_MAX_CELLS
         self._windows: list[CachedWindow] = []
         self._grid: GridMap | None = None
         self._padded: tuple[int, int, int] | None = None
@@ -354,13 +363,41 @@ class Predictor:
     def _refine_fn(self, fg: np.ndarray, ids: np.ndarray):
         """refine(k, lo, hi): instance k's stride-1 logits over stride-2 cells [lo, hi)."""
         fg_t, ids_t = torch.from_numpy(fg), torch.from_numpy(ids)
+        cells = np.bincount(ids.ravel(), minlength=int(ids.max()) + 1) if self.grow else None
 
         def refine(k: int, lo: tuple, hi: tuple) -> np.ndarray:
             with torch.inference_mode():
                 out = refine_instance(self.model.refiner, self._model_vol, fg_t, ids_t, k, lo, hi)
-            return out.float().cpu().numpy()
+            out = out.float().cpu().numpy()
+            if cells is not None and cells[k] <= self.grow_max_cells:
+                out = self._grow(out, ids, k, lo)
+            return out
 
         return refine
+
+    def _grow(self, logits: np.ndarray, ids: np.ndarray, k: int, lo: tuple) -> np.ndarray:
+        """Instance k's stride-1 logits (voxel 0 = model voxel 2 * lo) grown to the image's edge,
+        read with a margin around them so the surroundings ring is whole."""
+        sp = self.model_spacing
+        start = [STRIDE * a for a in lo]
+        stop = [s + n for s, n in zip(start, logits.shape)]
+        margin = [int(np.ceil(2 * GROW_REACH_MM / v)) + 1 for v in sp]
+        a = [max(0, s - m) for s, m in zip(start, margin)]
+        b = [min(n, e + m) for n, e, m in zip(self._model_vol.shape, stop, margin)]
+        image = self._model_vol[tuple(slice(i, j) for i, j in zip(a, b))].numpy()
+        # the logits' box may reach one voxel past the image on an odd-sized axis: pad the image
+        b_full = [max(j, e) for j, e in zip(b, stop)]
+        image = np.pad(image, [(0, bf - j) for j, bf in zip(b, b_full)], constant_values=-1.0)
+        big = np.full(image.shape, -LOGIT_FLOOR, dtype=np.float32)
+        inner = tuple(slice(s - i, e - i) for s, e, i in zip(start, stop, a))
+        big[inner] = logits
+        cell_ids = ids[tuple(slice(i // STRIDE, -(-j // STRIDE)) for i, j in zip(a, b_full))]
+        up = cell_ids.repeat(STRIDE, 0).repeat(STRIDE, 1).repeat(STRIDE, 2)
+        off = [i - STRIDE * (i // STRIDE) for i in a]
+        up = up[tuple(slice(o, o + n) for o, n in zip(off, image.shape))]
+        blocked = (up > 0) & (up != k)
+        grown = grow_to_edge(image, big, self.mask_level, blocked, spacing=sp, reach_mm=GROW_REACH_MM)
+        return grown[inner]
 
     def _prompt_tokens(self, pts_model: np.ndarray, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Each click's embedding (1, P, C) and lesion-kind distribution (1, P, K) (None without

@@ -1,0 +1,65 @@
+"""Growing a too-small mask to the image's half-contrast edge (inference/grow.py)."""
+
+import numpy as np
+import pytest
+
+from napari_miqsam.inference.grow import grow_to_edge
+
+
+def _ball(shape, centre, radius):
+    z, y, x = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius ** 2
+
+
+def _scene(contrast=-0.2, noise=0.02, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (28, 28, 28)
+    lesion = _ball(shape, (14, 14, 14), 5)
+    image = 0.3 + contrast * lesion + noise * rng.standard_normal(shape)
+    core = _ball(shape, (14, 14, 14), 2.5)
+    logits = np.where(core, 2.0, -3.0).astype(np.float32)
+    return image.astype(np.float32), logits, lesion, core
+
+
+def test_a_core_inside_a_clear_lesion_grows_to_its_edge():
+    image, logits, lesion, core = _scene()
+    out = grow_to_edge(image, logits, 0.0, spacing=(1.0, 1.0, 1.0), reach_mm=4.0)
+    mask = out > 0
+    inter = (mask & lesion).sum()
+    assert core.sum() < 0.2 * lesion.sum()
+    assert inter / (mask | lesion).sum() > 0.85  # was ~0.12 before growing
+    assert np.array_equal(out[core], logits[core])  # the core's logits are left alone
+    # a brighter-than-surroundings lesion (a hyperdense one, or a cell in microscopy) grows the same way
+    bright, logits_b, lesion_b, _ = _scene(contrast=+0.2)
+    mask_b = grow_to_edge(bright, logits_b, 0.0, reach_mm=4.0) > 0
+    assert (mask_b & lesion_b).sum() / (mask_b | lesion_b).sum() > 0.85
+
+
+def test_no_growth_without_contrast_into_a_leak_or_onto_another_instance():
+    image, logits, lesion, core = _scene(contrast=-0.01, noise=0.02)  # contrast under the noise
+    assert np.array_equal(grow_to_edge(image, logits, 0.0, reach_mm=4.0), logits)
+    assert (grow_to_edge(image, logits, 0.0, reach_mm=4.0, min_contrast=0.0) > 0).sum() > 2 * (logits > 0).sum()
+    # the dark region goes on past the reach all round: no edge within reach, so no growth
+    image, logits, _, core = _scene()
+    wide = np.where(_ball(image.shape, (14, 14, 14), 7.5), 0.1, 0.3).astype(np.float32)
+    assert np.array_equal(grow_to_edge(wide, logits, 0.0, reach_mm=4.0), logits)
+    assert (grow_to_edge(wide, logits, 0.0, reach_mm=4.0, leak=1.01) > 0).sum() > 2 * core.sum()
+    # voxels of another instance are never added
+    image, logits, lesion, core = _scene()
+    other = lesion & (np.indices(image.shape)[2] > 16)
+    out = grow_to_edge(image, logits, 0.0, other, reach_mm=4.0)
+    assert not (out[other] > 0).any()
+    assert ((out > 0) & lesion & ~other).sum() > 2 * core.sum()
+    # fat / air far darker than the lesion is not lesion-like
+    image, logits, lesion, core = _scene()
+    image[lesion & ~_ball(image.shape, (14, 14, 14), 3.5)] = -1.0
+    out = grow_to_edge(image, logits, 0.0, reach_mm=4.0)
+    assert ((out > 0) & ~_ball(image.shape, (14, 14, 14), 3.6)).sum() == 0
+
+
+def test_grow_checks_shapes_and_keeps_an_empty_core_empty():
+    image, logits, _, _ = _scene()
+    with pytest.raises(ValueError, match="same shape"):
+        grow_to_edge(image, logits[:-1])
+    empty = np.full(image.shape, -3.0, np.float32)
+    assert np.array_equal(grow_to_edge(image, empty), empty)
