@@ -63,3 +63,34 @@ def test_grow_checks_shapes_and_keeps_an_empty_core_empty():
         grow_to_edge(image, logits[:-1])
     empty = np.full(image.shape, -3.0, np.float32)
     assert np.array_equal(grow_to_edge(image, empty), empty)
+
+
+def test_the_predictor_grows_an_instance_from_its_own_box_with_the_image_around_it():
+    """Predictor._grow reads the model-grid image around an instance's box (offsets, margins, the
+    other instances' cells) and hands back logits for that box only."""
+    import torch
+
+    from napari_miqsam.inference.predictor import Predictor
+
+    predictor = Predictor.from_config("tiny")
+    predictor.set_model_spacing(1.0)
+    shape = (40, 40, 40)
+    lesion = _ball(shape, (21, 19, 20), 4)
+    image = np.where(lesion, 0.1, 0.3).astype(np.float32)
+    image += 0.01 * np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    predictor._model_vol = torch.from_numpy(image)
+    ids = np.zeros((20, 20, 20), np.int32)
+    ids[10, 9:11, 10] = 1  # instance 1: a core of two stride-2 cells inside the lesion
+    ids[11:13, 7:13, 10:16] = 2  # instance 2 owns one side of the lesion
+    lo, hi = (9, 8, 9), (12, 12, 12)  # instance 1's cells dilated by one
+    vox = tuple(slice(2 * a, 2 * b) for a, b in zip(lo, hi))
+    core = np.zeros(shape, bool)
+    core[20:22, 18:22, 20:22] = True
+    logits = np.where(core[vox], 2.0, -3.0).astype(np.float32)
+    out = predictor._grow(logits, ids, 1, lo)
+    assert out.shape == logits.shape
+    grown = out > 0
+    want = lesion[vox] & (ids.repeat(2, 0).repeat(2, 1).repeat(2, 2)[vox] != 2)
+    assert grown.sum() > 3 * core.sum()
+    assert (grown & ~want).sum() <= 2  # stays inside the lesion and off instance 2
+    assert (grown & want).sum() / want.sum() > 0.8
