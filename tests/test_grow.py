@@ -94,3 +94,12 @@ def test_the_predictor_grows_an_instance_from_its_own_box_with_the_image_around_
     assert grown.sum() > 3 * core.sum()
     assert (grown & ~want).sum() <= 2  # stays inside the lesion and off instance 2
     assert (grown & want).sum() / want.sum() > 0.8
+
+
+def test_an_instance_drawn_empty_grows_from_its_seed_cells():
+    image, logits, lesion, core = _scene()
+    empty = np.full(image.shape, -3.0, np.float32)
+    out = grow_to_edge(image, empty, 0.0, seed=core, reach_mm=4.0)
+    mask = out > 0
+    assert core.sum() and mask[core].all()
+    assert (mask & lesion).sum() / (mask | lesion).sum() > 0.85

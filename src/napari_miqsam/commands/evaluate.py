@@ -37,9 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ignore instances smaller than this many voxels (default 10)")
     parser.add_argument("--kind-gate", type=float, default=None,
                         help="drop pieces whose kind agreement with the clicked piece is below this "
-                        "(default: the Predictor's, 0.5; 0: off)")
+                        "(default: the Predictor's; 0: off)")
     parser.add_argument("--no-refine", action="store_true",
                         help="upsample the stride-2 masks instead of redrawing them with the weights' mask refiner")
+    parser.add_argument("--no-grow", action="store_true",
+                        help="keep small refined masks as drawn instead of growing them to the image's half-contrast edge")
     parser.add_argument("--kind-scoring", choices=("on", "off"), default=None,
                         help="multiply instance scores by their kind agreement (default: the Predictor's default)")
     parser.add_argument("--no-model", action="store_true", help="baselines only")
@@ -129,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             window=args.window, spacing=args.model_spacing,
         )
         predictor.refine = not args.no_refine
+        predictor.grow = predictor.grow and not args.no_grow
         if args.kind_scoring is not None:
             predictor.kind_scoring = args.kind_scoring == "on"
         if args.kind_gate is not None:
@@ -163,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         result["kind_scoring"] = bool(predictor.kind_scoring)
         result["kind_gate"] = float(getattr(predictor, "kind_gate", 0.0))
         result["refine"] = bool(getattr(predictor, "refine", False)) and getattr(predictor.model, "refiner", None) is not None
+        result["grow"] = bool(getattr(predictor, "grow", False)) and result["refine"]
         result["model_spacing"] = list(predictor.model_spacing)
     print(format_markdown_table(result), end="")
     if args.json is not None:

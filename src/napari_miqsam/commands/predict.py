@@ -32,9 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    f"{DEFAULT_MIN_VOLUME:g}); the clicked instance is always kept")
     p.add_argument("--kind-gate", type=float, default=None,
                    help="drop instances whose lesion kind disagrees with the clicked one's below this "
-                   "agreement (default 0.5; 0: keep every kind)")
+                   "agreement (default: the Predictor's; 0: keep every kind)")
     p.add_argument("--no-refine", action="store_true",
                    help="upsample the stride-2 masks instead of redrawing them with the weights' mask refiner")
+    p.add_argument("--no-grow", action="store_true",
+                   help="keep small refined masks as drawn instead of growing them to the image's half-contrast edge")
     add_model_spacing_argument(p)
     p.add_argument("--weights", type=Path, default=None, help=".safetensors weights (default: shipped)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -111,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     if args.kind_gate is not None:
         predictor.kind_gate = args.kind_gate
     predictor.refine = not args.no_refine
+    predictor.grow = predictor.grow and not args.no_grow
     if not predictor.trained:
         print(f"warning: the weights {args.weights or 'shipped default'} are UNTRAINED; results are meaningless",
               file=sys.stderr)

@@ -6,7 +6,8 @@ their volume (README, "Where the errors are"), so each cost a false positive and
 IoU 0.5. The network's masks come from 2-cell-wide stride-2 features; the image itself says where a
 small lesion ends. This step (numpy/scipy only) reads it, per instance, on the model grid at stride 1:
 
-  1. core: the instance's current mask (refined logits above the edge level);
+  1. core: the instance's current mask (refined logits above the edge level; its own coarse cells
+     when the refiner drew it empty);
   2. its intensity ``inside`` (median over the core) and ``outside`` (median over a ring
      ``reach_mm``..``2 reach_mm`` from the core, other instances excluded), and the ring's noise
      (scaled MAD);
@@ -33,14 +34,17 @@ MAD_TO_SIGMA = 1.4826
 
 
 def grow_to_edge(image: np.ndarray, logits: np.ndarray, level: float = 0.0, blocked: np.ndarray | None = None, *,
-                 spacing: Sequence[float] = (1.0, 1.0, 1.0), reach_mm: float = 4.0, min_contrast: float = 2.0,
+                 seed: np.ndarray | None = None, spacing: Sequence[float] = (1.0, 1.0, 1.0), reach_mm: float = 4.0, min_contrast: float = 2.0,
                  smooth: float = 0.7, leak: float = 0.5, min_ring: int = 20) -> np.ndarray:
     """One instance's logits (stride 1, same shape as ``image``) with its mask grown to the edge.
 
     image: (D, H, W) float intensities of the model grid around the instance (a margin of at least
         ``2 reach_mm`` keeps the ring whole); logits: its mask logits there; level: the edge level;
-    blocked: voxels of other instances (never added, not part of the ring); spacing: mm per voxel.
-    Returns a new array: added voxels get ``level + 1``; everything else is unchanged. Unchanged
+    blocked: voxels of other instances (never added, not part of the ring); seed: the core to use
+        when no logit exceeds ``level`` (the instance's own coarse cells: a refiner may draw a
+        lesion smaller than a voxel); spacing: mm per voxel.
+    Returns a new array: added voxels (a seed core's included) get ``level + 1``; everything else
+    is unchanged. Unchanged
     (a copy) when the core is empty, the ring too small, the contrast too low, or the growth leaks.
     """
     image = np.asarray(image, dtype=np.float32)
@@ -49,6 +53,8 @@ def grow_to_edge(image: np.ndarray, logits: np.ndarray, level: float = 0.0, bloc
         raise ValueError(f"image {image.shape} and logits {logits.shape} must have the same shape")
     out = logits.copy()
     core = logits > level
+    if not core.any() and seed is not None:
+        core = np.asarray(seed, bool)
     if not core.any():
         return out
     blocked = np.zeros(image.shape, bool) if blocked is None else np.asarray(blocked, bool) & ~core
@@ -72,6 +78,6 @@ def grow_to_edge(image: np.ndarray, logits: np.ndarray, level: float = 0.0, bloc
     rim = (dist > reach_mm - float(np.max(spacing))) & (dist <= reach_mm) & ~blocked
     if rim.any() and float((grown & rim).sum()) > leak * float(rim.sum()):
         return out
-    add = grown & ~core
+    add = grown & ~(logits > level)  # a seed core joins too
     out[add] = np.maximum(out[add], level + 1.0)
     return out

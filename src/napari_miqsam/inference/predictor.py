@@ -396,7 +396,7 @@ class Predictor:
         off = [i - STRIDE * (i // STRIDE) for i in a]
         up = up[tuple(slice(o, o + n) for o, n in zip(off, image.shape))]
         blocked = (up > 0) & (up != k)
-        grown = grow_to_edge(image, big, self.mask_level, blocked, spacing=sp, reach_mm=GROW_REACH_MM)
+        grown = grow_to_edge(image, big, self.mask_level, blocked, seed=up == k, spacing=sp, reach_mm=GROW_REACH_MM)
         return grown[inner]
 
     def _prompt_tokens(self, pts_model: np.ndarray, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
