@@ -35,10 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_spacing_argument(p)
     p.add_argument("--repeats", type=int, default=5, help="clicks timed per volume (median reported)")
     p.add_argument("--quick", action="store_true", help="only the two smallest volumes")
+    p.add_argument("--no-grow", action="store_true", help="time clicks without growing small masks to the image's edge")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
 
 
-def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None) -> None:
+def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None, grow=True) -> None:
     import resource
 
     import numpy as np
@@ -50,6 +51,7 @@ def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None
 
     case = make_phantom(1234, shape=shape, spacing=spacing)
     predictor = Predictor.from_weights(weights, device=device, spacing=model_spacing)
+    predictor.grow = predictor.grow and grow
     ids, n = instances_of(case.labels, 2)
     if n == 0:
         ids, n = instances_of(case.labels, (2, 3))
@@ -72,7 +74,7 @@ def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None
         threshold_ms.append((time.perf_counter() - t) * 1000)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB -> MB on Linux
     queue.put({"shape": list(shape), "spacing": list(spacing), "model_spacing": list(predictor.model_spacing),
-               "windows": len(predictor._windows),
+               "windows": len(predictor._windows), "grow": bool(predictor.grow),
                "set_image_s": round(set_image_s, 3), "predict_ms": round(statistics.median(predict_ms), 1),
                "threshold_ms": round(statistics.median(threshold_ms), 2), "peak_rss_mb": round(rss, 1),
                "instances": len(preds[0]), "device": str(predictor.device), "threads": torch.get_num_threads()})
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     for shape, spacing in volumes:
         queue = ctx.Queue()
         proc = ctx.Process(target=_measure, args=(shape, spacing, args.weights, args.device, max(5, args.repeats), queue,
-                                                       args.model_spacing))
+                                                       args.model_spacing, not args.no_grow))
         proc.start()
         proc.join()
         if proc.exitcode != 0 or queue.empty():

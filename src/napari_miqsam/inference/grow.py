@@ -13,8 +13,10 @@ small lesion ends. This step (numpy/scipy only) reads it, per instance, on the m
      (scaled MAD);
   3. if ``|inside - outside|`` is at least ``min_contrast`` noise sigmas, the voxels within ``reach_mm``
      of the core whose lightly smoothed intensity lies past the half-contrast level towards
-     ``inside`` (and not beyond ``inside`` by more than the contrast: fat, air and bone are not a
-     hypodense lesion), connected to the core, join the mask;
+     ``inside`` (and not beyond ``inside`` by more than the contrast, in the smoothed image nor, by
+     more than three noise sigmas more, in the raw one: fat, air and bone are not a hypodense
+     lesion; nor, raw, two noise sigmas short of the half-contrast level: smoothing darkens the
+     tissue next to fat), connected to the core, join the mask;
   4. a growth that fills most of the outer edge of its reach is a leak into similar tissue, not a
      lesion's edge: then nothing is added.
 
@@ -34,8 +36,8 @@ MAD_TO_SIGMA = 1.4826
 
 
 def grow_to_edge(image: np.ndarray, logits: np.ndarray, level: float = 0.0, blocked: np.ndarray | None = None, *,
-                 seed: np.ndarray | None = None, spacing: Sequence[float] = (1.0, 1.0, 1.0), reach_mm: float = 4.0, min_contrast: float = 2.0,
-                 smooth: float = 0.7, leak: float = 0.5, min_ring: int = 20) -> np.ndarray:
+                 seed: np.ndarray | None = None, spacing: Sequence[float] = (1.0, 1.0, 1.0), reach_mm: float = 4.0, min_contrast: float = 3.5,
+                 smooth: float = 1.2, leak: float = 0.5, min_ring: int = 20) -> np.ndarray:
     """One instance's logits (stride 1, same shape as ``image``) with its mask grown to the edge.
 
     image: (D, H, W) float intensities of the model grid around the instance (a margin of at least
@@ -71,7 +73,13 @@ def grow_to_edge(image: np.ndarray, logits: np.ndarray, level: float = 0.0, bloc
     if abs(contrast) < max(min_contrast * sigma, 1e-6):
         return out
     towards = np.sign(contrast) * (img - outside)  # 0 at the surroundings, |contrast| at the core
-    lesion_like = (towards > abs(contrast) / 2) & (towards < 2 * abs(contrast))
+    # far past the lesion in the raw image (fat, air, bone next to it): smoothing blurs such a
+    # voxel into the lesion's range, so the raw value decides; likewise a raw value clearly of the
+    # surroundings (smoothing darkens tissue next to fat)
+    raw_sigma = MAD_TO_SIGMA * float(np.median(np.abs(image[ring] - float(np.median(image[ring])))))
+    raw = np.sign(contrast) * (image - outside)
+    plausible = (raw > abs(contrast) / 2 - 2 * raw_sigma) & (raw < 2 * abs(contrast) + 3 * raw_sigma)
+    lesion_like = (towards > abs(contrast) / 2) & (towards < 2 * abs(contrast)) & plausible
     cand = (lesion_like & (dist <= reach_mm) & ~blocked) | core
     comp, _ = ndimage.label(cand, structure=FULL)
     grown = np.isin(comp, np.unique(comp[core]))
