@@ -2,7 +2,7 @@
 
 The network finds most small lesions but often draws them too small: on validation phantoms many
 missed lesions under 12 mm were covered by a predicted piece lying wholly inside them at 15-40% of
-their volume (README, "Where the errors are"), so each cost a false positive and a false negative at
+their volume (README, "What changed on 2026-12-03"), so each cost a false positive and a false negative at
 IoU 0.5. The network's masks come from 2-cell-wide stride-2 features; the image itself says where a
 small lesion ends. This step (numpy/scipy only) reads it, per instance, on the model grid at stride 1:
 
@@ -36,8 +36,8 @@ MAD_TO_SIGMA = 1.4826
 
 
 def grow_to_edge(image: np.ndarray, logits: np.ndarray, level: float = 0.0, blocked: np.ndarray | None = None, *,
-                 seed: np.ndarray | None = None, spacing: Sequence[float] = (1.0, 1.0, 1.0), reach_mm: float = 4.0, min_contrast: float = 3.5,
-                 smooth: float = 1.2, leak: float = 0.5, min_ring: int = 20) -> np.ndarray:
+                 seed: np.ndarray | None = None, spacing: Sequence[float] = (1.0, 1.0, 1.0), reach_mm: float = 4.0,
+                 min_contrast: float = 3.5, smooth: float = 1.2, leak: float = 0.5, min_ring: int = 20) -> np.ndarray:
     """One instance's logits (stride 1, same shape as ``image``) with its mask grown to the edge.
 
     image: (D, H, W) float intensities of the model grid around the instance (a margin of at least
@@ -45,9 +45,12 @@ def grow_to_edge(image: np.ndarray, logits: np.ndarray, level: float = 0.0, bloc
     blocked: voxels of other instances (never added, not part of the ring); seed: the core to use
         when no logit exceeds ``level`` (the instance's own coarse cells: a refiner may draw a
         lesion smaller than a voxel); spacing: mm per voxel.
+    smooth: the Gaussian (voxels of the finest axis) the intensities are read through; leak: the
+    fraction of the reach's outer edge a growth may fill. The defaults were chosen on validation
+    phantoms (README, "What changed on 2026-12-03").
     Returns a new array: added voxels (a seed core's included) get ``level + 1``; everything else
-    is unchanged. Unchanged
-    (a copy) when the core is empty, the ring too small, the contrast too low, or the growth leaks.
+    is unchanged. Unchanged (a copy) when the core is empty, the ring too small, the contrast too
+    low, or the growth leaks.
     """
     image = np.asarray(image, dtype=np.float32)
     logits = np.asarray(logits, dtype=np.float32)

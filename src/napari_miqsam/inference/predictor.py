@@ -29,6 +29,7 @@ from ..model.kind import prompt_kind, same_kind, snap_to_lesion
 from ..model.miqsam import MIQSAM3D
 from ..model.refine import refine_instance
 from ..model.weights import DEFAULT_WEIGHTS, load_weights
+from .grow import grow_to_edge
 from .postprocess import (
     keep_best,
     kind_consistency,
@@ -38,7 +39,6 @@ from .postprocess import (
     split_instances,
     to_original_grid,
 )
-from .grow import grow_to_edge
 from .prediction import Prediction
 from .preprocess import GridMap, as_volume, check_spacing, normalise_intensity
 from .resample import resample_to_model
