@@ -98,6 +98,19 @@ def test_same_kind_only_sets_the_kind_gate_and_runs_again(phantom_widget, qtbot)
     assert widget.predictors.set_image_calls == 1  # the embedding is reused
 
 
+def test_grow_small_masks_sets_predictor_grow_and_runs_again(phantom_widget, qtbot):
+    viewer, widget = phantom_widget
+    segment(qtbot, widget, tumour_voxel(viewer))
+    predictor = widget._entry(widget.image_layer()).predictor
+    assert widget.grow_check.isChecked() and predictor.grow is True
+    calls = len(widget.predictors.predict_calls)
+    widget.grow_check.setChecked(False)
+    qtbot.waitUntil(lambda: len(widget.predictors.predict_calls) == calls + 1, timeout=WAIT_MS)
+    wait_done(qtbot, widget)
+    assert predictor.grow is False
+    assert widget.predictors.set_image_calls == 1  # the embedding is reused
+
+
 def test_negative_point_is_passed_and_removes_its_instance(phantom_widget, qtbot):
     viewer, widget = phantom_widget
     positive = tumour_voxel(viewer)

@@ -250,6 +250,13 @@ class MiqsamWidget(QWidget):
             "Drop instances the model reads as another lesion kind than the one clicked "
             "(e.g. cysts when a tumour is clicked). Unchecked: every lesion the queries find.")
         layout.addWidget(self.same_kind_check)
+        self.grow_check = QCheckBox("Grow small masks to edges")
+        self.grow_check.setChecked(True)
+        self.grow_check.setToolTip(
+            "Grow each small instance out to the image's half-contrast edge around it: the network "
+            "tends to draw small lesions too small (README: How it works). Unchecked: masks as the "
+            "network draws them.")
+        layout.addWidget(self.grow_check)
 
         run_row = QHBoxLayout()
         self.run_button = QPushButton(f"Run ({KEY_RUN})")
@@ -323,6 +330,7 @@ class MiqsamWidget(QWidget):
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
         self.same_kind_check.toggled.connect(self._on_same_kind_toggled)
+        self.grow_check.toggled.connect(self._on_same_kind_toggled)
         self.threshold_slider.sliderMoved.connect(self._on_threshold_moved)
         self.threshold_slider.valueChanged.connect(self._on_threshold_changed)
         self.min_volume_spin.valueChanged.connect(lambda _value: self._show(commit=True))
@@ -742,6 +750,7 @@ class MiqsamWidget(QWidget):
             weights=self._weights(),
             device=self._device(),
             same_kind_only=self.same_kind_check.isChecked(),
+            grow_edges=self.grow_check.isChecked(),
             fast=self._fast(),
         )
         self._job = job
@@ -1006,7 +1015,8 @@ class MiqsamWidget(QWidget):
             self.run()
 
     def _on_same_kind_toggled(self, _checked: bool) -> None:
-        """Run again for the current prompts when a result is shown (the choice changes it)."""
+        """Run again for the current prompts when a result is shown (the choice changes it; also for
+        *Grow small masks to edges*)."""
         if self._prediction is not None:
             self.run()
 

@@ -30,7 +30,8 @@ class Job:
     (z, y, x) in mm. ``predictor`` is the cached predictor for this image layer (None: load one
     from ``weights`` on ``device``); ``embed`` says whether ``set_image`` must run first.
     ``same_kind_only``: drop instances of another lesion kind than the clicked one
-    (``Predictor.kind_gate``); False keeps every kind. ``fast``: a newly loaded predictor runs on
+    (``Predictor.kind_gate``); False keeps every kind. ``grow_edges``: grow small masks to the
+    image's half-contrast edge (``Predictor.grow``). ``fast``: a newly loaded predictor runs on
     a grid 15% coarser than the one the weights ask for (``Predictor.fast_spacing``; the shipped
     weights: 1.5 instead of 1.3 mm).
     """
@@ -48,6 +49,7 @@ class Job:
     weights: str | None
     device: str
     same_kind_only: bool = True
+    grow_edges: bool = True
     fast: bool = False
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _superseded: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -127,6 +129,8 @@ def run_job(job: Job, report: ProgressFn | None = None, loader: Callable[..., An
             from napari_miqsam.inference.predictor import KIND_GATE
 
             result.predictor.kind_gate = KIND_GATE if job.same_kind_only else 0.0
+        if hasattr(result.predictor, "grow"):
+            result.predictor.grow = job.grow_edges
         result.prediction = result.predictor.predict(
             job.positive, job.negative, progress=progress("Predicting"), cancel=job.stopped
         )
