@@ -31,8 +31,15 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-FULL = np.ones((3, 3, 3), dtype=bool)
+from .postprocess import FULL
+
 MAD_TO_SIGMA = 1.4826
+
+
+def robust_level(values: np.ndarray) -> tuple[float, float]:
+    """Median and noise sigma (scaled median absolute deviation) of some intensities."""
+    median = float(np.median(values))
+    return median, MAD_TO_SIGMA * float(np.median(np.abs(values - median)))
 
 
 def grow_to_edge(image: np.ndarray, logits: np.ndarray, level: float = 0.0, blocked: np.ndarray | None = None, *,
@@ -69,9 +76,7 @@ def grow_to_edge(image: np.ndarray, logits: np.ndarray, level: float = 0.0, bloc
         return out
     img = ndimage.gaussian_filter(image, smooth / np.asarray(spacing, float) * float(np.min(spacing))) if smooth else image
     inside = float(np.median(img[core]))
-    around = img[ring]
-    outside = float(np.median(around))
-    sigma = MAD_TO_SIGMA * float(np.median(np.abs(around - outside)))
+    outside, sigma = robust_level(img[ring])
     contrast = inside - outside
     if abs(contrast) < max(min_contrast * sigma, 1e-6):
         return out
@@ -79,7 +84,7 @@ def grow_to_edge(image: np.ndarray, logits: np.ndarray, level: float = 0.0, bloc
     # far past the lesion in the raw image (fat, air, bone next to it): smoothing blurs such a
     # voxel into the lesion's range, so the raw value decides; likewise a raw value clearly of the
     # surroundings (smoothing darkens tissue next to fat)
-    raw_sigma = MAD_TO_SIGMA * float(np.median(np.abs(image[ring] - float(np.median(image[ring])))))
+    raw_sigma = robust_level(image[ring])[1]
     raw = np.sign(contrast) * (image - outside)
     plausible = (raw > abs(contrast) / 2 - 2 * raw_sigma) & (raw < 2 * abs(contrast) + 3 * raw_sigma)
     lesion_like = (towards > abs(contrast) / 2) & (towards < 2 * abs(contrast)) & plausible

@@ -384,14 +384,11 @@ class Predictor:
         margin = [int(np.ceil(2 * GROW_REACH_MM / v)) + 1 for v in sp]
         a = [max(0, s - m) for s, m in zip(start, margin)]
         b = [min(n, e + m) for n, e, m in zip(self._model_vol.shape, stop, margin)]
-        image = self._model_vol[tuple(slice(i, j) for i, j in zip(a, b))].numpy()
-        # the logits' box may reach one voxel past the image on an odd-sized axis: pad the image
-        b_full = [max(j, e) for j, e in zip(b, stop)]
-        image = np.pad(image, [(0, bf - j) for j, bf in zip(b, b_full)], constant_values=-1.0)
+        image = self._model_vol[tuple(slice(i, j) for i, j in zip(a, b))].numpy()  # padded to even: holds the box
         big = np.full(image.shape, -LOGIT_FLOOR, dtype=np.float32)
         inner = tuple(slice(s - i, e - i) for s, e, i in zip(start, stop, a))
         big[inner] = logits
-        cell_ids = ids[tuple(slice(i // STRIDE, -(-j // STRIDE)) for i, j in zip(a, b_full))]
+        cell_ids = ids[tuple(slice(i // STRIDE, -(-j // STRIDE)) for i, j in zip(a, b))]
         up = cell_ids.repeat(STRIDE, 0).repeat(STRIDE, 1).repeat(STRIDE, 2)
         off = [i - STRIDE * (i // STRIDE) for i in a]
         up = up[tuple(slice(o, o + n) for o, n in zip(off, image.shape))]
