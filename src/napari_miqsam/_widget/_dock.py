@@ -329,8 +329,8 @@ class MiqsamWidget(QWidget):
         self.weights_button.clicked.connect(self._choose_weights)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
-        self.same_kind_check.toggled.connect(self._on_same_kind_toggled)
-        self.grow_check.toggled.connect(self._on_same_kind_toggled)
+        self.same_kind_check.toggled.connect(self._on_choice_toggled)
+        self.grow_check.toggled.connect(self._on_choice_toggled)
         self.threshold_slider.sliderMoved.connect(self._on_threshold_moved)
         self.threshold_slider.valueChanged.connect(self._on_threshold_changed)
         self.min_volume_spin.valueChanged.connect(lambda _value: self._show(commit=True))
@@ -1014,9 +1014,9 @@ class MiqsamWidget(QWidget):
         if self._prediction is not None:
             self.run()
 
-    def _on_same_kind_toggled(self, _checked: bool) -> None:
-        """Run again for the current prompts when a result is shown (the choice changes it; also for
-        *Grow small masks to edges*)."""
+    def _on_choice_toggled(self, _checked: bool) -> None:
+        """*Only the clicked kind* or *Grow small masks to edges* changed: run again for the current
+        prompts when a result is shown (the choice changes it)."""
         if self._prediction is not None:
             self.run()
 

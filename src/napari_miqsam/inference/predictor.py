@@ -27,7 +27,7 @@ from ..model.decoder import DecoderContext
 from ..model.encoder import Embedding
 from ..model.kind import prompt_kind, same_kind, snap_to_lesion
 from ..model.miqsam import MIQSAM3D
-from ..model.refine import refine_instance
+from ..model.refine import OTHER_LOGIT, refine_instance
 from ..model.weights import DEFAULT_WEIGHTS, load_weights
 from .grow import grow_to_edge
 from .postprocess import (
@@ -57,7 +57,6 @@ MASK_LEVEL = 0.0  # logit level of a mask's edge, see Predictor.mask_level
 GROW = True  # grow refined masks to the image's half-contrast edge (inference/grow.py), see Predictor.grow
 GROW_MAX_CELLS = 100  # only instances of at most this many stride-2 cells are grown (small lesions)
 GROW_REACH_MM = 4.0  # how far (mm) a mask may grow; the surroundings are read from reach to 2 x reach
-LOGIT_FLOOR = 8.0  # logits outside an instance's box: certainly not it
 MAX_INSTANCES = 255  # an untrained or confused model can return thousands of specks; keep the best
 
 
@@ -385,7 +384,7 @@ class Predictor:
         a = [max(0, s - m) for s, m in zip(start, margin)]
         b = [min(n, e + m) for n, e, m in zip(self._model_vol.shape, stop, margin)]
         image = self._model_vol[tuple(slice(i, j) for i, j in zip(a, b))].numpy()  # padded to even: holds the box
-        big = np.full(image.shape, -LOGIT_FLOOR, dtype=np.float32)
+        big = np.full(image.shape, OTHER_LOGIT, dtype=np.float32)  # outside the box: certainly not it
         inner = tuple(slice(s - i, e - i) for s, e, i in zip(start, stop, a))
         big[inner] = logits
         cell_ids = ids[tuple(slice(i // STRIDE, -(-j // STRIDE)) for i, j in zip(a, b))]
