@@ -1,10 +1,12 @@
 """Ablation study: full MIQ-SAM3D vs without spatial gating, without PC-IQG (single query),
 without competition and without the kind prior, each trained with the same (small) budget on phantoms and evaluated the same way.
 
-    python benchmarks/ablation.py train --steps 600 --batch 2      # trains runs/ablation/<variant>/
-    python benchmarks/ablation.py evaluate --cases 12 --json benchmarks/results/ablation.json
+    python benchmarks/ablation.py train --steps 2400 --batch 2    # trains runs/ablation/<variant>/
+    python benchmarks/ablation.py evaluate                         # 40 phantoms x 3 clicks, like the README
+    python benchmarks/ablation.py table                            # Markdown table; numbers go to the README
 
-Prints a Markdown table; numbers go to the README.
+Each action takes ``--variants``, so variants can train / evaluate in parallel processes (one per core,
+``OMP_NUM_THREADS=1``); evaluate writes ``benchmarks/results/ablation/<variant>.json``.
 """
 
 from __future__ import annotations
@@ -35,42 +37,53 @@ def train_all(args) -> None:
 
 
 def evaluate_all(args) -> None:
+    """One JSON per variant under ``--results`` (so variants can be evaluated in parallel processes)."""
     from napari_miqsam.data.phantom import make_phantom
     from napari_miqsam.evaluation.evaluate import evaluate
     from napari_miqsam.inference.predictor import Predictor
+    from napari_miqsam.model.weights import read_metadata
 
     cases = [make_phantom(seed) for seed in range(args.seed, args.seed + args.cases)]
-    results = {}
     for name in args.variants:
         weights = Path(args.out) / name / "miqsam_cpu.safetensors"
         predictor = Predictor.from_weights(weights, device="cpu")
-        res = evaluate(cases, predictor, clicks=args.clicks, seed=0, progress=True)
-        results[name] = {k: res["model"][k] for k in METRICS if k in res["model"]}
-        print(name, json.dumps(results[name]), file=sys.stderr)
-    lines = ["| variant | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in METRICS) + " |")
+        res = evaluate(cases, predictor, clicks=args.clicks, seed=0, progress=True, baselines=False)
+        meta = read_metadata(weights)  # what the variant was trained with
+        row = {k: res["model"][k] for k in METRICS if k in res["model"]}
+        row.update(steps=int(meta.get("steps", 0)), train_minutes=float(meta.get("train_minutes", "nan")),
+                   cases=args.cases, first_seed=args.seed, clicks=args.clicks)
+        print(name, json.dumps(row), file=sys.stderr)
+        Path(args.results).mkdir(parents=True, exist_ok=True)
+        (Path(args.results) / f"{name}.json").write_text(json.dumps(row, indent=2))
+
+
+def table(args) -> None:
+    """The Markdown table of every evaluated variant (in VARIANTS order)."""
+    rows = {name: json.loads((Path(args.results) / f"{name}.json").read_text())
+            for name in VARIANTS if (Path(args.results) / f"{name}.json").is_file()}
+    if not rows:
+        raise SystemExit(f"no results under {args.results}; run the evaluate action first")
+    lines = ["| variant | steps | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['steps']} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in METRICS) + " |")
     print("\n".join(lines))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"steps": args.steps, "cases": args.cases, "results": results}, indent=2))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["train", "evaluate"])
+    p.add_argument("action", choices=["train", "evaluate", "table"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--pool", type=int, default=40)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--cases", type=int, default=12)
-    p.add_argument("--clicks", type=int, default=1)
+    p.add_argument("--cases", type=int, default=40, help="evaluation cases (default: the README's main table)")
+    p.add_argument("--clicks", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="first phantom seed of the evaluation cases")
-    p.add_argument("--json", default=None)
+    p.add_argument("--results", default="benchmarks/results/ablation", help="folder of the per-variant JSON")
     args = p.parse_args()
-    train_all(args) if args.action == "train" else evaluate_all(args)
+    {"train": train_all, "evaluate": evaluate_all, "table": table}[args.action](args)
 
 
 if __name__ == "__main__":
