@@ -26,12 +26,18 @@ VARIANTS = {
 METRICS = ("dice", "nsd_1mm", "instance_f1", "instance_recall", "instance_precision", "wrong_class_rate", "dice_std_over_clicks")
 
 
+def run_name(variant: str, train_seed: int) -> str:
+    """The folder / results name of one training run: ``full``, ``full_seed1``, ..."""
+    return variant if train_seed == 0 else f"{variant}_seed{train_seed}"
+
+
 def train_all(args) -> None:
     from napari_miqsam.training.loop import TrainOptions, train
 
     for name in args.variants:
-        opt = TrainOptions(config="cpu", data="phantom", out=str(Path(args.out) / name), steps=args.steps,
-                           batch=args.batch, patch=64, pool=args.pool, seed=0, threads=args.threads,
+        opt = TrainOptions(config="cpu", data="phantom", out=str(Path(args.out) / run_name(name, args.train_seed)),
+                           steps=args.steps, batch=args.batch, patch=64, pool=args.pool, seed=args.train_seed,
+                           threads=args.threads,
                            warmup=min(200, args.steps // 10), ablation=VARIANTS[name], resume=True)
         train(opt)
 
@@ -44,28 +50,37 @@ def evaluate_all(args) -> None:
     from napari_miqsam.model.weights import read_metadata
 
     cases = [make_phantom(seed) for seed in range(args.seed, args.seed + args.cases)]
-    for name in args.variants:
+    for name in (run_name(v, args.train_seed) for v in args.variants):
         weights = Path(args.out) / name / "miqsam_cpu.safetensors"
         predictor = Predictor.from_weights(weights, device="cpu")
         res = evaluate(cases, predictor, clicks=args.clicks, seed=0, progress=True, baselines=False)
         meta = read_metadata(weights)  # what the variant was trained with
         row = {k: res["model"][k] for k in METRICS if k in res["model"]}
         row.update(steps=int(meta.get("steps", 0)), train_minutes=float(meta.get("train_minutes", "nan")),
-                   cases=args.cases, first_seed=args.seed, clicks=args.clicks)
+                   train_seed=args.train_seed, cases=args.cases, first_seed=args.seed, clicks=args.clicks)
         print(name, json.dumps(row), file=sys.stderr)
         Path(args.results).mkdir(parents=True, exist_ok=True)
         (Path(args.results) / f"{name}.json").write_text(json.dumps(row, indent=2))
 
 
 def table(args) -> None:
-    """The Markdown table of every evaluated variant (in VARIANTS order)."""
-    rows = {name: json.loads((Path(args.results) / f"{name}.json").read_text())
-            for name in VARIANTS if (Path(args.results) / f"{name}.json").is_file()}
+    """The Markdown table of every evaluated run (in VARIANTS order, then by training seed)."""
+    found = {p.stem: p for p in Path(args.results).glob("*.json")}
+    rows = {name: json.loads(found[name].read_text()) for v in VARIANTS
+            for name in sorted((n for n in found if n == v or n.startswith(f"{v}_seed")), key=lambda n: (len(n), n))}
     if not rows:
         raise SystemExit(f"no results under {args.results}; run the evaluate action first")
     lines = ["| variant | steps | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['steps']} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in METRICS) + " |")
+    groups = {v: [r for n, r in rows.items() if n == v or n.startswith(f"{v}_seed")] for v in VARIANTS}
+    if any(len(g) > 1 for g in groups.values()):  # the mean over training seeds, per variant
+        lines += ["", "| variant (mean over training seeds) | runs | " + " | ".join(METRICS) + " |",
+                  "|---" * (len(METRICS) + 2) + "|"]
+        for v, g in groups.items():
+            if g:
+                means = [sum(r.get(k, float("nan")) for r in g) / len(g) for k in METRICS]
+                lines.append(f"| {v} | {len(g)} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
     print("\n".join(lines))
 
 
@@ -78,6 +93,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--pool", type=int, default=40)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--train-seed", type=int, default=0,
+                   help="training seed (initialisation and phantom stream); runs other than 0 go to <variant>_seed<k>")
     p.add_argument("--cases", type=int, default=40, help="evaluation cases (default: the README's main table)")
     p.add_argument("--clicks", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="first phantom seed of the evaluation cases")
