@@ -44,6 +44,7 @@ def train_all(args) -> None:
 
 def evaluate_all(args) -> None:
     """One JSON per variant under ``--results`` (so variants can be evaluated in parallel processes)."""
+    from napari_miqsam.commands.evaluate import write_json_atomic
     from napari_miqsam.data.phantom import make_phantom
     from napari_miqsam.evaluation.evaluate import evaluate
     from napari_miqsam.inference.predictor import Predictor
@@ -60,26 +61,27 @@ def evaluate_all(args) -> None:
                    train_seed=args.train_seed, cases=args.cases, first_seed=args.seed, clicks=args.clicks)
         print(name, json.dumps(row), file=sys.stderr)
         Path(args.results).mkdir(parents=True, exist_ok=True)
-        (Path(args.results) / f"{name}.json").write_text(json.dumps(row, indent=2))
+        write_json_atomic(Path(args.results) / f"{name}.json", row)
 
 
 def table(args) -> None:
     """The Markdown table of every evaluated run (in VARIANTS order, then by training seed)."""
     found = {p.stem: p for p in Path(args.results).glob("*.json")}
-    rows = {name: json.loads(found[name].read_text()) for v in VARIANTS
-            for name in sorted((n for n in found if n == v or n.startswith(f"{v}_seed")), key=lambda n: (len(n), n))}
+    groups = {v: {n: json.loads(found[n].read_text())
+                  for n in sorted((n for n in found if n == v or n.startswith(f"{v}_seed")), key=lambda n: (len(n), n))}
+              for v in VARIANTS}
+    rows = {n: r for g in groups.values() for n, r in g.items()}
     if not rows:
         raise SystemExit(f"no results under {args.results}; run the evaluate action first")
     lines = ["| variant | steps | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 2) + "|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['steps']} | " + " | ".join(f"{r.get(k, float('nan')):.3f}" for k in METRICS) + " |")
-    groups = {v: [r for n, r in rows.items() if n == v or n.startswith(f"{v}_seed")] for v in VARIANTS}
     if any(len(g) > 1 for g in groups.values()):  # the mean over training seeds, per variant
         lines += ["", "| variant (mean over training seeds) | runs | " + " | ".join(METRICS) + " |",
                   "|---" * (len(METRICS) + 2) + "|"]
         for v, g in groups.items():
             if g:
-                means = [sum(r.get(k, float("nan")) for r in g) / len(g) for k in METRICS]
+                means = [sum(r.get(k, float("nan")) for r in g.values()) / len(g) for k in METRICS]
                 lines.append(f"| {v} | {len(g)} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
     print("\n".join(lines))
 
