@@ -91,7 +91,7 @@ def main() -> None:
     p.add_argument("action", choices=["train", "evaluate", "table"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", default="runs/ablation")
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=2400, help="training steps per variant (default: the README table's budget)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--pool", type=int, default=40)
     p.add_argument("--threads", type=int, default=1)
