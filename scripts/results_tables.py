@@ -1,7 +1,8 @@
 """Print the README's result tables (Markdown) from the JSON files the benchmarks wrote.
 
-    python scripts/results_tables.py benchmarks/results/evaluate.json benchmarks/results/benchmark.json \
-        benchmarks/results/ablation.json
+    python scripts/results_tables.py benchmarks/results/evaluate.json benchmarks/results/benchmark.json
+
+The ablation table is printed by ``python benchmarks/ablation.py table`` (from benchmarks/results/ablation/).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def row(name: str, m: dict) -> str:
     return f"| {name} | " + " | ".join(f"{m[k]:.3f}" if k in m else "-" for k in COLS) + " |"
 
 
-def main(evaluate: str, benchmark: str, ablation: str | None = None) -> None:
+def main(evaluate: str, benchmark: str) -> None:
     ev = json.loads(Path(evaluate).read_text())
     print("| method | " + " | ".join(COLS) + " |")
     print("|---" * (len(COLS) + 1) + "|")
@@ -34,14 +35,7 @@ def main(evaluate: str, benchmark: str, ablation: str | None = None) -> None:
     for r in b["results"]:
         print(f"| {'x'.join(map(str, r['shape']))} | {' x '.join(map(str, r['spacing']))} | {r['windows']} | "
               f"{r['set_image_s']:.2f} | {r['predict_ms']:.0f} | {r['threshold_ms']:.1f} | {r['peak_rss_mb']:.0f} |")
-    if ablation:
-        a = json.loads(Path(ablation).read_text())
-        print()
-        print("| variant | " + " | ".join(COLS) + " |")
-        print("|---" * (len(COLS) + 1) + "|")
-        for name, m in a["results"].items():
-            print(row(name, m))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:3])
