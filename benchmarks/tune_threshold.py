@@ -23,6 +23,7 @@ more than most of the differences compared here, so compare candidates over seve
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 
 import numpy as np
@@ -76,8 +77,8 @@ def main() -> None:
         for i in range(args.cases):
             case = make_phantom(900_000 + i)
             predictor.set_image(case.image, case.spacing)
-            for rng, cls in ((rng, cls) for rng in rngs for cls in (2, 3)):
-                ids, n = instances_of(case.labels, cls, 10)
+            lesions = {cls: instances_of(case.labels, cls, 10) for cls in (2, 3)}  # once per case, not per draw
+            for rng, (cls, (ids, n)) in itertools.product(rngs, lesions.items()):
                 if not n:
                     continue
                 target = ids == int(rng.integers(1, n + 1))
