@@ -58,7 +58,7 @@ def main() -> None:
     p.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)), help="comma-separated")
     p.add_argument("--seeds", default="0",
                    help="comma-separated seeds of the instance and click draw; every draw is scored and the "
-                        "means are over all of them (one draw moves Dice by up to 0.05, README)")
+                        "means are over all of them (measured: draws differ by up to 0.05 Dice on validation, 0.07 on the 40-case table; README)")
     args = p.parse_args()
     volumes = [float(v) for v in args.min_volume.split(",")]
     thresholds = [float(t) for t in args.thresholds.split(",")]
