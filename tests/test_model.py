@@ -242,3 +242,29 @@ def test_winners_equal_the_materialised_softmax(competition):
         ref_fg = best_p
     assert torch.equal(slot, ref_slot) and 0 < (slot > 0).float().mean() < 1
     assert torch.allclose(fg, ref_fg, atol=1e-6)
+
+
+def test_average_weights_script_means_every_tensor(tmp_path):
+    """scripts/average_weights.py: the output holds the mean of each tensor, the first file's
+    metadata plus the sources; files of another architecture are refused."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("average_weights", Path(__file__).parents[1] / "scripts" / "average_weights.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(1)
+    a, b = MIQSAM3D(get_config("tiny")), MIQSAM3D(get_config("tiny"))
+    save_weights(a, tmp_path / "a.safetensors", trained=True, extra={"steps": "7"})
+    save_weights(b, tmp_path / "b.safetensors", trained=True)
+    script.main(str(tmp_path / "mean.safetensors"), str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors"))
+    mean, meta = load_weights(tmp_path / "mean.safetensors")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert any(not torch.equal(sa[k], sb[k]) for k in sa)
+    for k, v in mean.state_dict().items():
+        assert torch.allclose(v, (sa[k] + sb[k]) / 2, atol=1e-6), k
+    assert meta["steps"] == "7" and meta["trained"] == "true" and len(json.loads(meta["averaged_from"])) == 2
+    save_weights(MIQSAM3D(get_config("tiny", gating=False)), tmp_path / "c.safetensors", trained=True)
+    with pytest.raises(WeightsError, match="another config"):
+        script.average([tmp_path / "a.safetensors", tmp_path / "c.safetensors"])
