@@ -27,10 +27,10 @@ DIAMETERS = (("< 6 mm", 0, 6), ("6-8 mm", 6, 8), ("8-12 mm", 8, 12), ("12-20 mm"
 CNRS = (("< 1", -np.inf, 1.0), ("1-1.5", 1.0, 1.5), ("1.5-2", 1.5, 2.0), ("2-3", 2.0, 3.0), (">= 3", 3.0, np.inf))
 
 
-def lesion_rows(case, cls: int, labels: np.ndarray) -> list[dict]:
-    """One row per lesion of ``cls``: diameter, contrast-to-noise and best IoU with ``labels``."""
+def lesion_rows(case, ids: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """One row per lesion (``ids``: one class's instances): diameter, contrast-to-noise and best
+    IoU with the shown instances ``labels``."""
     sp = np.asarray(case.spacing)
-    ids, n = instances_of(case.labels, cls, 10)
     rows = []
     for j, sl in enumerate(ndimage.find_objects(ids), start=1):
         if sl is None:
@@ -78,7 +78,7 @@ def main() -> None:
             depth = ndimage.distance_transform_edt(ids == largest, sampling=case.spacing)
             click = np.unravel_index(int(depth.argmax()), depth.shape)
             labels = predictor.predict([click]).labels(args.threshold)[0]
-            rows[cls] += [dict(r, case=i) for r in lesion_rows(case, cls, labels)]
+            rows[cls] += [dict(r, case=i) for r in lesion_rows(case, ids, labels)]
     for cls, name in ((TUMOUR, "tumours"), (CYST, "cysts")):
         rs = rows[cls]
         if not rs:
