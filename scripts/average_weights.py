@@ -21,18 +21,19 @@ from napari_miqsam.model.weights import load_weights, save_weights
 
 
 def average(paths: list[Path]) -> tuple[torch.nn.Module, dict]:
-    """The first file's model with every floating tensor replaced by the mean over ``paths``."""
+    """The first file's model with every tensor replaced by its mean over ``paths``."""
     if len(paths) < 2:
         raise WeightsError("averaging needs at least two weights files")
     model, meta = load_weights(paths[0])
-    total = {k: v.detach().double().clone() for k, v in model.state_dict().items()}
+    first = model.state_dict()
+    total = {k: v.detach().double().clone() for k, v in first.items()}
     for path in paths[1:]:
         other, other_meta = load_weights(path)
         if json.loads(other_meta["config"]) != json.loads(meta["config"]):
             raise WeightsError(f"{path} has another config than {paths[0]}; only one architecture can be averaged")
         for k, v in other.state_dict().items():
             total[k] += v.detach().double()
-    state = {k: (v / len(paths)).to(model.state_dict()[k].dtype) for k, v in total.items()}
+    state = {k: (v / len(paths)).to(first[k].dtype) for k, v in total.items()}
     model.load_state_dict(state)
     return model, meta
 
