@@ -282,3 +282,62 @@ def test_scale_jitter_prepares_cases_on_grids_around_the_config_spacing():
         assert sorted(c.instance_class[1:].tolist()) == [2, 3]
     with pytest.raises(ValueError, match="scale_jitter"):
         CasePool(4, load, cfg, 2, scale_jitter=-0.1)
+
+
+def _lesion_case(i):
+    labels = np.zeros((30, 30, 30), np.uint8)
+    labels[5:25, 5:25, 5:25] = 1
+    labels[8:16, 8:16, 8:16] = 2
+    labels[18:23, 18:23, 18:23] = 3
+    return np.where(labels == 2, 20.0, 60.0).astype(np.float32), labels, (2.0, 2.0, 2.0), f"c{i}"
+
+
+def test_example_stream_workers_prepare_their_own_shard_of_the_cases(monkeypatch):
+    """Worker 1 of 3 on rank 1 of 2 is shard 4 of 6: it loads cases 4, 10, 16, ... and no other."""
+    from types import SimpleNamespace
+
+    from napari_miqsam.model.config import get_config
+    from napari_miqsam.training import loader
+
+    loaded = []
+
+    def load(i):
+        loaded.append(i)
+        return _lesion_case(i)
+
+    monkeypatch.setattr(loader, "get_worker_info", lambda: SimpleNamespace(id=1, num_workers=3))
+    stream = loader.ExampleStream(60, load, get_config("tiny"), patch=32, pool=6, draws_per_refresh=2, seed=0,
+                                  rank=1, world=2)
+    examples = [ex for _, ex in zip(range(12), stream)]
+    assert len(examples) == 12 and all(ex.image.shape[1:] == (32, 32, 32) for ex in examples)
+    # its third of the pool (2 cases), then a new case after draws 2, 4, 6, 8, 10 (the 12th is not yet resumed)
+    assert len(loaded) == 2 + 5
+    assert all(i % 6 == 4 for i in loaded) and len(set(loaded)) == len(loaded)
+    with pytest.raises(ValueError, match="draws_per_refresh"):
+        loader.ExampleStream(60, load, get_config("tiny"), patch=32, pool=6, draws_per_refresh=0, seed=0)
+
+
+def test_time_budget_ends_training_and_its_cosine():
+    from napari_miqsam.training.loop import TrainOptions, lr_at, progress
+
+    opt = TrainOptions(steps=1000, warmup=10, lr=1e-3, minutes=2.0)
+    assert progress(100, 60.0, opt) == 0.5  # half the budget before a tenth of the steps
+    assert progress(900, 60.0, opt) == 0.9  # steps first
+    assert lr_at(100, opt, 119.0) > 0.02e-3 and lr_at(100, opt, 120.0) == pytest.approx(0.02e-3)
+    assert lr_at(100, opt, 60.0) == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))
+    no_budget = TrainOptions(steps=1000, warmup=10, lr=1e-3)
+    assert progress(100, 1e6, no_budget) == 0.1 and lr_at(100, no_budget, 1e6) == lr_at(100, no_budget)
+
+
+def test_training_from_worker_processes_stops_at_its_time_budget(tmp_path):
+    """The GPU recipe's data path (--workers) and time budget (--minutes), on the CPU."""
+    from napari_miqsam.model.weights import load_weights
+    from napari_miqsam.training.loop import TrainOptions, train
+
+    opt = TrainOptions(config="tiny", data="phantom", out=str(tmp_path), steps=100_000, batch=2, patch=32, pool=4,
+                       cases=8, warmup=1, device="cpu", phantom_shape=(32, 64, 64), workers=2, minutes=0.1)
+    res = train(opt, log=lambda *a: None)
+    assert 1 <= res.steps < 100_000 and 0.1 <= res.minutes < 1.0
+    _, meta = load_weights(res.weights)
+    assert meta["steps"] == str(res.steps)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == res.steps  # saved at the end

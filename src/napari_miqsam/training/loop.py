@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from ..model.weights import init_from, save_weights
 from .losses import LossWeights, set_criterion
 from .refine import refine_loss
 from .sampling import augment, collate, sample_example
+from .loader import ExampleStream, example_batches
 from .sources import CasePool, case_loader
 
 
@@ -55,6 +57,9 @@ class TrainOptions:
     refine_pieces: int = 6  # pieces per example the refiner trains on
     scale_jitter: float = 0.0  # scale augmentation: model grid x [1/(1+J), 1+J] per case (sources.CasePool)
     instance_weight: float = 0.0  # weight of the per-instance likelihood term (losses.LossWeights.instance)
+    workers: int = 0  # processes preparing examples (loader.py); 0: sampled in the training process
+    amp: bool = True  # bf16 autocast on CUDA (--no-amp for GPUs without bf16); CPU runs in float32
+    minutes: float = 0.0  # time budget: stop at `steps` or after this many minutes, whichever comes first
 
 
 @dataclass
@@ -65,11 +70,32 @@ class TrainResult:
     minutes: float
 
 
-def lr_at(step: int, opt: TrainOptions) -> float:
+def progress(step: int, elapsed: float, opt: TrainOptions) -> float:
+    """How far training is, in [0, 1]: by steps, or by time when a budget (``minutes``) runs out first."""
+    by_steps = step / max(1, opt.steps)
+    return max(by_steps, elapsed / (60 * opt.minutes)) if opt.minutes > 0 else by_steps
+
+
+def lr_at(step: int, opt: TrainOptions, elapsed: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps, then a cosine down to 2% of ``lr`` at the end of training
+    (the end by steps, or by the time budget when ``minutes`` is set and comes first)."""
     if step < opt.warmup:
         return opt.lr * (step + 1) / opt.warmup
     t = (step - opt.warmup) / max(1, opt.steps - opt.warmup)
+    if opt.minutes > 0:
+        t = max(t, elapsed / (60 * opt.minutes))
     return opt.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def shared_elapsed(t0: float, device: torch.device, across_ranks: bool) -> float:
+    """Seconds since ``t0``; ``across_ranks`` (torchrun with a time budget): the largest over the
+    ranks, so all ranks agree on the learning rate and on when the budget ends."""
+    elapsed = time.perf_counter() - t0
+    if across_ranks:
+        t = torch.tensor([elapsed], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        elapsed = float(t)
+    return elapsed
 
 
 def save_checkpoint(path: Path, model, optim, step: int, elapsed: float, opt: TrainOptions) -> None:
@@ -122,25 +148,37 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         ddp = model
     n_cases, load = case_loader(opt.data, opt.format, opt.seed, opt.cases, opt.phantom_shape)
     rng = np.random.default_rng(opt.seed * 1000 + rank + step)
-    pool = CasePool(n_cases, load, cfg, opt.pool, rank, world, seed=opt.seed + step, scale_jitter=opt.scale_jitter)
+    if opt.workers > 0:  # examples prepared in worker processes (a GPU outruns one core's sampling)
+        pool = None
+        batches = example_batches(ExampleStream(n_cases, load, cfg, opt.patch, opt.pool, opt.refresh_every * opt.batch,
+                                                opt.seed + step, rank, world, opt.scale_jitter), opt.batch, opt.workers)
+    else:
+        pool = CasePool(n_cases, load, cfg, opt.pool, rank, world, seed=opt.seed + step, scale_jitter=opt.scale_jitter)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    use_amp = device.type == "cuda"
+    use_amp = device.type == "cuda" and opt.amp
     t0 = time.perf_counter() - elapsed
     from tqdm import tqdm
 
-    bar = tqdm(total=opt.steps, initial=step, disable=rank != 0, desc="train", dynamic_ncols=True)
+    quiet = not sys.stderr.isatty()  # a log file (nohup, a GPU job) gets a line every 30 s, not every step
+    bar = tqdm(total=opt.steps, initial=step, disable=rank != 0, desc="train", dynamic_ncols=True,
+               mininterval=30.0 if quiet else 0.1)
     history = []
-    while step < opt.steps:
+    timed_ranks = world > 1 and opt.minutes > 0
+    elapsed = shared_elapsed(t0, device, timed_ranks)
+    while progress(step, elapsed, opt) < 1.0:
         model.train()
         for group in optim.param_groups:
-            group["lr"] = lr_at(step, opt)
-        examples = []
-        while len(examples) < opt.batch:
-            ex = sample_example(pool.pick(), opt.patch, rng)
-            if ex is not None:
-                examples.append(augment(ex, rng))
-        batch = collate(examples)
+            group["lr"] = lr_at(step, opt, elapsed)
+        if pool is None:
+            batch = next(batches)
+        else:
+            examples = []
+            while len(examples) < opt.batch:
+                ex = sample_example(pool.pick(), opt.patch, rng)
+                if ex is not None:
+                    examples.append(augment(ex, rng))
+            batch = collate(examples)
         if opt.refine_only:
             model.eval()  # the frozen network as the Predictor runs it
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -159,18 +197,21 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         gnorm = torch.nn.utils.clip_grad_norm_(params, opt.clip)
         optim.step()
         step += 1
-        if step % opt.refresh_every == 0:
+        if pool is not None and step % opt.refresh_every == 0:
             pool.refresh()
+        lr_used = optim.param_groups[0]["lr"]
+        elapsed = shared_elapsed(t0, device, timed_ranks)
+        done = progress(step, elapsed, opt) >= 1.0
         if rank == 0:
             row = {k: round(float(v.detach()), 4) for k, v in losses.items()}
-            row.update(step=step, lr=lr_at(step - 1, opt), grad_norm=round(float(gnorm), 3), minutes=round((time.perf_counter() - t0) / 60, 2))
+            row.update(step=step, lr=lr_used, grad_norm=round(float(gnorm), 3), minutes=round(elapsed / 60, 2))
             history.append(row)
             bar.update(1)
             bar.set_postfix(loss=row["loss"], dice=row["dice"])
             if step % 50 == 0:
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
-            if step % opt.checkpoint_every == 0 or step == opt.steps:
+            if step % opt.checkpoint_every == 0 or done:
                 save_checkpoint(ckpt, model, optim, step, time.perf_counter() - t0, opt)
             if opt.val_every and step % opt.val_every == 0:
                 log(f"step {step}: validation {validate(model, opt)}")

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Fine-tune the shipped `cpu` network on one GPU from phantoms: two learning rates side by side on
+# the same GPU, each fed by its own worker processes (--workers), each stopped by a time budget
+# (--minutes; the cosine schedule ends there). Used for stage 10 (see the Makefile's train-default
+# and the model card). Usage: bash scripts/gpu_finetune.sh OUT_DIR [MINUTES] [WORKERS_PER_RUN]
+# Runs from the repository root without installing the package (PYTHONPATH=src), so it works on a
+# GPU machine whose Python already has torch, numpy, scipy, safetensors and tqdm.
+set -u -f
+out=${1:?usage: gpu_finetune.sh OUT_DIR [MINUTES] [WORKERS_PER_RUN]}
+minutes=${2:-8}
+workers=${3:-6}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+mkdir -p "$out"
+common=(--config cpu --data phantom --steps 100000 --batch 16 --patch 128 --pool 96 --refresh-every 1
+        --threads 2 --warmup 40 --val-every 0 --checkpoint-every 200 --workers "$workers" --minutes "$minutes"
+        --init src/napari_miqsam/weights/miqsam_cpu.safetensors --ablation '{"spacing": [1.3, 1.3, 1.3]}')
+"${PYTHON:-python3}" -m napari_miqsam.training "${common[@]}" --out "$out/a" --seed 20 --lr 5e-5 >"$out/a.log" 2>&1 &
+"${PYTHON:-python3}" -m napari_miqsam.training "${common[@]}" --out "$out/b" --seed 21 --lr 1.5e-4 >"$out/b.log" 2>&1 &
+wait
+for r in a b; do echo "== run $r"; tail -n 3 "$out/$r.log"; tail -n 1 "$out/$r/log.jsonl" 2>/dev/null; done
