@@ -207,7 +207,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
             row.update(step=step, lr=lr_used, grad_norm=round(float(gnorm), 3), minutes=round(elapsed / 60, 2))
             history.append(row)
             bar.update(1)
-            bar.set_postfix(loss=row["loss"], dice=row["dice"])
+            bar.set_postfix(loss=row["loss"], dice=row["dice"], refresh=False)  # the bar redraws at its own interval
             if step % 50 == 0:
                 with open(out / "log.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
