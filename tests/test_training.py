@@ -341,3 +341,34 @@ def test_training_from_worker_processes_stops_at_its_time_budget(tmp_path):
     _, meta = load_weights(res.weights)
     assert meta["steps"] == str(res.steps)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == res.steps  # saved at the end
+
+
+def _plain_kind_target(classes, lesion_classes=(2, 3)):
+    """kind_target's first step by its definition: a one-hot map of (not a lesion, kinds) pooled."""
+    kind = np.zeros(classes.shape, dtype=np.int64)
+    for k, c in enumerate(lesion_classes, start=1):
+        kind[classes == c] = k
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(kind), len(lesion_classes) + 1).permute(3, 0, 1, 2).float()
+    return torch.nn.functional.avg_pool3d(onehot[None], 2)[0]
+
+
+def test_fast_targets_equal_their_plain_definitions():
+    """instance_occupancy and kind_target pool only what they must; the numbers are those of pooling
+    whole-patch one-hot maps (random blobby lesions, touching the patch border too)."""
+    from scipy import ndimage as ndi
+
+    from napari_miqsam.training.sampling import instance_occupancy, kind_target
+
+    rng = np.random.default_rng(3)
+    for shape in [(32, 40, 48), (16, 16, 24)]:
+        blobs = ndi.gaussian_filter(rng.random(shape), 1.5) > 0.56
+        instances, n = ndi.label(blobs)
+        classes = np.ones(shape, np.uint8)
+        kinds = rng.choice([2, 3], size=n + 1)
+        classes[instances > 0] = kinds[instances[instances > 0]]
+        assert n >= 4
+        ids = [i for i in range(1, n + 1) if i % 3 != 0]  # a subset, as the clicked class's instances
+        plain = torch.nn.functional.avg_pool3d(
+            torch.from_numpy(np.stack([instances == i for i in ids]).astype(np.float32))[None], 2)[0]
+        assert torch.equal(instance_occupancy(instances.astype(np.int32), ids), plain)
+        assert torch.equal(kind_target(classes), _plain_kind_target(classes))

@@ -6,7 +6,8 @@ per 128^3 example), so the loop would wait on the CPU. ``example_batches`` hands
 torch ``DataLoader`` over an endless :class:`ExampleStream`: each worker keeps its own
 :class:`~.sources.CasePool` over its own shard of the cases (shards are ``rank x workers``, so no two
 workers of any rank prepare the same case) and yields augmented examples; the loader collates them
-into batches. With ``workers == 0`` the training loop keeps its in-process sampling instead.
+into batches. With ``workers == 0`` the batches are sampled in the training process from one pool
+(:func:`in_process_batches`), as on a CPU, where the network step takes far longer than sampling.
 """
 
 from __future__ import annotations
@@ -70,3 +71,19 @@ def example_batches(stream: ExampleStream, batch: int, workers: int) -> Iterator
     loader = DataLoader(stream, batch_size=batch, collate_fn=collate, num_workers=workers,
                         prefetch_factor=4, persistent_workers=True, multiprocessing_context="fork")
     return iter(loader)
+
+
+def in_process_batches(pool: CasePool, patch: int, batch: int, rng: np.random.Generator, refresh_every: int,
+                       step: int = 0) -> Iterator[dict]:
+    """Endless collated batches sampled in this process from ``pool``; a case is swapped every
+    ``refresh_every`` batches (counted from training step ``step``, so a resumed run keeps the rhythm)."""
+    while True:
+        examples = []
+        while len(examples) < batch:
+            ex = sample_example(pool.pick(), patch, rng)
+            if ex is not None:
+                examples.append(augment(ex, rng))
+        yield collate(examples)
+        step += 1
+        if step % refresh_every == 0:
+            pool.refresh()

@@ -22,8 +22,7 @@ from ..model.miqsam import MIQSAM3D
 from ..model.weights import init_from, save_weights
 from .losses import LossWeights, set_criterion
 from .refine import refine_loss
-from .sampling import augment, collate, sample_example
-from .loader import ExampleStream, example_batches
+from .loader import ExampleStream, example_batches, in_process_batches
 from .sources import CasePool, case_loader
 
 
@@ -149,11 +148,11 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     n_cases, load = case_loader(opt.data, opt.format, opt.seed, opt.cases, opt.phantom_shape)
     rng = np.random.default_rng(opt.seed * 1000 + rank + step)
     if opt.workers > 0:  # examples prepared in worker processes (a GPU outruns one core's sampling)
-        pool = None
         batches = example_batches(ExampleStream(n_cases, load, cfg, opt.patch, opt.pool, opt.refresh_every * opt.batch,
                                                 opt.seed + step, rank, world, opt.scale_jitter), opt.batch, opt.workers)
     else:
         pool = CasePool(n_cases, load, cfg, opt.pool, rank, world, seed=opt.seed + step, scale_jitter=opt.scale_jitter)
+        batches = in_process_batches(pool, opt.patch, opt.batch, rng, opt.refresh_every, step)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     use_amp = device.type == "cuda" and opt.amp
@@ -170,15 +169,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         model.train()
         for group in optim.param_groups:
             group["lr"] = lr_at(step, opt, elapsed)
-        if pool is None:
-            batch = next(batches)
-        else:
-            examples = []
-            while len(examples) < opt.batch:
-                ex = sample_example(pool.pick(), opt.patch, rng)
-                if ex is not None:
-                    examples.append(augment(ex, rng))
-            batch = collate(examples)
+        batch = next(batches)
         if opt.refine_only:
             model.eval()  # the frozen network as the Predictor runs it
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -197,8 +188,6 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         gnorm = torch.nn.utils.clip_grad_norm_(params, opt.clip)
         optim.step()
         step += 1
-        if pool is not None and step % opt.refresh_every == 0:
-            pool.refresh()
         lr_used = optim.param_groups[0]["lr"]
         elapsed = shared_elapsed(t0, device, timed_ranks)
         done = progress(step, elapsed, opt) >= 1.0
@@ -219,10 +208,12 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     elapsed = time.perf_counter() - t0
     path = out / f"miqsam_{cfg.name}.safetensors"
     if rank == 0:
+        hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
         save_weights(model, path, trained=True, extra={
             "steps": str(step), "train_minutes": f"{elapsed / 60:.1f}", "data": opt.data,
-            "options": json.dumps(asdict(opt)), "world_size": str(world)})
-        log(f"wrote {path} after {step} steps ({elapsed / 60:.1f} min)")
+            "options": json.dumps(asdict(opt)), "world_size": str(world), "hardware": hardware})
+        peak = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
+        log(f"wrote {path} after {step} steps ({elapsed / 60:.1f} min, {step * opt.batch * world / max(elapsed, 1e-9):.1f} examples/s on {hardware}{peak})")
     if world > 1:
         dist.barrier()
     return TrainResult(path, model, step, elapsed / 60)
