@@ -199,3 +199,51 @@ def test_cli_evaluate_model_spacing(tmp_path):
     assert main(["evaluate", str(out), "--no-baselines", "--clicks", "1", "--json", str(js), "--quiet"]) == 0
     assert tuple(json.loads(js.read_text())["model_spacing"]) == inference_spacing(read_metadata(DEFAULT_WEIGHTS))
     assert main(["evaluate", str(out), "--no-baselines", "--model-spacing", "1", "2", "--quiet"]) == 2
+
+
+class _ClickedOnly(_Oracle):
+    """Returns only the instance under the click, so Dice depends on which instance is drawn."""
+
+    def predict(self, positive, negative=()):
+        self.calls["predict"] += 1
+        cls = int(self.labels[tuple(positive[0])])
+        inst, _ = instances_of(self.labels, cls)
+        return _Prediction((inst == inst[tuple(positive[0])]).astype(np.uint16))
+
+
+def test_several_seeds_score_each_draw_on_one_embedding_per_case(cases):
+    singles = [evaluate(cases, _ClickedOnly(cases), clicks=2, seed=k, progress=False) for k in (0, 5)]
+    assert singles[0]["model"]["dice"] != pytest.approx(singles[1]["model"]["dice"])  # the draws differ
+    model = _ClickedOnly(cases)
+    both = evaluate(cases, model, clicks=2, seed=[0, 5], progress=False)
+    assert model.calls["set_image"] == len(cases)  # one embedding per case for both draws
+    assert both["seed"] == [0, 5] and both["n_rows"] == 2 * singles[0]["n_rows"]
+    for k, single in zip(("0", "5"), singles):
+        draw = both["draws"][k]
+        assert draw["model"] == pytest.approx(single["model"])  # each draw is the run with that seed
+        for name in single["baselines"]:
+            assert draw["baselines"][name] == pytest.approx(single["baselines"][name])
+        for cls in single["by_class"]:
+            assert draw["by_class"][cls]["model"] == pytest.approx(single["by_class"][cls]["model"])
+    for metric, value in both["model"].items():
+        if metric != "n_rows":
+            assert value == pytest.approx((singles[0]["model"][metric] + singles[1]["model"][metric]) / 2)
+    parts = [evaluate(cases, _ClickedOnly(cases), clicks=2, seed=[0, 5], progress=False, shard=(r, 2)) for r in range(2)]
+    merged = merge_results(parts)
+    assert merged["model"] == pytest.approx(both["model"]) and merged["draws"]["5"]["model"] == pytest.approx(singles[1]["model"])
+    assert "seeds 0, 5" in format_markdown_table(both) and "Draw 5 alone" in format_markdown_table(both)
+    with pytest.raises(InputError, match="distinct"):
+        evaluate(cases, _ClickedOnly(cases), seed=[1, 1], progress=False)
+
+
+def test_cli_evaluate_several_seeds(tmp_path, capsys):
+    from napari_miqsam.cli import main
+
+    out = tmp_path / "e.json"
+    assert main(["evaluate", "phantom:1:40", "--no-model", "--clicks", "1", "--seed", "0,2", "--quiet",
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["seed"] == [0, 2] and set(res["draws"]) == {"0", "2"}
+    with pytest.raises(SystemExit):
+        main(["evaluate", "phantom:1:40", "--seed", "0,x"])
+    assert "not a seed" in capsys.readouterr().err

@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=None,
                         help="model weights (.safetensors); default: the shipped weights")
     parser.add_argument("--clicks", type=int, default=3, help="clicks per lesion class and case (default 3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the instance and click choice")
+    parser.add_argument("--seed", type=_seed_list, default=[0], metavar="SEED[,SEED...]",
+                        help="seed of the instance and click choice; several (0,1,2) score one draw each on the "
+                        "same embeddings and report the means over all of them, and each draw alone")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help=f"confidence threshold (default {DEFAULT_THRESHOLD})")
     parser.add_argument("--min-volume", type=float, default=DEFAULT_MIN_VOLUME,
                         help=f"hide predicted instances smaller than this many mm³ (default {DEFAULT_MIN_VOLUME:g}; "
@@ -50,6 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the full result (summary and per-case rows) here")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed or a comma-separated list of seeds") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats a seed")
+    return seeds
 
 
 def resolve_cases(data: str, fmt: str = "auto", limit: int | None = None) -> list:
@@ -145,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         cases,
         predictor,
         clicks=args.clicks,
-        seed=args.seed,
+        seed=args.seed if len(args.seed) > 1 else args.seed[0],
         threshold=args.threshold,
         min_volume=args.min_volume,
         min_size=args.min_size,

@@ -12,7 +12,10 @@ Protocol, per case and per lesion class present in it:
    Hungarian), and the wrong-class rate (predicted voxels on lesions of another class);
 4. average over the clicks (and report the std of Dice over the clicks).
 
-The summary is the mean over (case, class) rows. ``shard=(rank, world)`` evaluates
+The summary is the mean over (case, class) rows. Several seeds (``seed=[0, 1, 2]``) score several
+draws of step 1-2 on one embedding per case; each draw is exactly the run with that one seed, the
+summary is the mean over all (case, class, seed) rows (every draw has the same rows, so this is the
+mean of the draws' means), and ``draws`` holds each draw's own summary. ``shard=(rank, world)`` evaluates
 ``cases[rank::world]``; :func:`merge_results` concatenates the rows of the shards and recomputes
 the means, giving the same numbers as a single-process run.
 """
@@ -133,32 +136,49 @@ def _summarise(rows: list[dict], methods: Sequence[str]) -> dict[str, dict[str, 
     return out
 
 
-def _assemble(rows: list[dict], clicks: int, seed: int, threshold: float, extra: dict) -> dict:
-    rows = sorted(rows, key=lambda r: (r["index"], r["class"]))
-    methods = [m for m in METHODS if any(m in r["methods"] for r in rows)]
+def _row_key(row: dict) -> tuple[int, int, int]:
+    return row["index"], row["class"], row.get("seed", 0)
+
+
+def _summaries(rows: list[dict], methods: Sequence[str]) -> dict:
+    """``model``, ``baselines`` and ``by_class`` summaries of ``rows``."""
     summary = _summarise(rows, methods)
-    by_class: dict[str, dict] = {}
-    for cls in sorted({r["class"] for r in rows}):
-        by_class[str(cls)] = _summarise([r for r in rows if r["class"] == cls], methods)
-    return {
-        "model": summary.get("model", {}),
-        "baselines": {m: summary[m] for m in methods if m != "model"},
-        "by_class": by_class,
+    by_class = {str(cls): _summarise([r for r in rows if r["class"] == cls], methods)
+                for cls in sorted({r["class"] for r in rows})}
+    return {"model": summary.get("model", {}), "baselines": {m: summary[m] for m in methods if m != "model"},
+            "by_class": by_class}
+
+
+def _assemble(rows: list[dict], clicks: int, seeds: Sequence[int], threshold: float, extra: dict) -> dict:
+    rows = sorted(rows, key=_row_key)
+    methods = [m for m in METHODS if any(m in r["methods"] for r in rows)]
+    out = {
+        **_summaries(rows, methods),
         "cases": rows,
         "n_cases": len({r["index"] for r in rows}),
         "n_rows": len(rows),
         "clicks": int(clicks),
-        "seed": int(seed),
+        "seed": int(seeds[0]) if len(seeds) == 1 else [int(s) for s in seeds],
         "threshold": float(threshold),
         **extra,
     }
+    if len(seeds) > 1:
+        out["draws"] = {str(s): _summaries([r for r in rows if r.get("seed", 0) == s], methods) for s in seeds}
+    return out
+
+
+def _seeds(seed: int | Sequence[int]) -> list[int]:
+    seeds = [int(seed)] if np.ndim(seed) == 0 else [int(s) for s in seed]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise InputError(f"seed must be one seed or distinct seeds, got {seed}")
+    return seeds
 
 
 def evaluate(
     cases: Iterable[Any],
     predictor: Any = None,
     clicks: int = 3,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     threshold: float = DEFAULT_THRESHOLD,
     lesion_classes: Sequence[int] | None = None,
     min_size: int = 10,
@@ -178,7 +198,8 @@ def evaluate(
             ``Prediction.labels(threshold, min_volume) -> (uint16 instance labels in the original
             grid, table)``; or a zero-argument factory returning one; or None (baselines only).
         clicks: clicks per (case, class), modes cycling center / interior / boundary.
-        seed: seeds the instance choice and the clicks (per case: ``(seed, case index)``).
+        seed: seeds the instance choice and the clicks (per case: ``(seed, case index)``); several
+            seeds score one draw each on the same embedding, and the summary is their mean.
         threshold: confidence threshold passed to ``Prediction.labels``.
         lesion_classes: classes to prompt (those present in each case); None = every label
             value >= 2 present (or 1 if it is the only one).
@@ -193,7 +214,8 @@ def evaluate(
     Returns:
         ``{"model": {metric: mean}, "baselines": {"region_grow": {...}, "threshold_cc":
         {...}}, "by_class": {...}, "cases": [rows], "n_cases", "n_rows", "clicks", "seed",
-        "threshold", "shard"}``; each row has ``case``, ``index``, ``class``,
+        "threshold", "shard"}`` (and ``"draws": {seed: {"model", "baselines", "by_class"}}`` with
+        several seeds); each row has ``case``, ``index``, ``class``, ``seed``,
         ``n_gt_instances``, ``target_voxels``, ``points``, timings and ``methods`` ->
         {method: {metric: mean over clicks, "dice_std_over_clicks", "dice_per_click"}}.
     """
@@ -201,6 +223,7 @@ def evaluate(
 
     if clicks < 1:
         raise InputError(f"clicks must be >= 1, got {clicks}")
+    seeds = _seeds(seed)
     all_cases = list(cases)
     rank, world = (0, 1) if shard is None else (int(shard[0]), int(shard[1]))
     if world < 1 or not 0 <= rank < world:
@@ -212,11 +235,11 @@ def evaluate(
     for index in bar:
         case = _load(all_cases[index])
         rows.extend(
-            _evaluate_case(case, index, model, clicks, seed, (threshold, min_volume), lesion_classes,
+            _evaluate_case(case, index, model, clicks, seeds, (threshold, min_volume), lesion_classes,
                            min_size, baselines, iou)
         )
     bar.close()
-    return _assemble(rows, clicks, seed, threshold, {"shard": [rank, world], "min_volume": float(min_volume)})
+    return _assemble(rows, clicks, seeds, threshold, {"shard": [rank, world], "min_volume": float(min_volume)})
 
 
 def _evaluate_case(
@@ -224,7 +247,7 @@ def _evaluate_case(
     index: int,
     model: Any,
     clicks: int,
-    seed: int,
+    seeds: Sequence[int],
     shown: tuple[float, float],
     lesion_classes: Sequence[int] | None,
     min_size: int,
@@ -234,7 +257,6 @@ def _evaluate_case(
     image = np.asarray(case.image, np.float32)
     labels = np.asarray(case.labels)
     spacing = tuple(float(s) for s in case.spacing)
-    rng = np.random.default_rng([int(seed), int(index)])
     present = lesion_classes_in(labels)
     classes = [c for c in (lesion_classes if lesion_classes is not None else present) if c in present]
     todo = []
@@ -251,51 +273,54 @@ def _evaluate_case(
         embed_s = time.perf_counter() - t0
     smoothed = denoise(image, spacing) if baselines else None
     rows = []
-    for cls, inst, n in todo:
-        target = int(rng.integers(1, n + 1))
-        tmask = inst == target
-        per: dict[str, list[dict]] = {}
-        points = []
-        predict_s = []
-        for i in range(clicks):
-            mode = CLICK_MODES[i % len(CLICK_MODES)]
-            point = simulate_click(tmask, mode, rng, spacing)
-            points.append({"point": list(point), "mode": mode})
-            if model is not None:
-                t0 = time.perf_counter()
-                prediction = model.predict(positive=[point], negative=[])
-                lab, _table = prediction.labels(*shown)
-                predict_s.append(time.perf_counter() - t0)
-                per.setdefault("model", []).append(
-                    score(np.asarray(lab), labels, cls, spacing, inst, min_size, iou))
-            if baselines:
-                rg, window = grow_with_window(image, point, spacing, smoothed=smoothed)
-                per.setdefault("region_grow", []).append(
-                    score(rg, labels, cls, spacing, inst, min_size, iou))
-                tc = threshold_cc(image, point, spacing, smoothed=smoothed, seed_mask=rg,
-                                  window=window)
-                per.setdefault("threshold_cc", []).append(
-                    score(tc, labels, cls, spacing, inst, min_size, iou))
-        methods = {}
-        for m, scores in per.items():
-            agg = {k: float(np.mean([s[k] for s in scores])) for k in METRICS}
-            d = [s["dice"] for s in scores]
-            agg["dice_std_over_clicks"] = float(np.std(d))
-            agg["dice_per_click"] = [float(x) for x in d]
-            methods[m] = agg
-        rows.append({
-            "case": case.name,
-            "index": int(index),
-            "class": int(cls),
-            "n_gt_instances": int(n),
-            "target_voxels": int(tmask.sum()),
-            "spacing": list(spacing),
-            "shape": [int(s) for s in image.shape],
-            "points": points,
-            "embed_s": embed_s,
-            "predict_s": float(np.mean(predict_s)) if predict_s else float("nan"),
-            "methods": methods,
-        })
+    for seed in seeds:
+        rng = np.random.default_rng([int(seed), int(index)])  # one stream per draw, as a run with that seed
+        for cls, inst, n in todo:
+            target = int(rng.integers(1, n + 1))
+            tmask = inst == target
+            per: dict[str, list[dict]] = {}
+            points = []
+            predict_s = []
+            for i in range(clicks):
+                mode = CLICK_MODES[i % len(CLICK_MODES)]
+                point = simulate_click(tmask, mode, rng, spacing)
+                points.append({"point": list(point), "mode": mode})
+                if model is not None:
+                    t0 = time.perf_counter()
+                    prediction = model.predict(positive=[point], negative=[])
+                    lab, _table = prediction.labels(*shown)
+                    predict_s.append(time.perf_counter() - t0)
+                    per.setdefault("model", []).append(
+                        score(np.asarray(lab), labels, cls, spacing, inst, min_size, iou))
+                if baselines:
+                    rg, window = grow_with_window(image, point, spacing, smoothed=smoothed)
+                    per.setdefault("region_grow", []).append(
+                        score(rg, labels, cls, spacing, inst, min_size, iou))
+                    tc = threshold_cc(image, point, spacing, smoothed=smoothed, seed_mask=rg,
+                                      window=window)
+                    per.setdefault("threshold_cc", []).append(
+                        score(tc, labels, cls, spacing, inst, min_size, iou))
+            methods = {}
+            for m, scores in per.items():
+                agg = {k: float(np.mean([s[k] for s in scores])) for k in METRICS}
+                d = [s["dice"] for s in scores]
+                agg["dice_std_over_clicks"] = float(np.std(d))
+                agg["dice_per_click"] = [float(x) for x in d]
+                methods[m] = agg
+            rows.append({
+                "case": case.name,
+                "index": int(index),
+                "class": int(cls),
+                "seed": int(seed),
+                "n_gt_instances": int(n),
+                "target_voxels": int(tmask.sum()),
+                "spacing": list(spacing),
+                "shape": [int(s) for s in image.shape],
+                "points": points,
+                "embed_s": embed_s,
+                "predict_s": float(np.mean(predict_s)) if predict_s else float("nan"),
+                "methods": methods,
+            })
     return rows
 
 
@@ -308,12 +333,12 @@ def merge_results(partials: Sequence[dict]) -> dict:
     seen = set()
     unique = []
     for r in rows:
-        key = (r["index"], r["class"])
+        key = _row_key(r)
         if key not in seen:
             seen.add(key)
             unique.append(r)
     first = partials[0]
-    return _assemble(unique, first["clicks"], first["seed"], first.get("threshold", DEFAULT_THRESHOLD),
+    return _assemble(unique, first["clicks"], _seeds(first["seed"]), first.get("threshold", DEFAULT_THRESHOLD),
                      {"shard": [0, 1], "merged_from": len(partials),
                       "min_volume": first.get("min_volume", DEFAULT_MIN_VOLUME)})
 
@@ -350,7 +375,7 @@ def format_markdown_table(result: dict) -> str:
     out = [
         f"One-click evaluation: {result.get('n_cases', 0)} cases, {result.get('n_rows', 0)} "
         f"(case, class) rows, {result.get('clicks')} clicks each "
-        f"(center/interior/boundary), seed {result.get('seed')}, threshold "
+        f"(center/interior/boundary), {_seed_words(result.get('seed'))}, threshold "
         f"{result.get('threshold', DEFAULT_THRESHOLD)}, min volume {result.get('min_volume', 0):g} mm³",
         "",
         *table(summary),
@@ -359,4 +384,12 @@ def format_markdown_table(result: dict) -> str:
     if len(by_class) > 1:
         for cls, s in by_class.items():
             out += ["", f"Class {cls}:", "", *table(s)]
+    for seed, draw in result.get("draws", {}).items():
+        out += ["", f"Draw {seed} alone:", "", *table({"model": draw["model"], **draw["baselines"]})]
     return "\n".join(out) + "\n"
+
+
+def _seed_words(seed) -> str:
+    if isinstance(seed, list):
+        return f"seeds {', '.join(map(str, seed))} (each a draw of the clicked instances and clicks; means over all)"
+    return f"seed {seed}"
