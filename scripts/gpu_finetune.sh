@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Fine-tune the shipped `cpu` network on one GPU from phantoms: two learning rates side by side on
 # the same GPU, each fed by its own worker processes (--workers), each stopped by a time budget
-# (--minutes; the cosine schedule ends there). Used for stage 10 (see the Makefile's train-default
-# and the model card). Usage: bash scripts/gpu_finetune.sh OUT_DIR [MINUTES] [WORKERS_PER_RUN]
+# (--minutes; the cosine schedule ends there). Run once, 2026-12-04 (code at bcf2d97), as
+# `bash scripts/gpu_finetune.sh OUT 8 6` on one H200: neither run beat stage 9 (README Results, "The
+# first GPU run"; model card evaluation.candidates_not_shipped).
+# Usage: bash scripts/gpu_finetune.sh OUT_DIR [MINUTES] [WORKERS_PER_RUN]
 # Runs from the repository root without installing the package (PYTHONPATH=src), so it works on a
 # GPU machine whose Python already has torch, numpy, scipy, safetensors and tqdm.
 set -u -f
