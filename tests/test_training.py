@@ -313,6 +313,8 @@ def test_example_stream_workers_prepare_their_own_shard_of_the_cases(monkeypatch
     # its third of the pool (2 cases), then a new case after draws 2, 4, 6, 8, 10 (the 12th is not yet resumed)
     assert len(loaded) == 2 + 5
     assert all(i % 6 == 4 for i in loaded) and len(set(loaded)) == len(loaded)
+    with pytest.raises(ValueError, match="more shards than the 60 cases"):
+        loader.example_batches(stream, batch=2, workers=31)  # 31 workers x 2 ranks
     with pytest.raises(ValueError, match="draws_per_refresh"):
         loader.ExampleStream(60, load, get_config("tiny"), patch=32, pool=6, draws_per_refresh=0, seed=0)
 

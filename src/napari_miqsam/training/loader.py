@@ -1,8 +1,8 @@
 """Training examples drawn in background worker processes (``--workers N``).
 
 On a GPU the network step takes a fraction of the time one whole-case example takes to prepare on
-one CPU core (phantom generation, resampling, cropping, click simulation, augmentation: about 0.15 s
-per 128^3 example), so the loop would wait on the CPU. ``example_batches`` hands that work to a
+one CPU core (phantom generation, resampling, cropping, click simulation, augmentation: about 0.1 s
+per whole-phantom example of the `cpu` config, more for larger grids), so the loop would wait on the CPU. ``example_batches`` hands that work to a
 torch ``DataLoader`` over an endless :class:`ExampleStream`: each worker keeps its own
 :class:`~.sources.CasePool` over its own shard of the cases (shards are ``rank x workers``, so no two
 workers of any rank prepare the same case) and yields augmented examples; the loader collates them
@@ -48,7 +48,8 @@ class ExampleStream(IterableDataset):
 
     def __iter__(self) -> Iterator[Example]:
         shard, shards, workers = self.shard()
-        torch.set_num_threads(1)  # the workers share the machine's cores
+        if get_worker_info() is not None:
+            torch.set_num_threads(1)  # the workers share the machine's cores
         pool = CasePool(self.n_cases, self.load, self.cfg, max(1, self.pool // workers), shard, shards,
                         seed=self.seed, scale_jitter=self.scale_jitter)
         rng = np.random.default_rng([self.seed, shard])
@@ -67,6 +68,9 @@ def example_batches(stream: ExampleStream, batch: int, workers: int) -> Iterator
     """Endless collated batches of ``batch`` examples, prepared by ``workers`` processes."""
     if workers < 1:
         raise ValueError(f"example_batches needs at least one worker, got {workers}")
+    if stream.world * workers > stream.n_cases:
+        raise ValueError(f"{workers} workers x {stream.world} processes make more shards than the {stream.n_cases} "
+                         "cases; use fewer workers")
     # fork: the case loader may be a closure (phantom seeds), which the other start methods cannot pickle
     loader = DataLoader(stream, batch_size=batch, collate_fn=collate, num_workers=workers,
                         prefetch_factor=4, persistent_workers=True, multiprocessing_context="fork")
