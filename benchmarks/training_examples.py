@@ -35,12 +35,11 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = get_config(args.config, spacing=(args.spacing,) * 3)
     for workers in (int(w) for w in args.workers.split(",")):
+        n, load = case_loader("phantom", seed=args.seed)
         if workers:
-            n, load = case_loader("phantom", seed=args.seed)
             batches = example_batches(ExampleStream(n, load, cfg, args.patch, args.pool, args.refresh_every * args.batch,
                                                     args.seed), args.batch, workers)
         else:
-            n, load = case_loader("phantom", seed=args.seed)
             batches = in_process_batches(CasePool(n, load, cfg, args.pool, seed=args.seed), args.patch, args.batch,
                                          np.random.default_rng(args.seed), args.refresh_every)
         next(batches)  # warm-up: pools filled, workers started

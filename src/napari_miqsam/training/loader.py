@@ -52,16 +52,18 @@ class ExampleStream(IterableDataset):
             torch.set_num_threads(1)  # the workers share the machine's cores
         pool = CasePool(self.n_cases, self.load, self.cfg, max(1, self.pool // workers), shard, shards,
                         seed=self.seed, scale_jitter=self.scale_jitter)
-        rng = np.random.default_rng([self.seed, shard])
-        drawn = 0
-        while True:
-            ex = sample_example(pool.pick(), self.patch, rng)
-            if ex is None:
-                continue
-            yield augment(ex, rng)
-            drawn += 1
+        for drawn, ex in enumerate(examples(pool, self.patch, np.random.default_rng([self.seed, shard])), start=1):
+            yield ex
             if drawn % self.draws_per_refresh == 0:
                 pool.refresh()
+
+
+def examples(pool: CasePool, patch: int, rng: np.random.Generator) -> Iterator[Example]:
+    """Endless augmented examples from ``pool`` (a case without a lesion is drawn again)."""
+    while True:
+        ex = sample_example(pool.pick(), patch, rng)
+        if ex is not None:
+            yield augment(ex, rng)
 
 
 def example_batches(stream: ExampleStream, batch: int, workers: int) -> Iterator[dict]:
@@ -81,13 +83,9 @@ def in_process_batches(pool: CasePool, patch: int, batch: int, rng: np.random.Ge
                        step: int = 0) -> Iterator[dict]:
     """Endless collated batches sampled in this process from ``pool``; a case is swapped every
     ``refresh_every`` batches (counted from training step ``step``, so a resumed run keeps the rhythm)."""
+    draw = examples(pool, patch, rng)
     while True:
-        examples = []
-        while len(examples) < batch:
-            ex = sample_example(pool.pick(), patch, rng)
-            if ex is not None:
-                examples.append(augment(ex, rng))
-        yield collate(examples)
+        yield collate([next(draw) for _ in range(batch)])
         step += 1
         if step % refresh_every == 0:
             pool.refresh()

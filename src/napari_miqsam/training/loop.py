@@ -69,10 +69,14 @@ class TrainResult:
     minutes: float
 
 
+def budget_used(elapsed: float, opt: TrainOptions) -> float:
+    """The fraction of the time budget (``minutes``) spent after ``elapsed`` seconds; 0 without one."""
+    return elapsed / (60 * opt.minutes) if opt.minutes > 0 else 0.0
+
+
 def progress(step: int, elapsed: float, opt: TrainOptions) -> float:
     """How far training is, in [0, 1]: by steps, or by time when a budget (``minutes``) runs out first."""
-    by_steps = step / max(1, opt.steps)
-    return max(by_steps, elapsed / (60 * opt.minutes)) if opt.minutes > 0 else by_steps
+    return max(step / max(1, opt.steps), budget_used(elapsed, opt))
 
 
 def lr_at(step: int, opt: TrainOptions, elapsed: float = 0.0) -> float:
@@ -80,9 +84,7 @@ def lr_at(step: int, opt: TrainOptions, elapsed: float = 0.0) -> float:
     (the end by steps, or by the time budget when ``minutes`` is set and comes first)."""
     if step < opt.warmup:
         return opt.lr * (step + 1) / opt.warmup
-    t = (step - opt.warmup) / max(1, opt.steps - opt.warmup)
-    if opt.minutes > 0:
-        t = max(t, elapsed / (60 * opt.minutes))
+    t = max((step - opt.warmup) / max(1, opt.steps - opt.warmup), budget_used(elapsed, opt))
     return opt.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
@@ -165,7 +167,8 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     history = []
     timed_ranks = world > 1 and opt.minutes > 0
     elapsed = shared_elapsed(t0, device, timed_ranks)
-    while progress(step, elapsed, opt) < 1.0:
+    done = progress(step, elapsed, opt) >= 1.0
+    while not done:
         model.train()
         for group in optim.param_groups:
             group["lr"] = lr_at(step, opt, elapsed)
