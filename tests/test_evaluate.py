@@ -247,3 +247,5 @@ def test_cli_evaluate_several_seeds(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "phantom:1:40", "--seed", "0,x"])
     assert "not a seed" in capsys.readouterr().err
+    assert main(["evaluate", "phantom:1:40", "--no-model", "--seed", "1,1", "--quiet"]) != 0
+    assert "distinct seeds" in capsys.readouterr().err
