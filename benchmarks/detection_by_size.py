@@ -21,16 +21,19 @@ from scipy import ndimage
 
 from napari_miqsam.data.instances import instances_of
 from napari_miqsam.data.phantom import CYST, TUMOUR, make_phantom
+from napari_miqsam.evaluation.detectability import lesion_visibility
 from napari_miqsam.inference.predictor import Predictor
 
 DIAMETERS = (("< 6 mm", 0, 6), ("6-8 mm", 6, 8), ("8-12 mm", 8, 12), ("12-20 mm", 12, 20), (">= 20 mm", 20, np.inf))
 CNRS = (("< 1", -np.inf, 1.0), ("1-1.5", 1.0, 1.5), ("1.5-2", 1.5, 2.0), ("2-3", 2.0, 3.0), (">= 3", 3.0, np.inf))
+D_PRIMES = (("< 3", -np.inf, 3.0), ("3-5", 3.0, 5.0), ("5-10", 5.0, 10.0), (">= 10 or not measured", 10.0, np.inf))
 
 
 def lesion_rows(case, ids: np.ndarray, labels: np.ndarray) -> list[dict]:
-    """One row per lesion (``ids``: one class's instances): diameter, contrast-to-noise and best
+    """One row per lesion (``ids``: one class's instances): diameter, contrast-to-noise, d' and best
     IoU with the shown instances ``labels``."""
     sp = np.asarray(case.spacing)
+    d_prime = {v.label: v.d_prime for v in lesion_visibility(case.image, case.labels, ids, case.spacing)}
     rows = []
     for j, sl in enumerate(ndimage.find_objects(ids), start=1):
         if sl is None:
@@ -43,14 +46,15 @@ def lesion_rows(case, ids: np.ndarray, labels: np.ndarray) -> list[dict]:
         values = case.image[pad]
         cnr = (values[ring].mean() - values[m[pad]].mean()) / max(float(values[ring].std()), 1e-3) if ring.any() else np.nan
         rows.append({"diameter_mm": float(2 * (3 * m.sum() * sp.prod() / (4 * np.pi)) ** (1 / 3)),
-                     "cnr": float(cnr), "iou": float(max(ious, default=0.0))})
+                     "cnr": float(cnr), "d_prime": d_prime[j] if np.isfinite(d_prime[j]) else np.inf,
+                     "iou": float(max(ious, default=0.0))})
     return rows
 
 
 def summary(rows: list[dict], key: str, bins) -> list[str]:
     out = []
     for name, lo, hi in bins:
-        sel = [r for r in rows if lo <= r[key] < hi]
+        sel = [r for r in rows if lo <= r[key] < hi or (hi == np.inf and r[key] == np.inf)]
         if sel:
             found = np.mean([r["iou"] >= 0.5 for r in sel])
             touched = np.mean([r["iou"] > 0 for r in sel])
@@ -85,7 +89,7 @@ def main() -> None:
             continue
         print(f"{name}: {len(rs)}, found {np.mean([r['iou'] >= 0.5 for r in rs]):.2f}, "
               f"touched {np.mean([r['iou'] > 0 for r in rs]):.2f}")
-        print("\n".join(summary(rs, "diameter_mm", DIAMETERS) + summary(rs, "cnr", CNRS)))
+        print("\n".join(summary(rs, "diameter_mm", DIAMETERS) + summary(rs, "cnr", CNRS) + summary(rs, "d_prime", D_PRIMES)))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"tumour": rows[TUMOUR], "cyst": rows[CYST]}, fh, indent=1)
