@@ -374,3 +374,29 @@ def test_fast_targets_equal_their_plain_definitions():
             torch.from_numpy(np.stack([instances == i for i in ids]).astype(np.float32))[None], 2)[0]
         assert torch.equal(instance_occupancy(instances.astype(np.int32), ids), plain)
         assert torch.equal(kind_target(classes), _plain_kind_target(classes))
+
+
+def test_kind_weight_scales_the_kind_term_and_reaches_the_loop(monkeypatch):
+    """--kind-weight W: the total grows by (W - 1) x the kind loss, and the CLI passes W on."""
+    torch.manual_seed(0)
+    t = torch.zeros(1, 8, 8, 8)
+    t[0, 2:5, 2:5, 2:5] = 1.0
+    out = [LayerOutput(torch.randn(1, 3, 8, 8, 8), torch.zeros(1, 3), torch.zeros(1, 1, 8, 8, 8), True)]
+    sal, sal_t = torch.zeros(1, 1, 8, 8, 8), torch.zeros(1, 1, 8, 8, 8)
+    kind_logits = torch.randn(1, 3, 8, 8, 8)
+    kind_t = torch.zeros(1, 3, 8, 8, 8)
+    kind_t[:, 0] = 1.0
+    kind_t[:, 0, 2:5, 2:5, 2:5], kind_t[:, 1, 2:5, 2:5, 2:5] = 0.0, 1.0
+    one = set_criterion(out, [t], sal, sal_t, kind_logits, kind_t, w=LossWeights(kind=1.0))
+    four = set_criterion(out, [t], sal, sal_t, kind_logits, kind_t, w=LossWeights(kind=4.0))
+    assert one["kind"] > 0
+    assert torch.isclose(four["loss"] - one["loss"], 3 * one["kind"])
+
+    import napari_miqsam.training.loop as loop
+    from napari_miqsam.cli import main
+
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda opt, *a, **k: seen.append(opt))
+    assert main(["train", "--config", "tiny", "--steps", "1", "--kind-weight", "4"]) == 0
+    assert main(["train", "--config", "tiny", "--steps", "1"]) == 0
+    assert [o.kind_weight for o in seen] == [4.0, LossWeights.kind]

@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="scale augmentation: each case on a model grid of the config's spacing times [1/(1+J), 1+J] (0: off)")
     p.add_argument("--instance-weight", type=float, default=d.instance_weight,
                    help="weight of a per-lesion likelihood term, so small lesions weigh as much as large ones (0: off)")
+    p.add_argument("--kind-weight", type=float, default=d.kind_weight,
+                   help="weight of the encoder's lesion-kind loss (tumour vs cyst vs background; default %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="processes preparing training examples per training process (0: in the training process; a GPU needs several)")
     p.add_argument("--minutes", type=float, default=d.minutes,
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         init=str(DEFAULT_WEIGHTS) if args.init == "default" else args.init,
         device=args.device, threads=args.threads, ablation=json.loads(args.ablation),
         refine_only=args.refine_only, refine_pieces=args.refine_pieces, scale_jitter=args.scale_jitter,
-        instance_weight=args.instance_weight, workers=args.workers, minutes=args.minutes,
+        instance_weight=args.instance_weight, kind_weight=args.kind_weight, workers=args.workers, minutes=args.minutes,
         amp=args.amp,
     )
     train(opt)

@@ -56,6 +56,7 @@ class TrainOptions:
     refine_pieces: int = 6  # pieces per example the refiner trains on
     scale_jitter: float = 0.0  # scale augmentation: model grid x [1/(1+J), 1+J] per case (sources.CasePool)
     instance_weight: float = 0.0  # weight of the per-instance likelihood term (losses.LossWeights.instance)
+    kind_weight: float = LossWeights.kind  # weight of the encoder's lesion-kind loss (losses.LossWeights.kind)
     workers: int = 0  # processes preparing examples (loader.py); 0: sampled in the training process
     amp: bool = True  # bf16 autocast on CUDA (--no-amp for GPUs without bf16); CPU runs in float32
     minutes: float = 0.0  # time budget: stop at `steps` or after this many minutes, whichever comes first
@@ -183,7 +184,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
                 emb, outputs = ddp(batch["image"].to(device), batch["points"].to(device), batch["labels"].to(device), batch["valid"].to(device))
                 losses = set_criterion(outputs, [t.to(device) for t in batch["targets"]], emb.saliency_logits,
                                        batch["saliency"].to(device), emb.kind_logits, batch["kinds"].to(device),
-                                       LossWeights(instance=opt.instance_weight))
+                                       LossWeights(instance=opt.instance_weight, kind=opt.kind_weight))
         optim.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if opt.refine_only and world > 1:
