@@ -55,7 +55,7 @@ def main() -> None:
     for cls, name in ((TUMOUR, "tumours"), (CYST, "cysts")):
         ls = [r for r in lesions if r["cls"] == cls]
         print(f"{name}: {len(ls)}; median d' {np.nanmedian([r['d_prime'] for r in ls]):.1f}")
-        print("  diameter   | n  | median d' | d' < 2 | d' < 3 | d' < 5 | no room for a null (large)")
+        print("  diameter   | n  | median d' | d' < 2 | d' < 3 | d' < 5 | not measured (large, or on the organ surface)")
         for label, lo, hi in DIAMETERS:
             sel = [r for r in ls if lo <= r["diameter_mm"] < hi]
             if not sel:

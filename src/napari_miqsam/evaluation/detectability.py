@@ -44,12 +44,14 @@ class Visibility:
     null_std: float
     n_null: int
     places: float  # organ voxels / lesion voxels: independent places a searcher must look
-    d_prime: float  # NaN when the organ has no room for MIN_NULL lesion-free placements
+    d_prime: float  # NaN: no room in the organ for MIN_NULL lesion-free placements, or the lesion's
+    # own ring is mostly outside the organ (a lesion on its surface)
 
 
-def _shell(mask: np.ndarray, spacing: Sequence[float], ring_mm: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+def _shell(mask: np.ndarray, spacing: Sequence[float],
+           ring_mm: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Voxel offsets (relative to the box corner) of a lesion mask and of its ring, in a box
-    padded by the ring's outer radius."""
+    padded by the ring's outer radius; and that padding (voxels per axis)."""
     sp = np.asarray(spacing, float)
     pad = np.ceil(ring_mm[1] / sp).astype(int) + 1
     box = np.pad(mask, [(p, p) for p in pad])
@@ -135,8 +137,9 @@ def lesion_visibility(image: np.ndarray, labels: np.ndarray, lesions: np.ndarray
 
 def search_recall(v: Visibility, false_positives: float = 0.1) -> float:
     """Probability that an observer who knows the lesion's shape, searching every place in the
-    organ with ``false_positives`` expected false alarms, finds it: ``Phi(d' - z)``. A lesion with
-    no null (NaN d': no lesion-free room for its shape, i.e. a large lesion) counts as found."""
+    organ with ``false_positives`` expected false alarms, finds it: ``Phi(d' - z)``. A lesion whose
+    d' could not be measured (NaN: too large for a null, or on the organ's surface) counts as found,
+    so the yardstick errs on the generous side."""
     if not np.isfinite(v.d_prime):
         return 1.0
     z = norm.isf(false_positives / max(v.places, 1.0))
