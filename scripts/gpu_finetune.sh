@@ -4,18 +4,21 @@
 # (--minutes; the cosine schedule ends there). Run once, 2026-12-04 (code at bcf2d97), as
 # `bash scripts/gpu_finetune.sh OUT 8 6` on one H200: neither run beat stage 9 (README Results, "The
 # first GPU run"; model card evaluation.candidates_not_shipped).
-# Usage: bash scripts/gpu_finetune.sh OUT_DIR [MINUTES] [WORKERS_PER_RUN]
+# Usage: bash scripts/gpu_finetune.sh OUT_DIR [MINUTES] [WORKERS_PER_RUN] [TRAINING FLAGS...]
+# Flags after the third argument go to both runs, e.g. `bash scripts/gpu_finetune.sh OUT 8 6
+# --kind-weight 4` (the kind-weighted run that 50 CPU minutes could not make better; README Results).
 # Runs from the repository root without installing the package (PYTHONPATH=src), so it works on a
 # GPU machine whose Python already has torch, numpy, scipy, safetensors and tqdm.
 set -u -f
 out=${1:?usage: gpu_finetune.sh OUT_DIR [MINUTES] [WORKERS_PER_RUN]}
 minutes=${2:-8}
 workers=${3:-6}
+shift $(( $# < 3 ? $# : 3 ))
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 mkdir -p "$out"
 common=(--config cpu --data phantom --steps 100000 --batch 16 --patch 128 --pool 96 --refresh-every 1
         --threads 2 --warmup 40 --val-every 0 --checkpoint-every 200 --workers "$workers" --minutes "$minutes"
-        --init src/napari_miqsam/weights/miqsam_cpu.safetensors --ablation '{"spacing": [1.3, 1.3, 1.3]}')
+        --init src/napari_miqsam/weights/miqsam_cpu.safetensors --ablation '{"spacing": [1.3, 1.3, 1.3]}' "$@")
 "${PYTHON:-python3}" -m napari_miqsam.training "${common[@]}" --out "$out/a" --seed 20 --lr 5e-5 >"$out/a.log" 2>&1 &
 "${PYTHON:-python3}" -m napari_miqsam.training "${common[@]}" --out "$out/b" --seed 21 --lr 1.5e-4 >"$out/b.log" 2>&1 &
 wait
