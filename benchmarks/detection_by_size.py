@@ -33,7 +33,7 @@ def lesion_rows(case, ids: np.ndarray, labels: np.ndarray) -> list[dict]:
     """One row per lesion (``ids``: one class's instances): diameter, contrast-to-noise, d' and best
     IoU with the shown instances ``labels``."""
     sp = np.asarray(case.spacing)
-    d_prime = {v.label: v.d_prime for v in lesion_visibility(case.image, case.labels, ids, case.spacing)}
+    vis = {v.label: v for v in lesion_visibility(case.image, case.labels, ids, case.spacing)}
     rows = []
     for j, sl in enumerate(ndimage.find_objects(ids), start=1):
         if sl is None:
@@ -45,8 +45,9 @@ def lesion_rows(case, ids: np.ndarray, labels: np.ndarray) -> list[dict]:
         ring = (outside > 1.5) & (outside < 5.0) & (case.labels[pad] == 1)
         values = case.image[pad]
         cnr = (values[ring].mean() - values[m[pad]].mean()) / max(float(values[ring].std()), 1e-3) if ring.any() else np.nan
-        rows.append({"diameter_mm": float(2 * (3 * m.sum() * sp.prod() / (4 * np.pi)) ** (1 / 3)),
-                     "cnr": float(cnr), "d_prime": d_prime[j] if np.isfinite(d_prime[j]) else np.inf,
+        d_prime = vis[j].d_prime
+        rows.append({"diameter_mm": vis[j].diameter_mm,
+                     "cnr": float(cnr), "d_prime": d_prime if np.isfinite(d_prime) else np.inf,
                      "iou": float(max(ious, default=0.0))})
     return rows
 

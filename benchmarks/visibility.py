@@ -23,7 +23,7 @@ import numpy as np
 
 from napari_miqsam.data.instances import instances_of
 from napari_miqsam.data.phantom import CYST, TUMOUR, make_phantom
-from napari_miqsam.evaluation.detectability import Visibility, expected_row_f1, lesion_visibility, search_recall
+from napari_miqsam.evaluation.detectability import expected_row_f1, lesion_visibility, search_recall
 
 DIAMETERS = (("< 6 mm", 0, 6), ("6-8 mm", 6, 8), ("8-12 mm", 8, 12), ("12-20 mm", 12, 20), (">= 20 mm", 20, np.inf))
 MIN_SIZE = 10  # voxels: evaluate()'s default instance floor
@@ -48,9 +48,10 @@ def main() -> None:
             if not n:
                 continue
             vis = lesion_visibility(case.image, case.labels, ids, case.spacing, seed=i)
-            lesions += [dict(asdict(v), case=i, cls=cls, noise_sigma=case.meta["noise_sigma"]) for v in vis]
-            rows.append({"case": i, "cls": cls, **{f"f1_fp{f}": expected_row_f1([search_recall(v, f) for v in vis], f)
-                                                   for f in fps}})
+            recalls = {f: [search_recall(v, f) for v in vis] for f in fps}
+            lesions += [dict(asdict(v), case=i, cls=cls, noise_sigma=case.meta["noise_sigma"],
+                             **{f"recall_fp{f}": recalls[f][k] for f in fps}) for k, v in enumerate(vis)]
+            rows.append({"case": i, "cls": cls, **{f"f1_fp{f}": expected_row_f1(recalls[f], f) for f in fps}})
     print(f"{len(lesions)} lesions in {len(rows)} rows (case, class) of phantom seeds {args.start}-{args.start + args.cases - 1}")
     for cls, name in ((TUMOUR, "tumours"), (CYST, "cysts")):
         ls = [r for r in lesions if r["cls"] == cls]
@@ -67,7 +68,7 @@ def main() -> None:
                   f"{np.mean(fin < 3) if fin.size else 0:6.2f} | {np.mean(fin < 5) if fin.size else 0:6.2f} | "
                   f"{int((~np.isfinite(d)).sum())}")
         for f in fps:
-            rec = np.mean([_recall(r, f) for r in ls])
+            rec = np.mean([r[f"recall_fp{f}"] for r in ls])
             print(f"  expected recall of a shape-knowing searcher, {f} false alarms per search: {rec:.3f}")
     for f in fps:
         key = f"f1_fp{f}"
@@ -96,10 +97,6 @@ def compare(rows: list[dict], path: str, f: float) -> None:
     print(f"{len(keys)} rows in common with {path}: searcher {r.mean():.3f}, model {m.mean():.3f}; in the "
           f"{int(easy.sum())} rows where the searcher scores >= 0.95 the model averages {m[easy].mean():.3f} "
           f"({int((easy & (m < 0.7)).sum())} under 0.7), {(r - m)[easy].sum() / max((r - m).sum(), 1e-9):.0%} of the gap")
-
-
-def _recall(row: dict, f: float) -> float:
-    return search_recall(Visibility(**{k: row[k] for k in Visibility.__dataclass_fields__}), f)
 
 
 if __name__ == "__main__":

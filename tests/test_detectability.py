@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from napari_miqsam.evaluation.detectability import (
     RING_MM, Visibility, expected_row_f1, lesion_visibility, search_recall,
@@ -29,7 +30,6 @@ def test_d_prime_matches_white_noise_theory():
     zz, yy, xx = np.indices((40, 64, 64))
     r = np.sqrt((zz - 20) ** 2 + (yy - 32) ** 2 + (xx - 32) ** 2)
     inside = r <= 3.0
-    from scipy import ndimage
     d = ndimage.distance_transform_edt(~inside)
     n_ring = int(((d > RING_MM[0]) & (d < RING_MM[1])).sum())
     expected = 8.0 / (10.0 * np.sqrt(1 / n_in + 1 / n_ring))

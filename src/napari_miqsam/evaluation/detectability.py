@@ -112,9 +112,7 @@ def lesion_visibility(image: np.ndarray, labels: np.ndarray, lesions: np.ndarray
         for c in centres[rng.integers(0, len(centres), size=tries)] if len(centres) else []:
             at = c - half
             if np.any(at < 0) or np.any(at + 2 * pad + np.array(mask.shape) > shape):
-                continue
-            if not organ[tuple((inside + at).T)].all():
-                continue
+                continue  # the box (ring included) must lie in the image; ``depth`` already keeps the shape in organ
             s = _statistic(image, organ, inside + at, ring + at)
             if s is not None:
                 null.append(s)
