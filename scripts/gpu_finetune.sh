@@ -7,6 +7,10 @@
 # Usage: bash scripts/gpu_finetune.sh OUT_DIR [MINUTES] [WORKERS_PER_RUN] [TRAINING FLAGS...]
 # Flags after the third argument go to both runs, e.g. `bash scripts/gpu_finetune.sh OUT 8 6
 # --kind-weight 4` (the kind-weighted run that 50 CPU minutes could not make better; README Results).
+# Each run's own flags come from A_FLAGS / B_FLAGS (default: the two learning rates of the first run),
+# e.g. `A_FLAGS="--seed 24 --lr 1.5e-4 --kind-weight 4" B_FLAGS='--seed 25 --lr 1.5e-4 --ablation
+# {"spacing":[1.15,1.15,1.15]}' bash scripts/gpu_finetune.sh OUT 8 7` (JSON without spaces: the flags
+# are split on whitespace; a later --ablation replaces the common one).
 # Runs from the repository root without installing the package (PYTHONPATH=src), so it works on a
 # GPU machine whose Python already has torch, numpy, scipy, safetensors and tqdm.
 set -u -f
@@ -19,7 +23,9 @@ mkdir -p "$out"
 common=(--config cpu --data phantom --steps 100000 --batch 16 --patch 128 --pool 96 --refresh-every 1
         --threads 2 --warmup 40 --val-every 0 --checkpoint-every 200 --workers "$workers" --minutes "$minutes"
         --init src/napari_miqsam/weights/miqsam_cpu.safetensors --ablation '{"spacing": [1.3, 1.3, 1.3]}' "$@")
-"${PYTHON:-python3}" -m napari_miqsam.training "${common[@]}" --out "$out/a" --seed 20 --lr 5e-5 >"$out/a.log" 2>&1 &
-"${PYTHON:-python3}" -m napari_miqsam.training "${common[@]}" --out "$out/b" --seed 21 --lr 1.5e-4 >"$out/b.log" 2>&1 &
+read -r -a a_flags <<<"${A_FLAGS:---seed 20 --lr 5e-5}"
+read -r -a b_flags <<<"${B_FLAGS:---seed 21 --lr 1.5e-4}"
+"${PYTHON:-python3}" -m napari_miqsam.training "${common[@]}" "${a_flags[@]}" --out "$out/a" >"$out/a.log" 2>&1 &
+"${PYTHON:-python3}" -m napari_miqsam.training "${common[@]}" "${b_flags[@]}" --out "$out/b" >"$out/b.log" 2>&1 &
 wait
-for r in a b; do echo "== run $r"; tail -n 3 "$out/$r.log"; tail -n 1 "$out/$r/log.jsonl" 2>/dev/null; done
+for r in a b; do echo "== run $r"; tr "\r" "\n" <"$out/$r.log" | tail -n 3; tail -n 1 "$out/$r/log.jsonl" 2>/dev/null; done
