@@ -56,6 +56,9 @@ def main() -> None:
                    help="comma-separated model-grid spacings in mm (Predictor spacing; default: the weights')")
     p.add_argument("--window", type=int, default=None, help="sliding-window side in model voxels (default: the weights')")
     p.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)), help="comma-separated")
+    p.add_argument("--first-seed", type=int, default=900_000,
+                   help="phantom seed of the first case (default: the validation phantoms, 900000+; a training "
+                        "seed, e.g. 3600000 for --seed 26 of the training, scores cases the network was trained on)")
     p.add_argument("--seeds", default="0",
                    help="comma-separated seeds of the instance and click draw; every draw is scored and the "
                         "means are over all of them (measured: draws differ by up to 0.05 Dice on validation, 0.07 on the 40-case table; README)")
@@ -75,7 +78,7 @@ def main() -> None:
         predictor.snap_radius = args.snap
         rngs = [np.random.default_rng(seed) for seed in seeds]  # seed 0 alone: the draw of earlier sessions
         for i in range(args.cases):
-            case = make_phantom(900_000 + i)
+            case = make_phantom(args.first_seed + i)
             predictor.set_image(case.image, case.spacing)
             lesions = {cls: instances_of(case.labels, cls, 10) for cls in (2, 3)}  # once per case, not per draw
             for rng, (cls, (ids, n)) in itertools.product(rngs, lesions.items()):
