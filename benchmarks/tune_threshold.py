@@ -14,7 +14,9 @@ with and without the mask refiner (``Predictor.refine``; weights with a refiner 
 predicts at each mask edge level (``Predictor.mask_level``), and ``--model-spacing 1.3,1.5`` runs the
 same cases and clicks with the model grid at each spacing (``Predictor(spacing=...)``); ``--window 160``
 sets the sliding-window side in model voxels (``Predictor(window=...)``; default: the weights'), and
-``--grow both`` with and without growing small masks to the image's edge (``Predictor.grow``).
+``--grow both`` with and without growing small masks to the image's edge (``Predictor.grow``);
+``--given-kind both`` with the kind read at the click and with the clicked lesion's true kind given
+(``Predictor.predict(kind=...)``).
 ``--seeds 0,1,2,3`` scores four draws of the clicked instance and clicks per case (seed 0 alone is
 the draw of the numbers quoted before 2026-12-04): which instance is clicked moves the means by
 more than most of the differences compared here, so compare candidates over several draws.
@@ -34,6 +36,7 @@ from napari_miqsam.data.prompts import CLICK_MODES, simulate_click
 from napari_miqsam.evaluation.evaluate import score
 from napari_miqsam.inference.prediction import DEFAULT_MIN_VOLUME
 from napari_miqsam.inference.predictor import GROW, KIND_GATE, Predictor
+from napari_miqsam.training.sampling import LESION_CLASSES  # lesion label -> kind index, as in training
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -56,6 +59,9 @@ def main() -> None:
                    help="comma-separated model-grid spacings in mm (Predictor spacing; default: the weights')")
     p.add_argument("--window", type=int, default=None, help="sliding-window side in model voxels (default: the weights')")
     p.add_argument("--thresholds", default=",".join(map(str, THRESHOLDS)), help="comma-separated")
+    p.add_argument("--given-kind", choices=("on", "off", "both"), default="off",
+                   help="on: tell the model the clicked lesion's true kind (Predictor.predict(kind=...)) instead "
+                        "of the kind it reads at the click")
     p.add_argument("--first-seed", type=int, default=900_000,
                    help="phantom seed of the first case (default: the validation phantoms, 900000+; a training "
                         "seed, e.g. 3600000 for --seed 26 of the training, scores cases the network was trained on)")
@@ -70,8 +76,8 @@ def main() -> None:
     levels = [float(v) for v in args.mask_level.split(",")]
     spacings = [None] if args.model_spacing is None else [float(v) for v in args.model_spacing.split(",")]
     seeds = [int(v) for v in args.seeds.split(",")]
-    modes = [(k, sp, g, r, lv, gr) for k in choice[args.kind_scoring] for sp in choice[args.split_by_query] for g in gates
-             for r in choice[args.refine] for lv in levels for gr in choice[args.grow]]
+    modes = [(k, sp, g, r, lv, gr, gk) for k in choice[args.kind_scoring] for sp in choice[args.split_by_query] for g in gates
+             for r in choice[args.refine] for lv in levels for gr in choice[args.grow] for gk in choice[args.given_kind]]
     rows = {(ms, m, t, v): [] for ms in spacings for m in modes for t in thresholds for v in volumes}
     for ms in spacings:  # the same cases and clicks at every model spacing
         predictor = Predictor.from_weights(args.weights, device="cpu", spacing=ms, window=args.window)
@@ -89,8 +95,8 @@ def main() -> None:
                     click = simulate_click(target, CLICK_MODES[c % 3], rng, case.spacing)
                     for m in modes:
                         (predictor.kind_scoring, predictor.split_by_query, predictor.kind_gate, predictor.refine,
-                         predictor.mask_level, predictor.grow) = m
-                        pred = predictor.predict([click])
+                         predictor.mask_level, predictor.grow) = m[:6]
+                        pred = predictor.predict([click], kind=LESION_CLASSES.index(cls) if m[6] else None)
                         for t in thresholds:
                             for v in volumes:
                                 lab = pred.labels(t, v)[0]
@@ -99,7 +105,8 @@ def main() -> None:
     for (ms, m, t, v), rs in rows.items():
         summary = {k: round(float(np.mean([r[k] for r in rs])), 3) for k in keys}
         print(f"model_spacing={'weights' if ms is None else f'{ms:g}'} kind_scoring={'on' if m[0] else 'off'} split_by_query={'on' if m[1] else 'off'} kind_gate={m[2]:g} threshold={t} "
-              f"min_volume={v:g} refine={'on' if m[3] else 'off'} mask_level={m[4]:g} grow={'on' if m[5] else 'off'}", json.dumps(summary))
+              f"min_volume={v:g} refine={'on' if m[3] else 'off'} mask_level={m[4]:g} grow={'on' if m[5] else 'off'} "
+              f"given_kind={'on' if m[6] else 'off'}", json.dumps(summary))
 
 
 if __name__ == "__main__":

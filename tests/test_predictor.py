@@ -398,3 +398,34 @@ def test_saved_weights_are_readable_like_any_written_file(tmp_path):
     os.chmod(path, 0o640)
     update_metadata(path, {"note": "x"})
     assert path.stat().st_mode & 0o777 == 0o640  # a rewrite keeps the file's mode
+
+
+def test_a_given_kind_replaces_the_kind_read_at_the_click():
+    """predict(kind=k) hands the decoder a one-hot of kind k in place of the kind read at the
+    click; kind=None hands it what the kind head reads; a kind the weights lack is an InputError."""
+    p = Predictor.from_config("tiny", seed=0)
+    p.set_image(volume(), spacing=(1.0, 1.0, 1.0))
+    seen = []
+    forward = p.model.decoder.forward
+
+    def spy(emb, queries, prompt, valid, kind=None, context=None):
+        seen.append(None if kind is None else kind.detach().cpu().clone())
+        return forward(emb, queries, prompt, valid, kind, context)
+
+    p.model.decoder.forward = spy
+    p.predict([(12, 20, 24)])
+    read = seen[-1]
+    assert read.shape == (1, p.cfg.kinds) and float(read.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert 0.0 < float(read.max()) < 1.0  # an untrained head reads neither kind for certain
+    for k in range(p.cfg.kinds):
+        p.predict([(12, 20, 24)], kind=k)
+        want = torch.zeros(1, p.cfg.kinds)
+        want[0, k] = 1.0
+        assert torch.equal(seen[-1], want)
+    for bad in (-1, p.cfg.kinds, 0.5, True, "cyst"):
+        with pytest.raises(InputError, match="kind"):
+            p.predict([(12, 20, 24)], kind=bad)
+    q = Predictor.from_config("tiny", seed=0, kind_prior=False)
+    q.set_image(volume(), spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(InputError, match="no lesion-kind head"):
+        q.predict([(12, 20, 24)], kind=0)

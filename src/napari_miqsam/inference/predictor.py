@@ -317,13 +317,19 @@ class Predictor:
         return 0
 
     def predict(self, positive: Sequence[Sequence[float]], negative: Sequence[Sequence[float]] = (), *,
-                progress: Progress | None = None, cancel: Cancel | None = None) -> Prediction:
+                kind: int | None = None, progress: Progress | None = None, cancel: Cancel | None = None) -> Prediction:
         """Find every instance of the kind the positive click(s) point at.
 
         positive / negative: (z, y, x) voxel coordinates of the ORIGINAL volume (floats allowed).
+        kind: the lesion kind to look for, as an index into the weights' lesion kinds (training
+        maps label 2 to kind 0 and label 3 to kind 1: tumour and cyst in KiTS labels), used in
+        place of the kind the model reads at the clicks (it biases the masks and decides the kind
+        gate); None: read it. Measured on validation phantoms: being told the true kind removes a
+        third of the answers of the other kind, Dice +0.007 at most (README).
         Returns a Prediction in the original grid. An instance containing a negative click is
-        removed. Raises NotReadyError before set_image, InputError for points outside the volume
-        or no positive point, CancelledError if ``cancel()`` turns True between windows.
+        removed. Raises NotReadyError before set_image, InputError for points outside the volume,
+        no positive point, or a ``kind`` the weights do not have, CancelledError if ``cancel()``
+        turns True between windows.
         """
         if not self._windows:
             raise NotReadyError("no image is set: call set_image(volume, spacing) before predict()")
@@ -331,6 +337,13 @@ class Predictor:
         neg = self._check_points(negative, "negative")
         if len(pos) == 0:
             raise InputError("at least one positive point is needed (negative points alone say only what is NOT wanted)")
+        if kind is not None:
+            if not self.cfg.kind_prior:
+                raise InputError("these weights have no lesion-kind head, so a kind cannot be given; leave kind=None")
+            if isinstance(kind, bool) or not isinstance(kind, (int, np.integer)) or not 0 <= kind < self.cfg.kinds:
+                raise InputError(f"kind must be an index of the weights' {self.cfg.kinds} lesion kinds "
+                                 f"(0..{self.cfg.kinds - 1}), got {kind!r}")
+        given = None if kind is None else int(kind)
         grid = self.grid
         pts_model = grid.to_model(np.concatenate([pos, neg]))
         labels = torch.tensor([[1] * len(pos) + [0] * len(neg)], device=self.device)
@@ -338,17 +351,23 @@ class Predictor:
             tokens, kinds = self._prompt_tokens(pts_model, labels)
             valid = torch.ones(labels.shape, dtype=torch.bool, device=self.device)
             queries = self.model.query_generator.queries_from_prompt(tokens, labels, valid)
-            kind = prompt_kind(kinds, labels, valid) if kinds is not None else None
-            maps = self._decode_all(queries, tokens, valid, kind, progress, cancel)
+            if kinds is None:
+                pi = None
+            elif given is not None:  # the caller's kind, all of the prompt's weight on it
+                pi = torch.zeros(1, kinds.shape[-1], device=kinds.device, dtype=kinds.dtype)
+                pi[0, given] = 1.0
+            else:
+                pi = prompt_kind(kinds, labels, valid)
+            maps = self._decode_all(queries, tokens, valid, pi, progress, cancel)
         slot, fg, score_map, kind_probs = maps
         ids, n = split_instances(slot, self._seams() if self.split_by_query else None, self.split_by_query)
         same = lesion = None
         if self.kind_scoring and kind_probs is not None:
-            same, lesion = (t[0].numpy() for t in same_kind(torch.from_numpy(kind_probs)[None], kind.cpu()))
+            same, lesion = (t[0].numpy() for t in same_kind(torch.from_numpy(kind_probs)[None], pi.cpu()))
         scores = score_instances(ids, n, score_map, same, lesion)
         if self.kind_gate > 0 and kind_probs is not None and n:
             clicked = pieces_at(ids, np.floor(pts_model[: len(pos)] / STRIDE))
-            agree = kind_consistency(ids, n, kind_probs, clicked, kind[0].float().cpu().numpy())
+            agree = kind_consistency(ids, n, kind_probs, clicked, pi[0].float().cpu().numpy())
             keep = agree >= self.kind_gate
             keep[clicked - 1] = True
             if not keep.all():
