@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Fine-tune the shipped `cpu` network on one GPU from phantoms: two runs side by side on the same
 # GPU, each fed by its own worker processes (--workers), each stopped by a time budget (--minutes; the
-# cosine schedule ends there). Run twice on one H200, 2026-12-04: `bash scripts/gpu_finetune.sh OUT 8
-# 6` (code at bcf2d97; two learning rates) and the A_FLAGS / B_FLAGS example below (code at 1bc901a;
-# kind weight 4, 1.15 mm grid). No run beat stage 9 (README Results, "The first GPU run" and "The
-# second GPU run"; model card evaluation.candidates_not_shipped).
+# cosine schedule ends there). Run on one H200, 2026-12-04: `bash scripts/gpu_finetune.sh OUT 8 6`
+# (code at bcf2d97; two learning rates), the A_FLAGS / B_FLAGS example below (code at 1bc901a; kind
+# weight 4, 1.15 mm grid), and with `--cases 8 --refresh-every 100000 --pool 16` to fit eight phantoms
+# (a diagnostic). No run beat stage 9 (README Results, "The first GPU run" and "The second GPU run";
+# model card evaluation.candidates_not_shipped).
 # Usage: bash scripts/gpu_finetune.sh OUT_DIR [MINUTES] [WORKERS_PER_RUN] [TRAINING FLAGS...]
 # Flags after the third argument go to both runs, e.g. `bash scripts/gpu_finetune.sh OUT 8 6
 # --kind-weight 4` (the kind-weighted run that 50 CPU minutes could not make better; README Results).
