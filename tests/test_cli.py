@@ -40,7 +40,9 @@ def test_predict_round_trip_keeps_affine(tmp_path, tiny_weights, capsys):
     rc = main(["predict", str(src), "--point", "10", "8", "12", "--negative", "2", "2", "2", "--threshold", "0.0",
                "--weights", str(tiny_weights), "--device", "cpu", "-o", str(out)])
     assert rc == 0
-    assert "UNTRAINED" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "UNTRAINED" in printed.err
+    assert "; click read as " in printed.out  # the tiny weights have a kind head with two kinds
     img = nib.load(str(out))
     np.testing.assert_allclose(img.affine, affine)
     assert img.shape == (24, 20, 30) and np.issubdtype(img.get_data_dtype(), np.integer)

@@ -417,11 +417,14 @@ def test_a_given_kind_replaces_the_kind_read_at_the_click():
     read = seen[-1]
     assert read.shape == (1, p.cfg.kinds) and float(read.sum()) == pytest.approx(1.0, abs=1e-5)
     assert 0.0 < float(read.max()) < 1.0  # an untrained head reads neither kind for certain
+    assert p.predict([(12, 20, 24)]).kind == pytest.approx(tuple(read[0].tolist()))  # what it looked for
     for k in range(p.cfg.kinds):
-        p.predict([(12, 20, 24)], kind=k)
+        pred = p.predict([(12, 20, 24)], kind=k)
         want = torch.zeros(1, p.cfg.kinds)
         want[0, k] = 1.0
         assert torch.equal(seen[-1], want)
+        assert pred.kind == tuple(want[0].tolist())
+        assert pred.kind_summary() == f"{('tumour', 'cyst')[k]} (1.00)"
     for bad in (-1, p.cfg.kinds, 0.5, True, "cyst"):
         with pytest.raises(InputError, match="kind"):
             p.predict([(12, 20, 24)], kind=bad)
@@ -429,3 +432,15 @@ def test_a_given_kind_replaces_the_kind_read_at_the_click():
     q.set_image(volume(), spacing=(1.0, 1.0, 1.0))
     with pytest.raises(InputError, match="no lesion-kind head"):
         q.predict([(12, 20, 24)], kind=0)
+    assert q.predict([(12, 20, 24)]).kind is None
+
+
+def test_kind_summary_names_two_kinds_and_numbers_others():
+    def with_kind(kind):
+        return Prediction((2, 2, 2), (1.0, 1.0, 1.0), kind=kind)
+
+    assert with_kind((0.07, 0.93)).kind_summary() == "cyst (0.93)"
+    assert with_kind((0.6, 0.4)).kind_summary() == "tumour (0.60)"
+    assert with_kind((0.2, 0.5, 0.3)).kind_summary() == "kind 2 of 3 (0.50)"
+    assert with_kind((1.0,)).kind_summary() is None  # one lesion kind: nothing to tell apart
+    assert with_kind(None).kind_summary() is None

@@ -32,6 +32,8 @@ def test_point_on_tumour_gives_instance_layer_with_scores(sample_widget, qtbot, 
     # the prompt layer stays the active one, so the next click adds a point
     assert viewer.layers.selection.active is viewer.layers[PROMPTS_NAME]
     assert len(widget.predictors.predict_calls) == 1
+    # the status says which lesion kind the click was read as (the tiny weights have two kinds)
+    assert " Click read as tumour (" in widget.status_label.text() or " Click read as cyst (" in widget.status_label.text()
     assert not [n for n in notifications() if n[0] == "error"]
     # untrained tiny weights: the user is told, once
     assert sum("untrained" in m for _, m in notifications()) == 1

@@ -890,8 +890,10 @@ class MiqsamWidget(QWidget):
             self._set_rows(rows)
         n = len(rows)
         volume = f" and volume ≥ {self.min_volume:g} mm³" if self.min_volume > 0 else ""
+        kind = self._prediction.kind_summary()
+        looked_for = f" Click read as {kind}." if kind else ""
         self.status_label.setText(
-            f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {self.threshold:.2f}{volume}.")
+            f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {self.threshold:.2f}{volume}.{looked_for}")
 
     def _flush_preview(self, refresh: bool = True) -> None:
         """Turn a live threshold preview into a normal state before an undoable write."""

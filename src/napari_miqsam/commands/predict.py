@@ -93,7 +93,9 @@ def predict_file(predictor, image: Path, output: Path, args) -> int:
     labels, rows = prediction.labels(args.threshold, args.min_volume)
     write_labels(output, labels, like=vol, overwrite=args.overwrite)
     write_csv(csv_out, rows, args.overwrite)
-    print(f"{image.name}: {len(rows)} instance(s) at threshold {args.threshold} -> {output} (+ {csv_out.name})")
+    kind = prediction.kind_summary()
+    read = f"; click read as {kind}" if kind else ""
+    print(f"{image.name}: {len(rows)} instance(s) at threshold {args.threshold}{read} -> {output} (+ {csv_out.name})")
     return len(rows)
 
 

@@ -26,6 +26,11 @@ DEFAULT_THRESHOLD = 0.2
 #: 50 and lower at 80. The instance under a positive click is never hidden by it; 0 shows all.
 DEFAULT_MIN_VOLUME = 50.0
 
+#: Names of the lesion kinds of weights with two: training maps label 2 to kind 0 and label 3 to
+#: kind 1 (``training.sampling.LESION_CLASSES``), tumour and cyst in the KiTS labelling that our
+#: phantoms share. Other numbers of kinds are shown by number.
+KIND_NAMES = ("tumour", "cyst")
+
 
 @dataclass
 class Instance:
@@ -63,7 +68,9 @@ class Prediction:
     """All instances found for one prompt, sorted by descending score.
 
     Label id k (1-based) always denotes ``instances[k - 1]``, whatever the threshold, so ids stay
-    stable while a user moves the threshold.
+    stable while a user moves the threshold. ``kind``: the lesion-kind distribution the prediction
+    looked for (read by the model at the clicks, or given), one probability per kind of the
+    weights; None for weights without a kind head.
     """
 
     shape: tuple[int, int, int]
@@ -71,12 +78,22 @@ class Prediction:
     instances: list[Instance] = field(default_factory=list)
     positive: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     negative: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    kind: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         self.instances.sort(key=lambda inst: -inst.score)
 
     def __len__(self) -> int:
         return len(self.instances)
+
+    def kind_summary(self) -> str | None:
+        """The kind looked for and its probability, e.g. ``"tumour (0.93)"``; None without a kind
+        head or with a single lesion kind (nothing to tell apart)."""
+        if self.kind is None or len(self.kind) < 2:
+            return None
+        k = int(np.argmax(self.kind))
+        name = KIND_NAMES[k] if len(self.kind) == len(KIND_NAMES) else f"kind {k + 1} of {len(self.kind)}"
+        return f"{name} ({self.kind[k]:.2f})"
 
     @property
     def scores(self) -> np.ndarray:

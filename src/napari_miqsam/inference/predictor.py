@@ -376,7 +376,8 @@ class Predictor:
         refine = self._refine_fn(fg, ids) if self.refine and self._model_vol is not None else None
         instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg, refine=refine,
                                      mask_level=self.mask_level)
-        return Prediction(grid.shape, grid.spacing, instances, pos, neg)
+        looked_for = None if pi is None else tuple(float(v) for v in pi[0].float().cpu())
+        return Prediction(grid.shape, grid.spacing, instances, pos, neg, kind=looked_for)
 
     def _refine_fn(self, fg: np.ndarray, ids: np.ndarray):
         """refine(k, lo, hi): instance k's stride-1 logits over stride-2 cells [lo, hi)."""
