@@ -55,6 +55,13 @@ def test_predict_round_trip_keeps_affine(tmp_path, tiny_weights, capsys):
     rc = main(["predict", str(src), "--point", "10", "8", "12", "--weights", str(tiny_weights), "-o", str(out)])
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
     assert main(["predict", str(src), "--point", "10", "8", "12", "--weights", str(tiny_weights), "-o", str(out), "--overwrite"]) == 0
+    # --kind: the named kind is what the prediction looked for
+    assert main(["predict", str(src), "--point", "10", "8", "12", "--weights", str(tiny_weights), "-o", str(out),
+                 "--overwrite", "--kind", "cyst"]) == 0
+    assert "; click read as cyst (1.00)" in capsys.readouterr().out
+    assert main(["predict", str(src), "--point", "10", "8", "12", "--weights", str(tiny_weights), "-o", str(out),
+                 "--overwrite", "--kind", "1"]) == 0
+    assert "; click read as tumour (1.00)" in capsys.readouterr().out
 
 
 def test_predict_errors_are_one_sentence(tmp_path, tiny_weights, capsys):
@@ -66,6 +73,8 @@ def test_predict_errors_are_one_sentence(tmp_path, tiny_weights, capsys):
         (["--point", "1", "1", "1", "--weights", str(tmp_path / "nope.safetensors")], "not found"),
         (["--point", "1", "1", "1", "--min-volume", "-5"], "--min-volume"),
         (["--point", "1", "1", "1", "--kind-gate", "1.5"], "--kind-gate"),
+        (["--point", "1", "1", "1", "--kind", "polyp"], "--kind must be tumour, cyst or a number 1..2"),
+        (["--point", "1", "1", "1", "--kind", "3"], "--kind"),
     ]
     for extra, msg in cases:
         args = ["predict", str(src), *extra, "-o", str(tmp_path / "o.nii.gz")]
@@ -79,3 +88,16 @@ def test_predict_errors_are_one_sentence(tmp_path, tiny_weights, capsys):
     assert main(["predict", str(src), "--point", "1", "1", "1", "--weights", str(tiny_weights),
                  "-o", str(tmp_path / "no_such_dir" / "o.nii.gz")]) == 2
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def test_kind_argument_names_two_kinds_and_numbers_any():
+    from napari_miqsam.commands.predict import kind_index
+    from napari_miqsam.errors import InputError
+
+    assert kind_index(None, 2) is None and kind_index(None, 0) is None
+    assert kind_index("Tumour", 2) == 0 and kind_index("cyst", 2) == 1 and kind_index("2", 2) == 1
+    assert kind_index("3", 3) == 2
+    with pytest.raises(InputError, match="number 1..3"):
+        kind_index("tumour", 3)  # names only for the two KiTS kinds
+    with pytest.raises(InputError, match="no lesion-kind head"):
+        kind_index("1", 0)

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind-gate", type=float, default=None,
                    help="drop instances whose lesion kind disagrees with the clicked one's below this "
                    "agreement (default: the Predictor's; 0: keep every kind)")
+    p.add_argument("--kind", default=None,
+                   help="look for this lesion kind instead of the kind the model reads at the click: tumour or "
+                   "cyst (labels 2 and 3, KiTS) for weights with two kinds, or its number 1..K (default: read it)")
     p.add_argument("--no-refine", action="store_true",
                    help="upsample the stride-2 masks instead of redrawing them with the weights' mask refiner")
     p.add_argument("--no-grow", action="store_true",
@@ -89,7 +92,7 @@ def predict_file(predictor, image: Path, output: Path, args) -> int:
             bar.total = total
             bar.update(done - bar.n)
         predictor.set_image(vol.data, vol.spacing, channel=args.channel, progress=progress)
-    prediction = predictor.predict(args.point, args.negative)
+    prediction = predictor.predict(args.point, args.negative, kind=args.kind_index)
     labels, rows = prediction.labels(args.threshold, args.min_volume)
     write_labels(output, labels, like=vol, overwrite=args.overwrite)
     write_csv(csv_out, rows, args.overwrite)
@@ -97,6 +100,23 @@ def predict_file(predictor, image: Path, output: Path, args) -> int:
     read = f"; click read as {kind}" if kind else ""
     print(f"{image.name}: {len(rows)} instance(s) at threshold {args.threshold}{read} -> {output} (+ {csv_out.name})")
     return len(rows)
+
+
+def kind_index(kind: str | None, kinds: int) -> int | None:
+    """``--kind`` as an index into the weights' ``kinds`` lesion kinds (0: they have no kind head)."""
+    from ..inference.prediction import KIND_NAMES
+
+    if kind is None:
+        return None
+    if kinds == 0:
+        raise InputError("these weights have no lesion-kind head, so --kind cannot be used")
+    names = KIND_NAMES if kinds == len(KIND_NAMES) else ()
+    if kind.lower() in names:
+        return names.index(kind.lower())
+    if kind.isdigit() and 1 <= int(kind) <= kinds:
+        return int(kind) - 1
+    allowed = f"{', '.join(names)} or " if names else ""
+    raise InputError(f"--kind must be {allowed}a number 1..{kinds}, got {kind!r}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if args.kind_gate is not None and not 0.0 <= args.kind_gate <= 1.0:
         raise InputError(f"--kind-gate must lie in [0, 1], got {args.kind_gate}")
     predictor = Predictor.from_weights(args.weights, device=args.device, spacing=args.model_spacing)
+    args.kind_index = kind_index(args.kind, predictor.cfg.kinds if predictor.cfg.kind_prior else 0)
     if args.kind_gate is not None:
         predictor.kind_gate = args.kind_gate
     predictor.refine = not args.no_refine
