@@ -104,13 +104,13 @@ def predict_file(predictor, image: Path, output: Path, args) -> int:
 
 def kind_index(kind: str | None, kinds: int) -> int | None:
     """``--kind`` as an index into the weights' ``kinds`` lesion kinds (0: they have no kind head)."""
-    from ..inference.prediction import KIND_NAMES
+    from ..inference.prediction import named_kinds
 
     if kind is None:
         return None
     if kinds == 0:
         raise InputError("these weights have no lesion-kind head, so --kind cannot be used")
-    names = KIND_NAMES if kinds == len(KIND_NAMES) else ()
+    names = named_kinds(kinds)
     if kind.lower() in names:
         return names.index(kind.lower())
     if kind.isdigit() and 1 <= int(kind) <= kinds:

@@ -32,6 +32,12 @@ DEFAULT_MIN_VOLUME = 50.0
 KIND_NAMES = ("tumour", "cyst")
 
 
+def named_kinds(n_kinds: int) -> tuple[str, ...]:
+    """The names of weights' ``n_kinds`` lesion kinds: :data:`KIND_NAMES` for two, none otherwise
+    (then kinds go by number, 1..n)."""
+    return KIND_NAMES if n_kinds == len(KIND_NAMES) else ()
+
+
 @dataclass
 class Instance:
     """One predicted instance.
@@ -92,7 +98,8 @@ class Prediction:
         if self.kind is None or len(self.kind) < 2:
             return None
         k = int(np.argmax(self.kind))
-        name = KIND_NAMES[k] if len(self.kind) == len(KIND_NAMES) else f"kind {k + 1} of {len(self.kind)}"
+        names = named_kinds(len(self.kind))
+        name = names[k] if names else f"kind {k + 1} of {len(self.kind)}"
         return f"{name} ({self.kind[k]:.2f})"
 
     @property
