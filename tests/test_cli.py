@@ -94,10 +94,14 @@ def test_kind_argument_names_two_kinds_and_numbers_any():
     from napari_miqsam.commands.predict import kind_index
     from napari_miqsam.errors import InputError
 
-    assert kind_index(None, 2) is None and kind_index(None, 0) is None
-    assert kind_index("Tumour", 2) == 0 and kind_index("cyst", 2) == 1 and kind_index("2", 2) == 1
+    names = ("tumour", "cyst")
+    assert kind_index(None, 2, names) is None and kind_index(None, 0) is None
+    assert kind_index("Tumour", 2, names) == 0 and kind_index("cyst", 2, names) == 1 and kind_index("2", 2, names) == 1
     assert kind_index("3", 3) == 2
-    with pytest.raises(InputError, match="number 1..3"):
-        kind_index("tumour", 3)  # names only for the two KiTS kinds
+    assert kind_index("cancer", 2, ("cancer", "label 3")) == 0  # the weights' own names
+    with pytest.raises(InputError, match="tumour, cyst or a number 1..2"):
+        kind_index("cancer", 2, names)
+    with pytest.raises(InputError, match="must be a number 1..3"):
+        kind_index("tumour", 3)  # weights without names: numbers only
     with pytest.raises(InputError, match="no lesion-kind head"):
         kind_index("1", 0)

@@ -444,3 +444,22 @@ def test_kind_summary_names_two_kinds_and_numbers_others():
     assert with_kind((0.2, 0.5, 0.3)).kind_summary() == "kind 2 of 3 (0.50)"
     assert with_kind((1.0,)).kind_summary() is None  # one lesion kind: nothing to tell apart
     assert with_kind(None).kind_summary() is None
+    named = Prediction((2, 2, 2), (1.0, 1.0, 1.0), kind=(0.8, 0.2), kind_names=("cancer", "label 3"))
+    assert named.kind_summary() == "cancer (0.80)"  # the weights' own names win
+
+
+def test_kind_names_from_the_weights_metadata():
+    from napari_miqsam.inference.prediction import named_kinds
+
+    assert named_kinds(2) == ("tumour", "cyst")  # files without names: the KiTS labelling they were trained on
+    assert named_kinds(3) == ()
+    assert named_kinds(2, {"kind_names": '["Cancer", "label 3"]'}) == ("cancer", "label 3")
+    assert named_kinds(3, {"kind_names": '["a", "b", "c"]'}) == ("a", "b", "c")
+    for bad in ('["tumour"]', '["a", "a"]', '["a", ""]', "not json", '{"a": 1}'):
+        assert named_kinds(2, {"kind_names": bad}) == ("tumour", "cyst")  # unusable: the fallback
+    p = Predictor.from_config("tiny", seed=0)
+    p.metadata = {"kind_names": '["cancer", "cyst"]'}
+    p.set_image(volume(), spacing=(1.0, 1.0, 1.0))
+    pred = p.predict([(12, 20, 24)], kind=0)
+    assert p.kind_names == ("cancer", "cyst") and pred.kind_summary() == "cancer (1.00)"
+    assert Predictor.from_config("tiny", seed=0, kind_prior=False).kind_names == ()

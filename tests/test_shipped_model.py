@@ -27,6 +27,7 @@ def test_shipped_weights_and_model_card():
     assert card["training"]["command"] and card["training"]["code_commit"]
     assert card["evaluation"]["cases"] == 40 and "dice" in card["evaluation"]["model"]
     assert card["config"] == json.loads(meta["config"])  # the card describes the network the file holds
+    assert json.loads(meta["kind_names"]) == card["inference"]["kind_names"]["names"] == ["tumour", "cyst"]
 
 
 def test_a_lesion_far_from_the_click_is_found(shipped):

@@ -1,5 +1,6 @@
 """Training: matching, losses, sampling, a few real steps, and 2-process DDP on CPU (gloo)."""
 
+import json
 import socket
 
 import numpy as np
@@ -187,6 +188,24 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert second.steps == 3 and any("resumed" in m and "step 2" in m for m in logs)
     model, meta = load_weights(second.weights)
     assert meta["trained"] == "true" and meta["steps"] == "3"
+    assert json.loads(meta["kind_names"]) == ["tumour", "cyst"]  # the phantoms' (KiTS) lesion labels 2, 3
+
+
+def test_kind_names_come_from_the_data_set(tmp_path):
+    from napari_miqsam.training.sources import kind_names
+
+    assert kind_names("phantom") == ["tumour", "cyst"]
+    assert kind_names("phantom", kinds=1) == ["tumour"]
+    root = tmp_path / "Task03_Liver"
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    assert kind_names(str(root), "msd") == ["label 2", "label 3"]  # no dataset.json: numbers
+    (root / "dataset.json").write_text('{"labels": {"0": "background", "1": "liver", "2": "Cancer"}}')  # MSD form
+    assert kind_names(str(tmp_path)) == ["cancer", "label 3"]
+    (root / "dataset.json").write_text('{"labels": {"background": 0, "kidney": 1, "tumor": 2, "cyst": 3}}')  # nnU-Net v2
+    assert kind_names(str(root)) == ["tumor", "cyst"]
+    (root / "dataset.json").write_text("{not json")
+    assert kind_names(str(root)) == ["label 2", "label 3"]  # names are for display: never an error
 
 
 def test_single_query_learns_the_union_of_targets():

@@ -34,8 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop instances whose lesion kind disagrees with the clicked one's below this "
                    "agreement (default: the Predictor's; 0: keep every kind)")
     p.add_argument("--kind", default=None,
-                   help="look for this lesion kind instead of the kind the model reads at the click: tumour or "
-                   "cyst (labels 2 and 3, KiTS) for weights with two kinds, or its number 1..K (default: read it)")
+                   help="look for this lesion kind instead of the kind the model reads at the click: one of the "
+                   "weights' kind names (shipped: tumour or cyst, labels 2 and 3 as in KiTS) or its number 1..K "
+                   "(default: read it)")
     p.add_argument("--no-refine", action="store_true",
                    help="upsample the stride-2 masks instead of redrawing them with the weights' mask refiner")
     p.add_argument("--no-grow", action="store_true",
@@ -102,17 +103,15 @@ def predict_file(predictor, image: Path, output: Path, args) -> int:
     return len(rows)
 
 
-def kind_index(kind: str | None, kinds: int) -> int | None:
-    """``--kind`` as an index into the weights' ``kinds`` lesion kinds (0: they have no kind head)."""
-    from ..inference.prediction import named_kinds
-
+def kind_index(kind: str | None, kinds: int, names: tuple[str, ...] = ()) -> int | None:
+    """``--kind`` as an index into the weights' ``kinds`` lesion kinds (0: they have no kind head),
+    by one of their ``names`` (``Predictor.kind_names``) or by number 1..kinds."""
     if kind is None:
         return None
     if kinds == 0:
         raise InputError("these weights have no lesion-kind head, so --kind cannot be used")
-    names = named_kinds(kinds)
-    if kind.lower() in names:
-        return names.index(kind.lower())
+    if kind.strip().lower() in names:
+        return names.index(kind.strip().lower())
     if kind.isdigit() and 1 <= int(kind) <= kinds:
         return int(kind) - 1
     allowed = f"{', '.join(names)} or " if names else ""
@@ -132,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if args.kind_gate is not None and not 0.0 <= args.kind_gate <= 1.0:
         raise InputError(f"--kind-gate must lie in [0, 1], got {args.kind_gate}")
     predictor = Predictor.from_weights(args.weights, device=args.device, spacing=args.model_spacing)
-    args.kind_index = kind_index(args.kind, predictor.cfg.kinds if predictor.cfg.kind_prior else 0)
+    args.kind_index = kind_index(args.kind, predictor.cfg.kinds if predictor.cfg.kind_prior else 0, predictor.kind_names)
     if args.kind_gate is not None:
         predictor.kind_gate = args.kind_gate
     predictor.refine = not args.no_refine

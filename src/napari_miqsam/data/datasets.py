@@ -16,6 +16,7 @@ the KiTS convention used across the project.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ __all__ = [
     "classes_of",
     "detect_format",
     "lesion_classes_in",
+    "lesion_names",
     "list_cases",
     "phantom_cases",
 ]
@@ -278,3 +280,36 @@ def classes_of(format: str, labels: np.ndarray | None = None) -> list[int] | Non
     if fmt == "msd":
         return lesion_classes_in(labels) if labels is not None else None
     raise ReadError(f"unknown data set format {format!r}")
+
+
+#: Names of the lesion labels of each layout (KiTS labelling; our phantoms share it).
+LAYOUT_LESION_NAMES: dict[str, dict[int, str]] = {
+    "phantom": {2: "tumour", 3: "cyst"},
+    "kits": {2: "tumour", 3: "cyst"},
+    "lits": {2: "tumour"},
+}
+
+
+def lesion_names(data: str | Path, format: str = "auto") -> dict[int, str]:
+    """Names of the lesion label values of a data set: ``'phantom'`` and KiTS 2 tumour, 3 cyst;
+    LiTS 2 tumour; MSD / nnU-Net from the data set's ``dataset.json`` ``labels`` (either the MSD
+    ``{"2": "cancer"}`` or the nnU-Net v2 ``{"cancer": 2}`` form), lower-cased; a value without a
+    name is left out. Never raises for a missing or unreadable ``dataset.json``: names are only
+    for display."""
+    if str(data) == "phantom":
+        return dict(LAYOUT_LESION_NAMES["phantom"])
+    root = Path(data)
+    fmt = detect_format(root) if format in (None, "auto") else format.lower()
+    if fmt != "msd":
+        return dict(LAYOUT_LESION_NAMES.get(fmt, {}))
+    msd = _msd_root(root)
+    try:
+        labels = json.loads((msd / "dataset.json").read_text()).get("labels", {}) if msd else {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    names: dict[int, str] = {}
+    for key, value in labels.items() if isinstance(labels, dict) else ():
+        value_, name = (key, value) if str(key).strip().isdigit() else (value, key)
+        if isinstance(value_, (int, str)) and str(value_).strip().isdigit() and isinstance(name, str) and name.strip():
+            names[int(value_)] = name.strip().lower()
+    return {v: n for v, n in names.items() if v >= 2}

@@ -7,6 +7,7 @@ Thresholding is a pure function of a cached ``Prediction`` (no model call):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -26,15 +27,26 @@ DEFAULT_THRESHOLD = 0.2
 #: 50 and lower at 80. The instance under a positive click is never hidden by it; 0 shows all.
 DEFAULT_MIN_VOLUME = 50.0
 
-#: Names of the lesion kinds of weights with two: training maps label 2 to kind 0 and label 3 to
-#: kind 1 (``training.sampling.LESION_CLASSES``), tumour and cyst in the KiTS labelling that our
-#: phantoms share. Other numbers of kinds are shown by number.
+#: Names of the lesion kinds of weights with two and no ``kind_names`` of their own (files written
+#: before 2026-12-04, sixth session, all trained on the KiTS labelling our phantoms share): training
+#: maps label 2 to kind 0 and label 3 to kind 1 (``training.sampling.LESION_CLASSES``).
 KIND_NAMES = ("tumour", "cyst")
 
 
-def named_kinds(n_kinds: int) -> tuple[str, ...]:
-    """The names of weights' ``n_kinds`` lesion kinds: :data:`KIND_NAMES` for two, none otherwise
-    (then kinds go by number, 1..n)."""
+def named_kinds(n_kinds: int, metadata: dict | None = None) -> tuple[str, ...]:
+    """The names of weights' ``n_kinds`` lesion kinds: their ``kind_names`` metadata (a JSON list,
+    written by training from the data set's labels), else :data:`KIND_NAMES` for two, else none
+    (then kinds go by number, 1..n). Names are lower-case; unusable metadata counts as none."""
+    value = (metadata or {}).get("kind_names")
+    if value is not None:
+        try:
+            names = json.loads(value) if isinstance(value, str) else value
+        except ValueError:
+            names = None
+        if (isinstance(names, (list, tuple)) and len(names) == n_kinds
+                and all(isinstance(n, str) and n.strip() for n in names)
+                and len({n.strip().lower() for n in names}) == n_kinds):
+            return tuple(n.strip().lower() for n in names)
     return KIND_NAMES if n_kinds == len(KIND_NAMES) else ()
 
 
@@ -76,7 +88,8 @@ class Prediction:
     Label id k (1-based) always denotes ``instances[k - 1]``, whatever the threshold, so ids stay
     stable while a user moves the threshold. ``kind``: the lesion-kind distribution the prediction
     looked for (read by the model at the clicks, or given), one probability per kind of the
-    weights; None for weights without a kind head.
+    weights; None for weights without a kind head. ``kind_names``: the weights' names of those
+    kinds (``Predictor.kind_names``); empty: :func:`named_kinds`'s fallback.
     """
 
     shape: tuple[int, int, int]
@@ -85,6 +98,7 @@ class Prediction:
     positive: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     negative: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     kind: tuple[float, ...] | None = None
+    kind_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.instances.sort(key=lambda inst: -inst.score)
@@ -98,7 +112,7 @@ class Prediction:
         if self.kind is None or len(self.kind) < 2:
             return None
         k = int(np.argmax(self.kind))
-        names = named_kinds(len(self.kind))
+        names = self.kind_names if len(self.kind_names) == len(self.kind) else named_kinds(len(self.kind))
         name = names[k] if names else f"kind {k + 1} of {len(self.kind)}"
         return f"{name} ({self.kind[k]:.2f})"
 

@@ -39,7 +39,7 @@ from .postprocess import (
     split_instances,
     to_original_grid,
 )
-from .prediction import Prediction
+from .prediction import Prediction, named_kinds
 from .preprocess import GridMap, as_volume, check_spacing, normalise_intensity
 from .resample import resample_to_model
 from .tiling import Window, plan_windows
@@ -195,6 +195,13 @@ class Predictor:
         """An untrained model of a named config (tests, smoke runs)."""
         torch.manual_seed(seed)
         return cls(MIQSAM3D(get_config(name, **overrides)), trained=False, device=device)
+
+    @property
+    def kind_names(self) -> tuple[str, ...]:
+        """Names of the weights' lesion kinds in kind order (their ``kind_names`` metadata, written by
+        training from the data set; :func:`.prediction.named_kinds`); empty without a kind head or
+        without names (then kinds go by number)."""
+        return named_kinds(self.cfg.kinds, self.metadata) if self.cfg.kind_prior else ()
 
     # ----------------------------------------------------------------- model grid
     @property
@@ -377,7 +384,7 @@ class Predictor:
         instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg, refine=refine,
                                      mask_level=self.mask_level)
         looked_for = None if pi is None else tuple(float(v) for v in pi[0].float().cpu())
-        return Prediction(grid.shape, grid.spacing, instances, pos, neg, kind=looked_for)
+        return Prediction(grid.shape, grid.spacing, instances, pos, neg, kind=looked_for, kind_names=self.kind_names)
 
     def _refine_fn(self, fg: np.ndarray, ids: np.ndarray):
         """refine(k, lo, hi): instance k's stride-1 logits over stride-2 cells [lo, hi)."""

@@ -23,7 +23,7 @@ from ..model.weights import init_from, save_weights
 from .losses import LossWeights, set_criterion
 from .refine import refine_loss
 from .loader import ExampleStream, example_batches, in_process_batches
-from .sources import CasePool, case_loader
+from .sources import CasePool, case_loader, kind_names
 
 
 @dataclass
@@ -215,7 +215,8 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
         save_weights(model, path, trained=True, extra={
             "steps": str(step), "train_minutes": f"{elapsed / 60:.1f}", "data": opt.data,
-            "options": json.dumps(asdict(opt)), "world_size": str(world), "hardware": hardware})
+            "options": json.dumps(asdict(opt)), "world_size": str(world), "hardware": hardware,
+            **({"kind_names": kind_names(opt.data, opt.format, cfg.kinds)} if cfg.kind_prior else {})})
         peak = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
         log(f"wrote {path} after {step} steps ({elapsed / 60:.1f} min, {step * opt.batch * world / max(elapsed, 1e-9):.1f} examples/s on {hardware}{peak})")
     if world > 1:

@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from ..model.config import MIQSAMConfig
-from .sampling import PreparedCase, prepare_case
+from .sampling import LESION_CLASSES, PreparedCase, prepare_case
 
 TRAIN_SEED_OFFSET = 1_000_000  # phantom seeds used for training start here; evaluation uses 0..999_999
 
@@ -32,6 +32,17 @@ def case_loader(data: str, fmt: str = "auto", seed: int = 0, cases: int = 2000,
         c = refs[i].load()
         return c.image, c.labels, c.spacing, c.name
     return len(refs), load_ref
+
+
+def kind_names(data: str, fmt: str = "auto", kinds: int = len(LESION_CLASSES)) -> list[str]:
+    """The names of the lesion kinds a network trained on ``data`` tells apart, in kind order
+    (kind k is label ``LESION_CLASSES[k]``): from the data set (``data.datasets.lesion_names``),
+    ``"label N"`` where it names none. Written into the weights (``kind_names``) so the widget and
+    ``miqsam predict`` say "tumour" or "cancer" as the data did."""
+    from ..data.datasets import lesion_names
+
+    names = lesion_names(data, fmt)
+    return [names.get(c, f"label {c}") for c in LESION_CLASSES[:kinds]]
 
 
 class CasePool:
