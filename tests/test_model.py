@@ -268,3 +268,35 @@ def test_average_weights_script_means_every_tensor(tmp_path):
     save_weights(MIQSAM3D(get_config("tiny", gating=False)), tmp_path / "c.safetensors", trained=True)
     with pytest.raises(WeightsError, match="another config"):
         script.average([tmp_path / "a.safetensors", tmp_path / "c.safetensors"])
+
+
+def test_added_mask_blocks_start_as_the_identity_and_then_learn(tmp_path):
+    """Stride-2 capacity added to a trained network (``mask_blocks``): loaded with init_from, the
+    deeper network answers exactly as the file's did; one training step moves the new blocks, and
+    ``--new-lr-mult`` gives them their own learning rate."""
+    from napari_miqsam.model.weights import init_from
+    from napari_miqsam.training.loop import param_groups
+
+    old = tiny()
+    path = save_weights(old, tmp_path / "old.safetensors", trained=True)
+    torch.manual_seed(5)
+    new = MIQSAM3D(get_config("tiny", mask_blocks=2))
+    fresh = init_from(new, path)
+    assert fresh and all(k.startswith("encoder.pixel_decoder.blocks.") for k in fresh)
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.inference_mode():
+        a, b = old.eval()(x, *prompt(1)), new.eval()(x, *prompt(1))
+    assert torch.equal(a[0].mask_features, b[0].mask_features)
+    assert torch.equal(a[1][-1].mask_logits, b[1][-1].mask_logits)
+    groups = param_groups(new, fresh, 10.0)
+    assert [g["lr_mult"] for g in groups] == [1.0, 10.0]
+    named = dict(new.named_parameters())
+    assert {id(p) for p in groups[1]["params"]} == {id(named[k]) for k in fresh if k in named}
+    assert len(param_groups(new, fresh, 1.0)) == 1 and len(param_groups(old, [], 10.0)) == 1
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    new.train()
+    emb, outs = new(x, *prompt(1))
+    (outs[-1].mask_logits.square().mean() + emb.mask_features.square().mean()).backward()
+    opt.step()
+    moved = new.encoder.pixel_decoder.blocks[1].body[-1].weight
+    assert moved.abs().sum() > 0  # the zero-initialised scale learns first

@@ -419,3 +419,22 @@ def test_kind_weight_scales_the_kind_term_and_reaches_the_loop(monkeypatch):
     assert main(["train", "--config", "tiny", "--steps", "1", "--kind-weight", "4"]) == 0
     assert main(["train", "--config", "tiny", "--steps", "1"]) == 0
     assert [o.kind_weight for o in seen] == [4.0, LossWeights.kind]
+
+
+def test_blocks_added_to_init_weights_train_at_their_own_rate(tmp_path):
+    """--init a smaller network + mask_blocks + --new-lr-mult: the schedule scales the new group's rate."""
+    from napari_miqsam.model.weights import load_weights
+    from napari_miqsam.training.loop import TrainOptions, train
+
+    opt = dict(config="tiny", data="phantom", batch=1, patch=32, pool=1, cases=2, warmup=1, checkpoint_every=1,
+               device="cpu", phantom_shape=(32, 64, 64))
+    first = train(TrainOptions(steps=1, out=str(tmp_path / "a"), **opt), log=lambda *a: None)
+    logs = []
+    second = train(TrainOptions(steps=2, out=str(tmp_path / "b"), init=str(first.weights), new_lr_mult=7.0,
+                                ablation={"mask_blocks": 1}, **opt), log=logs.append)
+    assert any("kept fresh" in m and "pixel_decoder.blocks.0" in m for m in logs)
+    groups = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["optim"]["param_groups"]
+    assert [g["lr_mult"] for g in groups] == [1.0, 7.0]
+    assert groups[1]["lr"] == pytest.approx(7.0 * groups[0]["lr"])
+    model, _ = load_weights(second.weights)
+    assert model.cfg.mask_blocks == 1 and model.encoder.pixel_decoder.blocks[0].body[-1].weight.abs().sum() > 0

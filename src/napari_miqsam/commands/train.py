@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-amp", dest="amp", action="store_false",
                    help="train in float32 on CUDA too (default: bf16 autocast on CUDA; GPUs older than Ampere lack bf16)")
     p.add_argument("--refine-pieces", type=int, default=d.refine_pieces, help="found instances per patch the refiner trains on")
+    p.add_argument("--new-lr-mult", type=float, default=d.new_lr_mult,
+                   help="with --init: learning rate of the tensors the init file lacks (e.g. added mask_blocks), "
+                   "times this (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, threads=args.threads, ablation=json.loads(args.ablation),
         refine_only=args.refine_only, refine_pieces=args.refine_pieces, scale_jitter=args.scale_jitter,
         instance_weight=args.instance_weight, kind_weight=args.kind_weight, workers=args.workers, minutes=args.minutes,
-        amp=args.amp,
+        amp=args.amp, new_lr_mult=args.new_lr_mult,
     )
     train(opt)
     return 0

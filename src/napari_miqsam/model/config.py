@@ -33,6 +33,10 @@ class MIQSAMConfig:
     mlp_ratio: float = 3.0
     # Pixel decoder output (mask features at stride 2).
     mask_dim: int = 16
+    # Residual conv blocks on the stride-2 features before the mask projection (pixel_decoder.MaskBlock):
+    # more capacity where small lesions live. Each starts as the identity, so a network of the same
+    # config with fewer blocks, loaded with ``--init``, predicts exactly as before training begins.
+    mask_blocks: int = 0
     # Prompt-conditioned instance-query generator.
     num_queries: int = 16
     fourier_bands: int = 8

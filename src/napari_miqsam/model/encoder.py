@@ -56,7 +56,7 @@ class HybridEncoder(nn.Module):
             GatedViTBlock(cfg.vit_dim, cfg.vit_heads, cfg.mlp_ratio, cfg.gating) for _ in range(cfg.vit_depth)
         )
         self.norm = nn.LayerNorm(cfg.vit_dim)
-        self.pixel_decoder = PixelDecoder(cfg.vit_dim, cfg.cnn_channels, cfg.mask_dim)
+        self.pixel_decoder = PixelDecoder(cfg.vit_dim, cfg.cnn_channels, cfg.mask_dim, cfg.mask_blocks)
         # lesion-kind head on the mask features (background + kinds), see model/kind.py
         self.kind_head = nn.Conv3d(cfg.mask_dim, cfg.kinds + 1, 1) if cfg.kind_prior else None
 

@@ -60,6 +60,7 @@ class TrainOptions:
     workers: int = 0  # processes preparing examples (loader.py); 0: sampled in the training process
     amp: bool = True  # bf16 autocast on CUDA (--no-amp for GPUs without bf16); CPU runs in float32
     minutes: float = 0.0  # time budget: stop at `steps` or after this many minutes, whichever comes first
+    new_lr_mult: float = 1.0  # with --init: the learning rate of the tensors the init file lacks, times this
 
 
 @dataclass
@@ -100,6 +101,21 @@ def shared_elapsed(t0: float, device: torch.device, across_ranks: bool) -> float
     return elapsed
 
 
+def param_groups(model: torch.nn.Module, fresh: list[str], new_lr_mult: float = 1.0) -> list[dict]:
+    """The trainable parameters as AdamW groups, each with an ``lr_mult`` the schedule multiplies its
+    learning rate by: the ``fresh`` ones (tensors the ``--init`` file lacks, e.g. blocks added to a
+    trained network) at ``new_lr_mult``, the rest at 1. One group when nothing is fresh."""
+    fresh_set = set(fresh)
+    old, new = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (new if name in fresh_set and new_lr_mult != 1.0 else old).append(p)
+    groups = [{"params": old, "lr_mult": 1.0}]
+    if new:
+        groups.append({"params": new, "lr_mult": float(new_lr_mult)})
+    return [g for g in groups if g["params"]]
+
+
 def save_checkpoint(path: Path, model, optim, step: int, elapsed: float, opt: TrainOptions) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optim": optim.state_dict(), "step": step, "elapsed": elapsed,
@@ -122,6 +138,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     torch.manual_seed(opt.seed)  # same initial weights on every rank
     cfg = get_config(opt.config, **opt.ablation)
     model = MIQSAM3D(cfg)
+    fresh: list[str] = []
     if opt.init:
         fresh = init_from(model, opt.init)
         log(f"initialised from {opt.init}" + (f"; {len(fresh)} tensors kept fresh: {', '.join(fresh)}" if fresh else ""))
@@ -134,7 +151,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     if refiner is not None:
         refiner.requires_grad_(opt.refine_only)
     params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+    optim = torch.optim.AdamW(param_groups(model, fresh, opt.new_lr_mult), lr=opt.lr, weight_decay=opt.weight_decay)
     out = Path(opt.out)
     ckpt = out / "checkpoint.pt"
     step, elapsed = 0, 0.0
@@ -172,7 +189,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     while not done:
         model.train()
         for group in optim.param_groups:
-            group["lr"] = lr_at(step, opt, elapsed)
+            group["lr"] = lr_at(step, opt, elapsed) * group["lr_mult"]
         batch = next(batches)
         if opt.refine_only:
             model.eval()  # the frozen network as the Predictor runs it
