@@ -13,6 +13,10 @@
 # e.g. `A_FLAGS="--seed 24 --lr 1.5e-4 --kind-weight 4" B_FLAGS='--seed 25 --lr 1.5e-4 --ablation
 # {"spacing":[1.15,1.15,1.15]}' bash scripts/gpu_finetune.sh OUT 8 7` (JSON without spaces: the flags
 # are split on whitespace; a later --ablation replaces the common one).
+# A deeper network grown from stage 9 (mask_blocks: stride-2 blocks that start as the identity, their
+# own learning rate via --new-lr-mult), e.g. `A_FLAGS="--seed 28 --lr 2e-5" B_FLAGS='--seed 29 --lr 2e-5
+# --new-lr-mult 25 --ablation {"spacing":[1.3,1.3,1.3],"mask_blocks":2}' bash scripts/gpu_finetune.sh OUT 8 7`
+# (run A the same recipe without the blocks: the control).
 # Runs from the repository root without installing the package (PYTHONPATH=src), so it works on a
 # GPU machine whose Python already has torch, numpy, scipy, safetensors and tqdm.
 set -u -f

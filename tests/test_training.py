@@ -183,6 +183,9 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert first.steps == 2
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2
+    for group in state["optim"]["param_groups"]:  # as written before per-group rates (--new-lr-mult) existed
+        del group["lr_mult"]
+    torch.save(state, tmp_path / "checkpoint.pt")
     logs = []
     second = train(TrainOptions(steps=3, resume=True, **opt), log=logs.append)
     assert second.steps == 3 and any("resumed" in m and "step 2" in m for m in logs)

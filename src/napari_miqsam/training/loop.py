@@ -189,7 +189,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     while not done:
         model.train()
         for group in optim.param_groups:
-            group["lr"] = lr_at(step, opt, elapsed) * group["lr_mult"]
+            group["lr"] = lr_at(step, opt, elapsed) * group.get("lr_mult", 1.0)  # checkpoints before 2026-12-04 have none
         batch = next(batches)
         if opt.refine_only:
             model.eval()  # the frozen network as the Predictor runs it
