@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ReadError
 from .io import read_volume
-from .phantom import Case, make_phantom
+from .phantom import CLASS_NAMES, Case, make_phantom
 
 __all__ = [
     "FORMATS",
@@ -282,26 +282,19 @@ def classes_of(format: str, labels: np.ndarray | None = None) -> list[int] | Non
     raise ReadError(f"unknown data set format {format!r}")
 
 
-#: Names of the lesion labels of each layout (KiTS labelling; our phantoms share it).
-LAYOUT_LESION_NAMES: dict[str, dict[int, str]] = {
-    "phantom": {2: "tumour", 3: "cyst"},
-    "kits": {2: "tumour", 3: "cyst"},
-    "lits": {2: "tumour"},
-}
-
-
 def lesion_names(data: str | Path, format: str = "auto") -> dict[int, str]:
     """Names of the lesion label values of a data set: ``'phantom'`` and KiTS 2 tumour, 3 cyst;
     LiTS 2 tumour; MSD / nnU-Net from the data set's ``dataset.json`` ``labels`` (either the MSD
     ``{"2": "cancer"}`` or the nnU-Net v2 ``{"cancer": 2}`` form), lower-cased; a value without a
     name is left out. Never raises for a missing or unreadable ``dataset.json``: names are only
     for display."""
-    if str(data) == "phantom":
-        return dict(LAYOUT_LESION_NAMES["phantom"])
     root = Path(data)
-    fmt = detect_format(root) if format in (None, "auto") else format.lower()
-    if fmt != "msd":
-        return dict(LAYOUT_LESION_NAMES.get(fmt, {}))
+    if str(data) == "phantom":
+        fmt = "phantom"
+    else:
+        fmt = detect_format(root) if format in (None, "auto") else format.lower()
+    if fmt != "msd":  # the KiTS labelling (classes_of), named as the phantoms name it
+        return {c: CLASS_NAMES[c] for c in classes_of(fmt)}
     msd = _msd_root(root)
     try:
         labels = json.loads((msd / "dataset.json").read_text()).get("labels", {}) if msd else {}

@@ -110,9 +110,7 @@ def param_groups(model: torch.nn.Module, fresh: list[str], new_lr_mult: float = 
     for name, p in model.named_parameters():
         if p.requires_grad:
             (new if name in fresh_set and new_lr_mult != 1.0 else old).append(p)
-    groups = [{"params": old, "lr_mult": 1.0}]
-    if new:
-        groups.append({"params": new, "lr_mult": float(new_lr_mult)})
+    groups = [{"params": old, "lr_mult": 1.0}, {"params": new, "lr_mult": float(new_lr_mult)}]
     return [g for g in groups if g["params"]]
 
 
@@ -150,8 +148,9 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     model.requires_grad_(not opt.refine_only)
     if refiner is not None:
         refiner.requires_grad_(opt.refine_only)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(param_groups(model, fresh, opt.new_lr_mult), lr=opt.lr, weight_decay=opt.weight_decay)
+    groups = param_groups(model, fresh, opt.new_lr_mult)
+    params = [p for g in groups for p in g["params"]]  # the trainable ones (clipping, gradient averaging)
+    optim = torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
     out = Path(opt.out)
     ckpt = out / "checkpoint.pt"
     step, elapsed = 0, 0.0
