@@ -29,7 +29,7 @@ def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for cmd in ("predict", "phantom", "evaluate", "train", "benchmark"):
+    for cmd in ("predict", "phantom", "evaluate", "compare", "train", "benchmark"):
         assert cmd in out
 
 

@@ -13,7 +13,7 @@ import sys
 
 from .errors import MiqsamError
 
-COMMANDS = ("predict", "phantom", "evaluate", "train", "benchmark")
+COMMANDS = ("predict", "phantom", "evaluate", "compare", "train", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

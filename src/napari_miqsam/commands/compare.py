@@ -1,0 +1,60 @@
+"""``miqsam compare A.json B.json [C.json ...]``: is B better than A, beyond the noise of the cases?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = ("Compare `miqsam evaluate --json` results scored on the same cases and clicks: paired differences "
+        "with a bootstrap interval over cases.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", type=Path, nargs="+", metavar="RESULT.json",
+                        help="evaluate results (same DATA, --clicks and --seed); each after the first is compared with the first")
+    parser.add_argument("--method", default="model", help="which method's rows to compare (default: model)")
+    parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="interval's confidence level (default 0.95)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the comparisons here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+
+
+def _load(path: Path) -> dict:
+    from ..errors import InputError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not a JSON file ({exc.msg}, line {exc.lineno})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError, WriteError
+    from ..evaluation.compare import compare, format_comparison
+    from .evaluate import write_json_atomic
+
+    if len(args.results) < 2:
+        raise InputError("give at least two results to compare")
+    if args.resamples < 100:
+        raise InputError(f"--resamples must be at least 100, got {args.resamples}")
+    if not 0.5 <= args.confidence < 1.0:
+        raise InputError(f"--confidence must lie in [0.5, 1), got {args.confidence}")
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        raise WriteError(f"{args.json}: the file exists; use --overwrite")
+    first = _load(args.results[0])
+    out = []
+    for path in args.results[1:]:
+        try:
+            result = compare(first, _load(path), method=args.method, n_resamples=args.resamples,
+                             confidence=args.confidence)
+        except InputError as exc:
+            raise InputError(f"{args.results[0]} vs {path}: {exc}") from None
+        print(format_comparison(result, args.results[0].stem, path.stem), end="\n\n")
+        out.append({"first": str(args.results[0]), "second": str(path), **result})
+    if args.json is not None:
+        write_json_atomic(args.json, out, overwrite=True)
+    return 0
