@@ -105,3 +105,20 @@ def test_lesion_classes_in_and_phantom_refs():
     assert [r.seed for r in refs] == [5, 6]
     case = refs[1].load()
     assert case.name == "phantom_00006" and case.image.shape == (16, 32, 32)
+
+
+def test_lesion_labels_of_a_whole_data_set(tmp_path):
+    from napari_miqsam.data.datasets import dataset_lesion_classes, lesion_names
+
+    assert dataset_lesion_classes("phantom") == [2, 3] and dataset_lesion_classes(tmp_path, "lits") == [2]
+    root = tmp_path / "Task06_Lung"
+    _pair(root / "imagesTr" / "lung_0.nii.gz", root / "labelsTr" / "lung_0.nii.gz", lesion=1)
+    assert dataset_lesion_classes(root) is None  # no dataset.json: only the label volumes can tell
+    (root / "dataset.json").write_text('{"labels": {"0": "background", "1": "Cancer"}}')  # MSD Task06 / Task10
+    assert dataset_lesion_classes(root) == [1] and lesion_names(root) == {1: "cancer"}
+    (root / "dataset.json").write_text('{"labels": {"background": 0, "cancer": 1}}')  # nnU-Net v2 form
+    assert dataset_lesion_classes(tmp_path) == [1]
+    (root / "dataset.json").write_text('{"labels": {"0": "background", "1": "liver", "2": "cancer"}}')  # Task03
+    assert dataset_lesion_classes(root) == [2] and lesion_names(root) == {2: "cancer"}
+    (root / "dataset.json").write_text('{"labels": {"0": "bg", "1": "edema", "2": "non-enhancing", "3": "enhancing"}}')
+    assert dataset_lesion_classes(root) == [2, 3]

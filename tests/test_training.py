@@ -211,6 +211,40 @@ def test_kind_names_come_from_the_data_set(tmp_path):
     assert kind_names(str(root)) == ["label 2", "label 3"]  # names are for display: never an error
 
 
+def test_a_data_set_whose_lesion_is_label_1_trains(tmp_path):
+    """MSD Task06 Lung / Task10 Colon: label 1 is the cancer (no organ label). Training must take it as
+    lesion kind 1 (before: no instances, "ten cases in a row had no lesion"), and name it."""
+    import nibabel as nib
+
+    from napari_miqsam.data.phantom import make_phantom
+    from napari_miqsam.model.weights import load_weights
+    from napari_miqsam.training.loop import TrainOptions, train
+    from napari_miqsam.training.sources import CasePool, case_loader, kind_names, lesion_labels
+
+    root = tmp_path / "Task06_Lung"
+    for i in range(2):
+        c = make_phantom(40 + i, shape=(24, 48, 48), spacing=(3.0, 2.0, 2.0))
+        aff = np.diag([2.0, 2.0, 3.0, 1.0])
+        for sub, arr in (("imagesTr", c.image.astype(np.float32)), ("labelsTr", (c.labels == 2).astype(np.uint8))):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(arr.transpose(2, 1, 0), aff), str(root / sub / f"lung_{i}.nii.gz"))
+    n, load = case_loader(str(root))
+    assert lesion_labels(str(root), load=load) == (1,)  # no dataset.json: read from the first case
+    (root / "dataset.json").write_text('{"labels": {"0": "background", "1": "cancer"}}')
+    assert lesion_labels(str(root)) == (1,) and kind_names(str(root), classes=(1,)) == ["cancer", "unused kind 2"]
+    from napari_miqsam.model.config import get_config
+
+    pool = CasePool(n, load, get_config("tiny"), 2, lesion_classes=(1,))
+    ex = sample_example(pool.cases[0], 32, np.random.default_rng(0))
+    assert ex.kinds.shape[0] == 2 and float(ex.kinds[1].max()) > 0.5  # the cancer is lesion kind 1
+    logs = []
+    res = train(TrainOptions(config="tiny", data=str(root), out=str(tmp_path / "run"), steps=2, batch=1, patch=32,
+                             pool=2, warmup=1, device="cpu"), log=logs.append)
+    assert any("trained as kinds 1..1: 1" in m for m in logs)
+    _, meta = load_weights(res.weights)
+    assert json.loads(meta["kind_names"]) == ["cancer", "unused kind 2"]
+
+
 def test_single_query_learns_the_union_of_targets():
     """Without PC-IQG (one query) the target is the union of the instances."""
     t = torch.zeros(2, 4, 4, 4)

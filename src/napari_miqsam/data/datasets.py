@@ -282,27 +282,53 @@ def classes_of(format: str, labels: np.ndarray | None = None) -> list[int] | Non
     raise ReadError(f"unknown data set format {format!r}")
 
 
-def lesion_names(data: str | Path, format: str = "auto") -> dict[int, str]:
-    """Names of the lesion label values of a data set: ``'phantom'`` and KiTS 2 tumour, 3 cyst;
-    LiTS 2 tumour; MSD / nnU-Net from the data set's ``dataset.json`` ``labels`` (either the MSD
-    ``{"2": "cancer"}`` or the nnU-Net v2 ``{"cancer": 2}`` form), lower-cased; a value without a
-    name is left out. Never raises for a missing or unreadable ``dataset.json``: names are only
-    for display."""
-    root = Path(data)
+def _format_of(data: str | Path, format: str | None) -> str:
     if str(data) == "phantom":
-        fmt = "phantom"
-    else:
-        fmt = detect_format(root) if format in (None, "auto") else format.lower()
-    if fmt != "msd":  # the KiTS labelling (classes_of), named as the phantoms name it
-        return {c: CLASS_NAMES[c] for c in classes_of(fmt)}
-    msd = _msd_root(root)
+        return "phantom"
+    return detect_format(Path(data)) if format in (None, "auto") else format.lower()
+
+
+def _msd_label_names(data: str | Path) -> dict[int, str] | None:
+    """value -> name (lower-case) of every label an MSD / nnU-Net ``dataset.json`` names, in
+    either the MSD ``{"2": "cancer"}`` or the nnU-Net v2 ``{"cancer": 2}`` form; None when the
+    file is missing or unreadable."""
+    msd = _msd_root(Path(data))
     try:
-        labels = json.loads((msd / "dataset.json").read_text()).get("labels", {}) if msd else {}
+        labels = json.loads((msd / "dataset.json").read_text()).get("labels", {}) if msd else None
     except (OSError, ValueError, AttributeError):
-        return {}
+        return None
+    if not isinstance(labels, dict):
+        return None
     names: dict[int, str] = {}
-    for key, value in labels.items() if isinstance(labels, dict) else ():
+    for key, value in labels.items():
         value_, name = (key, value) if str(key).strip().isdigit() else (value, key)
         if isinstance(value_, (int, str)) and str(value_).strip().isdigit() and isinstance(name, str) and name.strip():
             names[int(value_)] = name.strip().lower()
-    return {v: n for v, n in names.items() if v >= 2}
+    return names
+
+
+def dataset_lesion_classes(data: str | Path, format: str = "auto") -> list[int] | None:
+    """The lesion label values of a whole data set, in order: ``'phantom'`` and KiTS [2, 3], LiTS
+    [2]; MSD / nnU-Net by the per-case rule (:func:`lesion_classes_in`) applied to the labels its
+    ``dataset.json`` names: the values >= 2 (Task03 Liver: [2], cancer), or [1] where 1 is the only
+    label besides background (Task06 Lung, Task10 Colon: cancer); None for an MSD set without a
+    readable ``dataset.json`` (then only its label volumes can tell)."""
+    fmt = _format_of(data, format)
+    if fmt != "msd":
+        return classes_of(fmt)
+    names = _msd_label_names(data)
+    if not names:
+        return None
+    return lesion_classes_in(np.asarray(sorted({0, *names}), dtype=np.intp))
+
+
+def lesion_names(data: str | Path, format: str = "auto") -> dict[int, str]:
+    """Names of the lesion label values of a data set (:func:`dataset_lesion_classes`):
+    ``'phantom'`` and KiTS 2 tumour, 3 cyst; LiTS 2 tumour; MSD / nnU-Net from the data set's
+    ``dataset.json`` ``labels``, lower-cased; a value without a name is left out. Never raises for
+    a missing or unreadable ``dataset.json``: names are only for display."""
+    fmt = _format_of(data, format)
+    if fmt != "msd":  # the KiTS labelling (classes_of), named as the phantoms name it
+        return {c: CLASS_NAMES[c] for c in classes_of(fmt)}
+    names = _msd_label_names(data) or {}
+    return {v: names[v] for v in dataset_lesion_classes(data, fmt) or () if v in names}

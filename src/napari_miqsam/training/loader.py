@@ -12,14 +12,14 @@ into batches. With ``workers == 0`` the batches are sampled in the training proc
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..model.config import MIQSAMConfig
-from .sampling import Example, augment, collate, sample_example
+from .sampling import LESION_CLASSES, Example, augment, collate, sample_example
 from .sources import CasePool
 
 
@@ -32,13 +32,15 @@ class ExampleStream(IterableDataset):
     """
 
     def __init__(self, n_cases: int, load: Callable[[int], tuple], cfg: MIQSAMConfig, patch: int, pool: int,
-                 draws_per_refresh: int, seed: int, rank: int = 0, world: int = 1, scale_jitter: float = 0.0):
+                 draws_per_refresh: int, seed: int, rank: int = 0, world: int = 1, scale_jitter: float = 0.0,
+                 lesion_classes: Sequence[int] = LESION_CLASSES):
         super().__init__()
         if draws_per_refresh < 1:
             raise ValueError(f"draws_per_refresh must be >= 1, got {draws_per_refresh}")
         self.n_cases, self.load, self.cfg, self.patch = n_cases, load, cfg, patch
         self.pool, self.draws_per_refresh, self.seed = pool, draws_per_refresh, seed
         self.rank, self.world, self.scale_jitter = rank, world, scale_jitter
+        self.lesion_classes = tuple(lesion_classes)
 
     def shard(self) -> tuple[int, int, int]:
         """(this worker's shard, number of shards, workers in this process)."""
@@ -51,7 +53,7 @@ class ExampleStream(IterableDataset):
         if get_worker_info() is not None:
             torch.set_num_threads(1)  # the workers share the machine's cores
         pool = CasePool(self.n_cases, self.load, self.cfg, max(1, self.pool // workers), shard, shards,
-                        seed=self.seed, scale_jitter=self.scale_jitter)
+                        seed=self.seed, scale_jitter=self.scale_jitter, lesion_classes=self.lesion_classes)
         for drawn, ex in enumerate(examples(pool, self.patch, np.random.default_rng([self.seed, shard])), start=1):
             yield ex
             if drawn % self.draws_per_refresh == 0:

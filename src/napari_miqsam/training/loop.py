@@ -23,7 +23,7 @@ from ..model.weights import init_from, save_weights
 from .losses import LossWeights, set_criterion
 from .refine import refine_loss
 from .loader import ExampleStream, example_batches, in_process_batches
-from .sources import CasePool, case_loader, kind_names
+from .sources import CasePool, case_loader, kind_names, lesion_labels
 
 
 @dataclass
@@ -165,12 +165,16 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     else:  # the refiner's gradients are averaged by hand (a variable number of pieces per rank)
         ddp = model
     n_cases, load = case_loader(opt.data, opt.format, opt.seed, opt.cases, opt.phantom_shape)
+    classes = lesion_labels(opt.data, opt.format, cfg.kinds, load)  # label values of lesion kinds 0, 1, ...
+    if opt.data != "phantom" and rank == 0:
+        log(f"lesion label values trained as kinds 1..{len(classes)}: {', '.join(map(str, classes))}")
     rng = np.random.default_rng(opt.seed * 1000 + rank + step)
     if opt.workers > 0:  # examples prepared in worker processes (a GPU outruns one core's sampling)
         batches = example_batches(ExampleStream(n_cases, load, cfg, opt.patch, opt.pool, opt.refresh_every * opt.batch,
-                                                opt.seed + step, rank, world, opt.scale_jitter), opt.batch, opt.workers)
+                                                opt.seed + step, rank, world, opt.scale_jitter, classes), opt.batch, opt.workers)
     else:
-        pool = CasePool(n_cases, load, cfg, opt.pool, rank, world, seed=opt.seed + step, scale_jitter=opt.scale_jitter)
+        pool = CasePool(n_cases, load, cfg, opt.pool, rank, world, seed=opt.seed + step, scale_jitter=opt.scale_jitter,
+                        lesion_classes=classes)
         batches = in_process_batches(pool, opt.patch, opt.batch, rng, opt.refresh_every, step)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +236,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         save_weights(model, path, trained=True, extra={
             "steps": str(step), "train_minutes": f"{elapsed / 60:.1f}", "data": opt.data,
             "options": json.dumps(asdict(opt)), "world_size": str(world), "hardware": hardware,
-            **({"kind_names": kind_names(opt.data, opt.format, cfg.kinds)} if cfg.kind_prior else {})})
+            **({"kind_names": kind_names(opt.data, opt.format, cfg.kinds, classes)} if cfg.kind_prior else {})})
         peak = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
         log(f"wrote {path} after {step} steps ({elapsed / 60:.1f} min, {step * opt.batch * world / max(elapsed, 1e-9):.1f} examples/s on {hardware}{peak})")
     if world > 1:

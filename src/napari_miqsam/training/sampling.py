@@ -35,6 +35,7 @@ class PreparedCase:
     instances: np.ndarray
     instance_class: np.ndarray
     name: str = ""
+    lesion_classes: tuple[int, ...] = LESION_CLASSES  # label values of lesion kinds 0, 1, ... (kind_target)
 
 
 def nearest_to_model(labels: np.ndarray, grid: GridMap) -> np.ndarray:
@@ -58,7 +59,7 @@ def prepare_case(image: np.ndarray, labels: np.ndarray, spacing, cfg: MIQSAMConf
         if n:
             inst[ids > 0] = ids[ids > 0] + len(inst_class) - 1
             inst_class += [c] * n
-    return PreparedCase(img, cls, inst, np.asarray(inst_class, dtype=np.int16), name)
+    return PreparedCase(img, cls, inst, np.asarray(inst_class, dtype=np.int16), name, tuple(lesion_classes))
 
 
 PATCH_MULTIPLE = 8  # the encoder's token stride: every patch side is a multiple of it
@@ -223,7 +224,7 @@ def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg
     targets = peak_normalised(instance_occupancy(inst_p, target_ids))
     own = np.where(np.isin(inst_p, target_ids), inst_p, 0).astype(np.int32)
     return Example(torch.from_numpy(image)[None], torch.tensor(np.asarray(points), dtype=torch.float32),
-                   torch.tensor(labels), targets, boundary_target(cls_p), kind_target(cls_p, instances=inst_p),
+                   torch.tensor(labels), targets, boundary_target(cls_p), kind_target(cls_p, case.lesion_classes, inst_p),
                    torch.from_numpy(own))
 
 

@@ -4,7 +4,7 @@ pool of prepared cases that is refreshed as training goes (cases sharded across 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -34,15 +34,36 @@ def case_loader(data: str, fmt: str = "auto", seed: int = 0, cases: int = 2000,
     return len(refs), load_ref
 
 
-def kind_names(data: str, fmt: str = "auto", kinds: int = len(LESION_CLASSES)) -> list[str]:
-    """The names of the lesion kinds a network trained on ``data`` tells apart, in kind order
-    (kind k is label ``LESION_CLASSES[k]``): from the data set (``data.datasets.lesion_names``),
-    ``"label N"`` where it names none. Written into the weights (``kind_names``) so the widget and
-    ``miqsam predict`` say "tumour" or "cancer" as the data did."""
+def lesion_labels(data: str, fmt: str = "auto", kinds: int = len(LESION_CLASSES),
+                  load: Callable[[int], tuple] | None = None) -> tuple[int, ...]:
+    """The label values trained as lesion kinds 0, 1, ... (at most ``kinds``): the data set's own
+    (``data.datasets.dataset_lesion_classes``: phantoms and KiTS 2 tumour, 3 cyst; LiTS 2; MSD from
+    its ``dataset.json``, so Task06 Lung's and Task10 Colon's cancer, label 1, is a lesion too), or,
+    for an MSD set without one, the lesion values of its first case's labels (``load(0)``)."""
+    from ..data.datasets import dataset_lesion_classes, lesion_classes_in
+
+    classes = dataset_lesion_classes(data, fmt)
+    if classes is None and load is not None:
+        classes = lesion_classes_in(load(0)[1])
+    if not classes:
+        classes = list(LESION_CLASSES)
+    return tuple(int(c) for c in classes[:kinds])
+
+
+def kind_names(data: str, fmt: str = "auto", kinds: int = len(LESION_CLASSES),
+               classes: Sequence[int] | None = None) -> list[str]:
+    """The names of the ``kinds`` lesion kinds a network trained on ``data`` tells apart, in kind
+    order (kind k is label ``classes[k]``, default ``LESION_CLASSES``): from the data set
+    (``data.datasets.lesion_names``), ``"label N"`` where it names none, ``"unused kind k"`` for a
+    kind the data set has no label for (Task06 Lung trains one kind of two). Written into the
+    weights (``kind_names``) so the widget and ``miqsam predict`` say "tumour" or "cancer" as the
+    data did."""
     from ..data.datasets import lesion_names
 
+    classes = tuple(LESION_CLASSES if classes is None else classes)
     names = lesion_names(data, fmt)
-    return [names.get(c, f"label {c}") for c in LESION_CLASSES[:kinds]]
+    return [names.get(classes[k], f"label {classes[k]}") if k < len(classes) else f"unused kind {k + 1}"
+            for k in range(kinds)]
 
 
 class CasePool:
@@ -55,10 +76,11 @@ class CasePool:
     """
 
     def __init__(self, n_cases: int, load, cfg: MIQSAMConfig, size: int, rank: int = 0, world: int = 1, seed: int = 0,
-                 scale_jitter: float = 0.0):
+                 scale_jitter: float = 0.0, lesion_classes: Sequence[int] = LESION_CLASSES):
         if scale_jitter < 0:
             raise ValueError(f"scale_jitter must be >= 0, got {scale_jitter}")
         self.load, self.cfg, self.size, self.scale_jitter = load, cfg, size, scale_jitter
+        self.lesion_classes = tuple(lesion_classes)  # label values of lesion kinds 0, 1, ... (lesion_labels)
         self.rng = np.random.default_rng(seed + 7919 * rank)
         self.indices = np.arange(rank, n_cases, world)  # DistributedSampler-style shard of the cases
         if len(self.indices) == 0:
@@ -78,11 +100,13 @@ class CasePool:
     def _add(self) -> None:
         for _ in range(10):  # skip cases without lesions
             image, labels, spacing, name = self.load(self._next_index())
-            case = prepare_case(image, labels, spacing, self.cfg, name, model_spacing=self.model_spacing())
+            case = prepare_case(image, labels, spacing, self.cfg, name, lesion_classes=self.lesion_classes,
+                                model_spacing=self.model_spacing())
             if len(case.instance_class) > 1:
                 self.cases.append(case)
                 return
-        raise ValueError("ten cases in a row had no lesion; check the labels of the dataset")
+        raise ValueError(f"ten cases in a row had no lesion (label values {list(self.lesion_classes)}); "
+                         "check the labels of the dataset")
 
     def model_spacing(self) -> tuple[float, float, float]:
         """The model grid (mm) the next case is prepared on: the config's, scaled by the jitter."""
