@@ -17,6 +17,10 @@
 # own learning rate via --new-lr-mult), e.g. `A_FLAGS="--seed 28 --lr 2e-5" B_FLAGS='--seed 29 --lr 2e-5
 # --new-lr-mult 25 --ablation {"spacing":[1.3,1.3,1.3],"mask_blocks":2}' bash scripts/gpu_finetune.sh OUT 8 7`
 # (run A the same recipe without the blocks: the control).
+# EVAL_CASES=N (default 0: off) then scores stage 9 and both runs on N fresh phantoms from seed
+# EVAL_FIRST (default 970000; move on once a choice has been made there), four click draws, with
+# EVAL_PROCS evaluate processes sharing the GPU (default 8), and prints `miqsam compare` of each run
+# against stage 9 (paired differences with intervals; README Results, "Judging a candidate").
 # Runs from the repository root without installing the package (PYTHONPATH=src), so it works on a
 # GPU machine whose Python already has torch, numpy, scipy, safetensors and tqdm.
 set -u -f
@@ -35,3 +39,18 @@ read -r -a b_flags <<<"${B_FLAGS:---seed 21 --lr 1.5e-4}"
 "${PYTHON:-python3}" -m napari_miqsam.training "${common[@]}" "${b_flags[@]}" --out "$out/b" >"$out/b.log" 2>&1 &
 wait
 for r in a b; do echo "== run $r"; tr "\r" "\n" <"$out/$r.log" | tail -n 3; tail -n 1 "$out/$r/log.jsonl" 2>/dev/null; done
+cases=${EVAL_CASES:-0}
+if (( cases > 0 )); then
+    data="phantom:$cases:${EVAL_FIRST:-970000}"
+    for w in stage9:src/napari_miqsam/weights/miqsam_cpu.safetensors a:$out/a/miqsam_cpu.safetensors b:$out/b/miqsam_cpu.safetensors; do
+        name=${w%%:*}
+        [[ -f ${w#*:} ]] || { echo "== no weights for $name"; continue; }
+        "${PYTHON:-python3}" -m torch.distributed.run --nproc_per_node "${EVAL_PROCS:-8}" -m napari_miqsam.cli evaluate "$data" \
+            --clicks 3 --seed 0,1,2,3 --no-baselines --quiet --weights "${w#*:}" --json "$out/eval_$name.json" --overwrite \
+            >"$out/eval_$name.log" 2>&1 || echo "== evaluate $name failed: $out/eval_$name.log"
+    done
+    for r in a b; do
+        [[ -f $out/eval_$r.json && -f $out/eval_stage9.json ]] &&
+            "${PYTHON:-python3}" -m napari_miqsam.cli compare "$out/eval_stage9.json" "$out/eval_$r.json"
+    done
+fi

@@ -32,6 +32,9 @@ __all__ = ["LOWER_IS_BETTER", "compare", "format_comparison", "paired_rows"]
 # SciPy 1.15 renamed ``random_state`` to ``rng`` (SPEC 7); pyproject allows SciPy 1.10+.
 _RNG_ARG = "rng" if "rng" in inspect.signature(bootstrap).parameters else "random_state"
 
+#: A row counts as moved when its value changes by more than this (half the tables' last digit).
+ROW_TOLERANCE = 5e-4
+
 #: Metrics where a smaller value is the better one.
 LOWER_IS_BETTER: frozenset[str] = frozenset({"wrong_class_rate", "dice_std_over_clicks"})
 
@@ -86,7 +89,8 @@ def _value(metrics: dict, name: str) -> float:
 def compare(a: dict, b: dict, metrics: Sequence[str] = ROW_METRICS, method: str = "model",
             n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """Per metric: both means over the paired rows, their difference (second minus first), its
-    cluster-bootstrap interval over cases, how many rows moved each way, and a verdict.
+    cluster-bootstrap interval over cases, how many rows moved each way (by more than
+    :data:`ROW_TOLERANCE`), and a verdict.
 
     The verdict is ``better`` / ``worse`` (for the second result; lower is better for
     :data:`LOWER_IS_BETTER`) when the interval excludes 0, else ``within noise``. Rows where either
@@ -129,7 +133,7 @@ def compare(a: dict, b: dict, metrics: Sequence[str] = ROW_METRICS, method: str 
         out["metrics"][name] = {
             "first": float(va[ok].mean()), "second": float(vb[ok].mean()), "difference": diff,
             "ci_low": low, "ci_high": high, "verdict": verdict, "n_rows": int(ok.sum()),
-            "rows_better": int(np.sum(sign * d > 1e-9)), "rows_worse": int(np.sum(sign * d < -1e-9)),
+            "rows_better": int(np.sum(sign * d > ROW_TOLERANCE)), "rows_worse": int(np.sum(sign * d < -ROW_TOLERANCE)),
         }
     return out
 
