@@ -122,3 +122,32 @@ def test_lesion_labels_of_a_whole_data_set(tmp_path):
     assert dataset_lesion_classes(root) == [2] and lesion_names(root) == {2: "cancer"}
     (root / "dataset.json").write_text('{"labels": {"0": "bg", "1": "edema", "2": "non-enhancing", "3": "enhancing"}}')
     assert dataset_lesion_classes(root) == [2, 3]
+
+
+def test_lesion_labels_without_dataset_json_look_at_several_cases():
+    from napari_miqsam.training.sources import lesion_labels
+
+    liver_only, with_tumour, lung = (np.array([0, 1]), np.array([0, 1, 2]), np.array([0, 1]))
+    cases = [liver_only, with_tumour]  # Task03 without dataset.json: the first case has no tumour
+    assert lesion_labels("/nonexistent", "msd", load=lambda i: (None, cases[i], None, None), n_cases=2) == (2,)
+    assert lesion_labels("/nonexistent", "msd", load=lambda i: (None, cases[i], None, None), n_cases=1) == (1,)
+    assert lesion_labels("/nonexistent", "msd", load=lambda i: (None, lung, None, None), n_cases=1) == (1,)
+    assert lesion_labels("phantom", kinds=1) == (2,)
+
+
+def test_evaluate_scores_only_the_data_sets_lesion_labels(tmp_path, capsys):
+    """An MSD Task03 case without a tumour shows only its liver (label 1); with the data set's
+    dataset.json saying the lesion is 2, that case gives no row (not a row on the liver)."""
+    import json
+
+    from napari_miqsam.cli import main
+
+    root = tmp_path / "Task03_Liver"
+    _pair(root / "imagesTr" / "liver_0.nii.gz", root / "labelsTr" / "liver_0.nii.gz", lesion=2)
+    _pair(root / "imagesTr" / "liver_1.nii.gz", root / "labelsTr" / "liver_1.nii.gz", lesion=1)  # liver only
+    (root / "dataset.json").write_text('{"labels": {"0": "background", "1": "liver", "2": "cancer"}}')
+    out = tmp_path / "e.json"
+    assert main(["evaluate", str(root), "--no-model", "--clicks", "1", "--min-size", "1", "--quiet",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["cases"]
+    assert [(r["case"], r["class"]) for r in rows] == [("liver_0", 2)]

@@ -229,7 +229,7 @@ def test_a_data_set_whose_lesion_is_label_1_trains(tmp_path):
             (root / sub).mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(arr.transpose(2, 1, 0), aff), str(root / sub / f"lung_{i}.nii.gz"))
     n, load = case_loader(str(root))
-    assert lesion_labels(str(root), load=load) == (1,)  # no dataset.json: read from the first case
+    assert lesion_labels(str(root), load=load, n_cases=n) == (1,)  # no dataset.json: read from the cases
     (root / "dataset.json").write_text('{"labels": {"0": "background", "1": "cancer"}}')
     assert lesion_labels(str(root)) == (1,) and kind_names(str(root), classes=(1,)) == ["cancer", "unused kind 2"]
     from napari_miqsam.model.config import get_config

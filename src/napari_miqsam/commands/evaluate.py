@@ -122,6 +122,12 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None and args.json.exists() and not args.overwrite:
         raise WriteError(f"{args.json}: the file exists; use --overwrite")
     cases = resolve_cases(args.data, args.format, args.limit)
+    lesion_classes = None  # phantoms, and MSD sets without a dataset.json: each case's own lesion labels
+    if not _PHANTOM.match(str(args.data)) and args.format != "phantom":
+        from ..data.datasets import dataset_lesion_classes
+
+        # the data set's lesion labels, so an MSD Task03 case without a tumour is not scored on its liver
+        lesion_classes = dataset_lesion_classes(args.data, args.format)
     rank, world, local_rank = distributed_context()
     if world > 1:
         from ..distributed import init
@@ -161,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet and rank == 0,
         baselines=not args.no_baselines,
         shard=(rank, world),
+        lesion_classes=lesion_classes,
     )
     if world > 1:
         from ..distributed import gather_to_rank0

@@ -292,8 +292,8 @@ def _msd_label_names(data: str | Path) -> dict[int, str] | None:
     """value -> name (lower-case) of every label an MSD / nnU-Net ``dataset.json`` names, in
     either the MSD ``{"2": "cancer"}`` or the nnU-Net v2 ``{"cancer": 2}`` form; None when the
     file is missing or unreadable."""
-    msd = _msd_root(Path(data))
     try:
+        msd = _msd_root(Path(data))
         labels = json.loads((msd / "dataset.json").read_text()).get("labels", {}) if msd else None
     except (OSError, ValueError, AttributeError):
         return None

@@ -23,7 +23,7 @@ from ..model.weights import init_from, save_weights
 from .losses import LossWeights, set_criterion
 from .refine import refine_loss
 from .loader import ExampleStream, example_batches, in_process_batches
-from .sources import CasePool, case_loader, kind_names, lesion_labels
+from .sources import LABEL_SCAN_CASES, CasePool, case_loader, kind_names, lesion_labels
 
 
 @dataclass
@@ -165,7 +165,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     else:  # the refiner's gradients are averaged by hand (a variable number of pieces per rank)
         ddp = model
     n_cases, load = case_loader(opt.data, opt.format, opt.seed, opt.cases, opt.phantom_shape)
-    classes = lesion_labels(opt.data, opt.format, cfg.kinds, load)  # label values of lesion kinds 0, 1, ...
+    classes = lesion_labels(opt.data, opt.format, cfg.kinds, load, min(LABEL_SCAN_CASES, n_cases))  # kinds 0, 1, ...
     if opt.data != "phantom" and rank == 0:
         log(f"lesion label values trained as kinds 1..{len(classes)}: {', '.join(map(str, classes))}")
     rng = np.random.default_rng(opt.seed * 1000 + rank + step)

@@ -34,17 +34,25 @@ def case_loader(data: str, fmt: str = "auto", seed: int = 0, cases: int = 2000,
     return len(refs), load_ref
 
 
+LABEL_SCAN_CASES = 5  # cases read to find an MSD set's lesion labels when it has no dataset.json
+
+
 def lesion_labels(data: str, fmt: str = "auto", kinds: int = len(LESION_CLASSES),
-                  load: Callable[[int], tuple] | None = None) -> tuple[int, ...]:
+                  load: Callable[[int], tuple] | None = None, n_cases: int = LABEL_SCAN_CASES) -> tuple[int, ...]:
     """The label values trained as lesion kinds 0, 1, ... (at most ``kinds``): the data set's own
     (``data.datasets.dataset_lesion_classes``: phantoms and KiTS 2 tumour, 3 cyst; LiTS 2; MSD from
     its ``dataset.json``, so Task06 Lung's and Task10 Colon's cancer, label 1, is a lesion too), or,
-    for an MSD set without one, the lesion values of its first case's labels (``load(0)``)."""
+    for an MSD set without one, the same rule over the labels found in its first ``n_cases`` cases
+    (``load(i)``, so at most the set's size; several, since a Task03 case without a tumour shows
+    only its liver, label 1)."""
     from ..data.datasets import dataset_lesion_classes, lesion_classes_in
 
     classes = dataset_lesion_classes(data, fmt)
     if classes is None and load is not None:
-        classes = lesion_classes_in(load(0)[1])
+        seen = set()
+        for i in range(max(1, n_cases)):
+            seen.update(int(v) for v in np.unique(load(i)[1]))
+        classes = lesion_classes_in(np.asarray(sorted(seen | {0}), dtype=np.intp))
     if not classes:
         classes = list(LESION_CLASSES)
     return tuple(int(c) for c in classes[:kinds])
