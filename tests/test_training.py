@@ -222,7 +222,7 @@ def test_a_data_set_whose_lesion_is_label_1_trains(tmp_path):
     from napari_miqsam.training.sources import CasePool, case_loader, kind_names, lesion_labels
 
     root = tmp_path / "Task06_Lung"
-    for i in range(2):
+    for i in range(5):
         c = make_phantom(40 + i, shape=(24, 48, 48), spacing=(3.0, 2.0, 2.0))
         aff = np.diag([2.0, 2.0, 3.0, 1.0])
         for sub, arr in (("imagesTr", c.image.astype(np.float32)), ("labelsTr", (c.labels == 2).astype(np.uint8))):
@@ -239,8 +239,15 @@ def test_a_data_set_whose_lesion_is_label_1_trains(tmp_path):
     assert ex.kinds.shape[0] == 2 and float(ex.kinds[1].max()) > 0.5  # the cancer is lesion kind 1
     logs = []
     res = train(TrainOptions(config="tiny", data=str(root), out=str(tmp_path / "run"), steps=2, batch=1, patch=32,
-                             pool=2, warmup=1, device="cpu"), log=logs.append)
+                             pool=2, warmup=1, device="cpu", val_every=2, val_cases=3), log=logs.append)
     assert any("trained as kinds 1..1: 1" in m for m in logs)
+    # validation on the set's own last case (a fifth of five), kept out of training, scored on label 1
+    assert any("validating on 1 held-out cases (lung_4)" in m for m in logs)
+    assert any(m.startswith("step 2: validation {'dice'") for m in logs)
+    from napari_miqsam.training.sources import held_out_cases
+
+    assert [r.name for r in held_out_cases(str(root), wanted=3)] == ["lung_4"] and held_out_cases("phantom") == []
+    assert held_out_cases(str(root), wanted=0) == []
     _, meta = load_weights(res.weights)
     assert json.loads(meta["kind_names"]) == ["cancer", "unused kind 2"]
 

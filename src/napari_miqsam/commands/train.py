@@ -29,7 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", type=int, default=d.pool, help="prepared cases kept in memory")
     p.add_argument("--refresh-every", type=int, default=d.refresh_every, help="steps between pool refreshes")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--val-every", type=int, default=d.val_every, help="steps between quick validations (0: off)")
+    p.add_argument("--val-every", type=int, default=d.val_every,
+                   help="steps between quick validations (0: off); on a data set folder they score its last "
+                   "--val-cases cases, which are then not trained on; on phantoms, held-out phantoms")
+    p.add_argument("--val-cases", type=int, default=d.val_cases,
+                   help=f"cases per validation (default {d.val_cases}; of a folder at most a fifth of its cases)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--init", default=d.init, help="start from these weights (.safetensors; 'default': the shipped ones)")
     p.add_argument("--device", default=d.device, choices=["auto", "cpu", "cuda"])
@@ -63,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         config=args.config, data=args.data, format=args.format, out=args.out, steps=args.steps,
         batch=args.batch, patch=args.patch, lr=args.lr, warmup=args.warmup, seed=args.seed,
         cases=args.cases, pool=args.pool, refresh_every=args.refresh_every,
-        checkpoint_every=args.checkpoint_every, val_every=args.val_every, resume=args.resume,
+        checkpoint_every=args.checkpoint_every, val_every=args.val_every, val_cases=args.val_cases, resume=args.resume,
         init=str(DEFAULT_WEIGHTS) if args.init == "default" else args.init,
         device=args.device, threads=args.threads, ablation=json.loads(args.ablation),
         refine_only=args.refine_only, refine_pieces=args.refine_pieces, scale_jitter=args.scale_jitter,

@@ -23,7 +23,7 @@ from ..model.weights import init_from, save_weights
 from .losses import LossWeights, set_criterion
 from .refine import refine_loss
 from .loader import ExampleStream, example_batches, in_process_batches
-from .sources import LABEL_SCAN_CASES, CasePool, case_loader, kind_names, lesion_labels
+from .sources import LABEL_SCAN_CASES, CasePool, case_loader, held_out_cases, kind_names, lesion_labels
 
 
 @dataclass
@@ -165,6 +165,11 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     else:  # the refiner's gradients are averaged by hand (a variable number of pieces per rank)
         ddp = model
     n_cases, load = case_loader(opt.data, opt.format, opt.seed, opt.cases, opt.phantom_shape)
+    val_refs = held_out_cases(opt.data, opt.format, opt.val_cases) if opt.val_every else []
+    n_cases -= len(val_refs)  # the held-out cases are the last ones: never trained on
+    if opt.val_every and opt.data != "phantom" and rank == 0:
+        log(f"validating on {len(val_refs)} held-out cases ({', '.join(r.name for r in val_refs)}), not trained on"
+            if val_refs else "too few cases to hold any out (fewer than five): validating on phantoms")
     classes = lesion_labels(opt.data, opt.format, cfg.kinds, load, min(LABEL_SCAN_CASES, n_cases))  # kinds 0, 1, ...
     if opt.data != "phantom" and rank == 0:
         log(f"lesion label values trained as kinds 1..{len(classes)}: {', '.join(map(str, classes))}")
@@ -227,7 +232,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
             if step % opt.checkpoint_every == 0 or done:
                 save_checkpoint(ckpt, model, optim, step, time.perf_counter() - t0, opt)
             if opt.val_every and step % opt.val_every == 0:
-                log(f"step {step}: validation {validate(model, opt)}")
+                log(f"step {step}: validation {validate(model, opt, val_refs or None, classes if val_refs else None)}")
     bar.close()
     elapsed = time.perf_counter() - t0
     path = out / f"miqsam_{cfg.name}.safetensors"
@@ -253,14 +258,18 @@ def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
         p.grad /= world
 
 
-def validate(model: MIQSAM3D, opt: TrainOptions) -> dict:
-    """Quick validation on held-out phantoms (seeds 900_000+, never used for training or the model card)."""
+def validate(model: MIQSAM3D, opt: TrainOptions, cases: list | None = None,
+             lesion_classes: tuple[int, ...] | None = None) -> dict:
+    """Quick validation: on ``cases`` (a data set's held-out cases, ``sources.held_out_cases``,
+    scored on its ``lesion_classes``), or on held-out phantoms (seeds 900_000+, never used for
+    training or the model card)."""
     from ..data.phantom import make_phantom
     from ..evaluation.evaluate import evaluate
     from ..inference.predictor import Predictor
 
     predictor = Predictor(model, trained=True, device="cpu" if not torch.cuda.is_available() else "auto")
-    cases = [make_phantom(900_000 + i) for i in range(opt.val_cases)]
-    res = evaluate(cases, predictor, clicks=1, seed=0, progress=False, baselines=False)
+    if cases is None:
+        cases = [make_phantom(900_000 + i) for i in range(opt.val_cases)]
+    res = evaluate(cases, predictor, clicks=1, seed=0, progress=False, baselines=False, lesion_classes=lesion_classes)
     model.train()
     return {k: round(v, 3) for k, v in res["model"].items() if k in ("dice", "instance_f1", "nsd_1mm")}

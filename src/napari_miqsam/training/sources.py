@@ -34,6 +34,20 @@ def case_loader(data: str, fmt: str = "auto", seed: int = 0, cases: int = 2000,
     return len(refs), load_ref
 
 
+def held_out_cases(data: str, fmt: str = "auto", wanted: int = 4) -> list:
+    """The cases of a data set folder kept out of training to validate on (``--val-every``): its
+    last ``wanted`` cases in ``data.datasets.list_cases`` order, at most a fifth of the set (none
+    below five cases); ``[]`` for phantoms, which validate on the held-out seeds 900000+.
+    ``case_loader``'s indices below ``n_cases - len(held_out)`` are the training cases."""
+    if data == "phantom" or wanted < 1:
+        return []
+    from ..data.datasets import list_cases
+
+    refs = list_cases(Path(data), fmt)
+    n = min(wanted, len(refs) // 5)
+    return refs[len(refs) - n:] if n else []
+
+
 LABEL_SCAN_CASES = 5  # cases read to find an MSD set's lesion labels when it has no dataset.json
 
 
