@@ -60,8 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import InputError
     from ..model.weights import DEFAULT_WEIGHTS
     from ..training.loop import TrainOptions, train
+
+    if args.val_every < 0 or (args.val_every and args.val_cases < 1):
+        raise InputError(f"--val-every must be >= 0 and --val-cases >= 1, got {args.val_every} and {args.val_cases}")
 
     opt = TrainOptions(
         config=args.config, data=args.data, format=args.format, out=args.out, steps=args.steps,
