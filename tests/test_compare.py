@@ -69,6 +69,11 @@ def test_shift_is_measured_with_an_interval_and_direction():
     assert res["nsd_1mm"]["verdict"] == "within noise"
     table = format_comparison(compare(a, b, n_resamples=200), "stage9", "grown")
     assert "| dice |" in table and "grown vs stage9: 24 paired rows over 12 cases" in table
+    one = compare(a, b, n_resamples=200, lesion_class=3)
+    assert one["n_rows"] == 12 and one["metrics"]["dice"]["verdict"] == "better"
+    assert "12 paired rows of lesion class 3 over 12 cases" in format_comparison(one)
+    with pytest.raises(InputError, match="no row of lesion class 9"):
+        compare(a, b, lesion_class=9)
 
 
 def test_missing_values_are_left_out_of_that_metric():
@@ -105,10 +110,12 @@ def test_cli_compare(tmp_path, capsys):
                      "--json", str(files[-1])]) == 0
     capsys.readouterr()
     out = tmp_path / "cmp.json"
-    assert main(["compare", *map(str, files), "--method", "region_grow", "--resamples", "200", "--json", str(out)]) == 0
+    assert main(["compare", *map(str, files), "--method", "region_grow", "--resamples", "200", "--by-class",
+                 "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "b vs a:" in text and "| dice |" in text
+    assert "b vs a:" in text and "| dice |" in text and "of lesion class 2" in text
     saved = json.loads(out.read_text())
+    assert [c["lesion_class"] for c in saved] == [None] + sorted({r["class"] for r in json.loads(files[0].read_text())["cases"]})
     assert saved[0]["metrics"]["dice"]["difference"] == 0.0  # the same deterministic baseline twice
     assert main(["compare", str(files[0]), str(out)]) == 2  # a comparison is not an evaluate result
     assert "no per-case rows" in capsys.readouterr().err

@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", type=Path, nargs="+", metavar="RESULT.json",
                         help="evaluate results (same DATA, --clicks and --seed); each after the first is compared with the first")
     parser.add_argument("--method", default="model", help="which method's rows to compare (default: model)")
+    parser.add_argument("--by-class", action="store_true",
+                        help="also compare the rows of each lesion class alone (phantoms: 2 tumour, 3 cyst)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval's confidence level (default 0.95)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="write the comparisons here")
@@ -55,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{args.results[0]} vs {path}: {exc}") from None
         print(format_comparison(result, args.results[0].stem, path.stem), end="\n\n")
         out.append({"first": str(args.results[0]), "second": str(path), **result})
+        if args.by_class:
+            for cls in sorted({int(r["class"]) for r in first["cases"]}):
+                one = compare(first, _load(path), method=args.method, n_resamples=args.resamples,
+                              confidence=args.confidence, lesion_class=cls)
+                print(format_comparison(one, args.results[0].stem, path.stem), end="\n\n")
+                out.append({"first": str(args.results[0]), "second": str(path), **one})
     if args.json is not None:
         write_json_atomic(args.json, out, overwrite=True)
     return 0

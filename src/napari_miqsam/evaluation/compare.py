@@ -47,8 +47,9 @@ def _points(row: dict) -> list:
     return [list(p["point"]) for p in row.get("points", [])]
 
 
-def paired_rows(a: dict, b: dict, method: str = "model") -> list[tuple[int, dict, dict]]:
-    """``(case index, a's metrics, b's metrics)`` for every row both results scored with ``method``.
+def paired_rows(a: dict, b: dict, method: str = "model", lesion_class: int | None = None) -> list[tuple[int, dict, dict]]:
+    """``(case index, a's metrics, b's metrics)`` for every row both results scored with ``method``
+    (only the rows of ``lesion_class`` if given).
 
     Refuses results that are not paired: different rows (cases, classes or draws) or different clicked
     points on a row (another ``--seed`` or ``--clicks``), since their difference would mix the draw's
@@ -66,6 +67,8 @@ def paired_rows(a: dict, b: dict, method: str = "model") -> list[tuple[int, dict
             raise InputError(f"the {name} result has no rows scored with {method!r} "
                              f"(it has: {', '.join(scored) or 'none'}; choose with --method)")
     ka, kb = set(rows["first"]), set(rows["second"])
+    if lesion_class is not None and not any(k[2] == lesion_class for k in ka):
+        raise InputError(f"no row of lesion class {lesion_class} (the results have {sorted({k[2] for k in ka})})")
     if ka != kb:
         only = sorted(ka ^ kb, key=str)[:3]
         raise InputError(
@@ -73,6 +76,8 @@ def paired_rows(a: dict, b: dict, method: str = "model") -> list[tuple[int, dict
             f"{only}): evaluate both on the same DATA, --seed and --limit")
     out = []
     for key in sorted(ka, key=lambda k: (k[1], k[2], k[3])):
+        if lesion_class is not None and key[2] != lesion_class:
+            continue
         ra, rb = rows["first"][key], rows["second"][key]
         if _points(ra) != _points(rb):
             raise InputError(f"row {key} was clicked at different points in the two results "
@@ -87,7 +92,8 @@ def _value(metrics: dict, name: str) -> float:
 
 
 def compare(a: dict, b: dict, metrics: Sequence[str] = ROW_METRICS, method: str = "model",
-            n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+            n_resamples: int = 10_000, confidence: float = 0.95, seed: int = 0,
+            lesion_class: int | None = None) -> dict[str, Any]:
     """Per metric: both means over the paired rows, their difference (second minus first), its
     cluster-bootstrap interval over cases, how many rows moved each way (by more than
     :data:`ROW_TOLERANCE`), and a verdict.
@@ -96,10 +102,10 @@ def compare(a: dict, b: dict, metrics: Sequence[str] = ROW_METRICS, method: str 
     :data:`LOWER_IS_BETTER`) when the interval excludes 0, else ``within noise``. Rows where either
     value is missing (NaN, e.g. no surface to score) are left out of that metric, as in the tables.
     """
-    pairs = paired_rows(a, b, method)
+    pairs = paired_rows(a, b, method, lesion_class)
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"n_rows": len(pairs), "n_cases": len({i for i, _, _ in pairs}),
-                           "confidence": confidence, "method": method, "metrics": {}}
+                           "confidence": confidence, "method": method, "lesion_class": lesion_class, "metrics": {}}
     for name in metrics:
         va = np.array([_value(ma, name) for _, ma, _ in pairs])
         vb = np.array([_value(mb, name) for _, _, mb in pairs])
@@ -141,7 +147,8 @@ def compare(a: dict, b: dict, metrics: Sequence[str] = ROW_METRICS, method: str 
 def format_comparison(result: dict, first: str = "first", second: str = "second") -> str:
     """A markdown table of :func:`compare`'s result."""
     pct = round(100 * result["confidence"])
-    lines = [f"{second} vs {first}: {result['n_rows']} paired rows over {result['n_cases']} cases "
+    which = "" if result.get("lesion_class") is None else f" of lesion class {result['lesion_class']}"
+    lines = [f"{second} vs {first}: {result['n_rows']} paired rows{which} over {result['n_cases']} cases "
              f"(interval: cases resampled, {pct}%)", "",
              f"| metric | {first} | {second} | difference | {pct}% interval | rows better / worse | verdict |",
              "|---|---|---|---|---|---|---|"]
