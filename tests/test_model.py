@@ -300,3 +300,29 @@ def test_added_mask_blocks_start_as_the_identity_and_then_learn(tmp_path):
     opt.step()
     moved = new.encoder.pixel_decoder.blocks[1].body[-1].weight
     assert moved.abs().sum() > 0  # the zero-initialised scale learns first
+
+
+@pytest.mark.parametrize("layers", [0, 2])
+def test_decoder_region_gives_the_same_last_output_on_its_cells(layers):
+    """The Predictor asks for the last layer's masks only where a window owns the cells; there they
+    must equal the whole window's (earlier layers still see the whole window)."""
+    m = tiny(decoder_layers=layers).eval()
+    pts, labels = prompt(1)
+    valid = torch.ones(labels.shape, dtype=torch.bool)
+    kind = torch.tensor([[0.8, 0.2]])
+    region = (slice(2, 9), slice(0, 24), slice(5, 17))
+    with torch.no_grad():
+        m.decoder.kind_prior.raw_weight.fill_(1.0)  # a kind bias that is not zero, cropped too
+        emb = m.embed(torch.randn(1, 1, 32, 48, 64))
+        queries, tokens = m.query_generator(emb, pts, labels, valid)
+        full = m.decoder(emb, queries, tokens, valid, kind)
+        part = m.decoder(emb, queries, tokens, valid, kind, region=region)
+    assert len(part) == len(full) == layers + 1
+    for a, b in zip(full[:-1], part[:-1]):
+        assert torch.equal(a.mask_logits, b.mask_logits)
+    last, cut = full[-1], part[-1]
+    assert cut.mask_logits.shape[-3:] == (7, 24, 12)
+    assert torch.allclose(cut.mask_logits, last.mask_logits[(Ellipsis, *region)], atol=1e-5)
+    assert torch.equal(cut.score_logits, last.score_logits)
+    (slot_c, fg_c), (slot_f, fg_f) = cut.winners(), last.winners()
+    assert torch.equal(slot_c[0], slot_f[0][region]) and torch.allclose(fg_c[0], fg_f[0][region], atol=1e-6)

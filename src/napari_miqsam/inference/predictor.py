@@ -449,16 +449,17 @@ class Predictor:
         for i, cw in enumerate(self._windows):
             if cancel is not None and cancel():
                 raise CancelledError("prediction cancelled")
-            out = self.model.decoder(cw.float32(), queries, tokens, valid, kind, cw.context)[-1]
-            conf = out.scores[0]  # (N,)
-            assigned, fg_w = (t[0] for t in out.winners())  # the winning slot (0 background) and P(not background)
-            best_q = (assigned - 1).clamp(min=0)
             win = cw.window
             own = tuple(slice((a - s) // STRIDE, (b - s) // STRIDE) for a, b, s in zip(win.own_start, win.own_stop, win.start))
             dst = tuple(slice(a // STRIDE, b // STRIDE) for a, b in zip(win.own_start, win.own_stop))
-            slot[dst] = assigned[own].cpu().numpy()
-            fg[dst] = fg_w[own].float().cpu().numpy()
-            score_map[dst] = conf[best_q[own]].float().cpu().numpy()
+            # the last layer's masks only where this window owns the cells (the same numbers there)
+            out = self.model.decoder(cw.float32(), queries, tokens, valid, kind, cw.context, region=own)[-1]
+            conf = out.scores[0]  # (N,)
+            assigned, fg_w = (t[0] for t in out.winners())  # the winning slot (0 background) and P(not background)
+            best_q = (assigned - 1).clamp(min=0)
+            slot[dst] = assigned.cpu().numpy()
+            fg[dst] = fg_w.float().cpu().numpy()
+            score_map[dst] = conf[best_q].float().cpu().numpy()
             if with_kind and cw.context is not None and cw.context.kind_probs is not None:
                 probs = cw.context.kind_probs[0]  # (K, d2, h2, w2) of this window
                 if kind_probs is None:

@@ -92,19 +92,34 @@ class CQRD(nn.Module):
         return DecoderContext(keys, self.head.background(emb.mask_features), kind_probs)
 
     def forward(self, emb: Embedding, queries: torch.Tensor, prompt: torch.Tensor, prompt_valid: torch.Tensor,
-                kind: torch.Tensor | None = None, context: DecoderContext | None = None) -> list[LayerOutput]:
+                kind: torch.Tensor | None = None, context: DecoderContext | None = None,
+                region: tuple[slice, slice, slice] | None = None) -> list[LayerOutput]:
         """kind: (B, K) kind distribution of the prompt (model/kind.py), or None for no kind prior.
-        context: ``self.context(emb)`` if already made (it is made here otherwise)."""
+        context: ``self.context(emb)`` if already made (it is made here otherwise).
+        region: (z, y, x) slices of stride-2 cells; the LAST output then covers only them (the
+        Predictor reads only the part of a window it owns; every earlier layer's prediction still
+        covers the whole window, since its attention mask needs it). Per cell the numbers are the
+        same as without it."""
         tokens = emb.tokens
         ctx = context if context is not None else self.context(emb)
         keys, bg = ctx.keys, ctx.bg_logits
         bias = None
         if self.kind_prior is not None and kind is not None and ctx.kind_probs is not None:
             bias = self.kind_prior(ctx.kind_probs, kind).to(emb.mask_features.dtype)
+        n = len(self.layers)
         q = queries
-        outputs = [self.head(q, emb.mask_features, bg, bias)]
-        for layer in self.layers:  # deep supervision: a prediction after every layer
+        outputs = [self._predict(q, emb.mask_features, bg, bias, region if n == 0 else None)]
+        for i, layer in enumerate(self.layers):  # deep supervision: a prediction after every layer
             mask = self.attention_mask(outputs[-1], emb.token_shape)
             q = layer(q, prompt, prompt_valid, tokens, keys, mask)
-            outputs.append(self.head(q, emb.mask_features, bg, bias))
+            outputs.append(self._predict(q, emb.mask_features, bg, bias, region if i == n - 1 else None))
         return outputs
+
+    def _predict(self, q, mask_features, bg, bias, region) -> LayerOutput:
+        """The instance head, on the cells of ``region`` only when given."""
+        if region is not None:
+            cells = (Ellipsis, *region)
+            mask_features = mask_features[cells]
+            bg = None if bg is None else bg[cells]
+            bias = None if bias is None else bias[cells]
+        return self.head(q, mask_features, bg, bias)
