@@ -105,8 +105,10 @@ class LocalDecoder(torch.nn.Module):
     def context(self, emb):
         return None
 
-    def forward(self, emb, queries, tokens, valid, kind=None, context=None):
+    def forward(self, emb, queries, tokens, valid, kind=None, context=None, region=None):
         logits = emb.mask_features * self.scale
+        if region is not None:  # as CQRD: the last output on the window's owned cells only
+            logits = logits[(Ellipsis, *region)]
         return [LayerOutput(logits, torch.zeros(1, 1), torch.zeros_like(logits), True)]
 
 
@@ -408,9 +410,9 @@ def test_a_given_kind_replaces_the_kind_read_at_the_click():
     seen = []
     forward = p.model.decoder.forward
 
-    def spy(emb, queries, prompt, valid, kind=None, context=None):
+    def spy(emb, queries, prompt, valid, kind=None, context=None, region=None):
         seen.append(None if kind is None else kind.detach().cpu().clone())
-        return forward(emb, queries, prompt, valid, kind, context)
+        return forward(emb, queries, prompt, valid, kind, context, region=region)
 
     p.model.decoder.forward = spy
     p.predict([(12, 20, 24)])
