@@ -50,19 +50,17 @@ def run(args: argparse.Namespace) -> int:
     first = _load(args.results[0])
     out = []
     for path in args.results[1:]:
-        try:
-            result = compare(first, _load(path), method=args.method, n_resamples=args.resamples,
-                             confidence=args.confidence)
-        except InputError as exc:
-            raise InputError(f"{args.results[0]} vs {path}: {exc}") from None
-        print(format_comparison(result, args.results[0].stem, path.stem), end="\n\n")
-        out.append({"first": str(args.results[0]), "second": str(path), **result})
-        if args.by_class:
-            for cls in sorted({int(r["class"]) for r in first["cases"]}):
-                one = compare(first, _load(path), method=args.method, n_resamples=args.resamples,
-                              confidence=args.confidence, lesion_class=cls)
-                print(format_comparison(one, args.results[0].stem, path.stem), end="\n\n")
-                out.append({"first": str(args.results[0]), "second": str(path), **one})
+        second = _load(path)
+        rows = first.get("cases") if isinstance(first, dict) else None  # compare() refuses a result without rows
+        classes = sorted({int(r["class"]) for r in rows}) if args.by_class and isinstance(rows, list) else []
+        for cls in [None, *classes]:  # all rows, then each lesion class alone
+            try:
+                result = compare(first, second, method=args.method, n_resamples=args.resamples,
+                                 confidence=args.confidence, lesion_class=cls)
+            except InputError as exc:
+                raise InputError(f"{args.results[0]} vs {path}: {exc}") from None
+            print(format_comparison(result, args.results[0].stem, path.stem), end="\n\n")
+            out.append({"first": str(args.results[0]), "second": str(path), **result})
     if args.json is not None:
         write_json_atomic(args.json, out, overwrite=True)
     return 0
