@@ -35,7 +35,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = get_config(args.config, spacing=(args.spacing,) * 3)
     for workers in (int(w) for w in args.workers.split(",")):
-        n, load = case_loader("phantom", seed=args.seed)
+        n, load, _ = case_loader("phantom", seed=args.seed)
         if workers:
             batches = example_batches(ExampleStream(n, load, cfg, args.patch, args.pool, args.refresh_every * args.batch,
                                                     args.seed), args.batch, workers)

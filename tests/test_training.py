@@ -228,7 +228,8 @@ def test_a_data_set_whose_lesion_is_label_1_trains(tmp_path):
         for sub, arr in (("imagesTr", c.image.astype(np.float32)), ("labelsTr", (c.labels == 2).astype(np.uint8))):
             (root / sub).mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(arr.transpose(2, 1, 0), aff), str(root / sub / f"lung_{i}.nii.gz"))
-    n, load = case_loader(str(root))
+    n, load, held = case_loader(str(root))
+    assert n == 5 and held == []  # nothing held out unless asked
     assert lesion_labels(str(root), load=load, n_cases=n) == (1,)  # no dataset.json: read from the cases
     (root / "dataset.json").write_text('{"labels": {"0": "background", "1": "cancer"}}')
     assert lesion_labels(str(root)) == (1,) and kind_names(str(root), classes=(1,)) == ["cancer", "unused kind 2"]
@@ -244,10 +245,9 @@ def test_a_data_set_whose_lesion_is_label_1_trains(tmp_path):
     # validation on the set's own last case (a fifth of five), kept out of training, scored on label 1
     assert any("validating on 1 held-out cases (lung_4)" in m for m in logs)
     assert any(m.startswith("step 2: validation {'dice'") for m in logs)
-    from napari_miqsam.training.sources import held_out_cases
-
-    assert [r.name for r in held_out_cases(str(root), wanted=3)] == ["lung_4"] and held_out_cases("phantom") == []
-    assert held_out_cases(str(root), wanted=0) == []
+    n, _, held = case_loader(str(root), hold_out=3)
+    assert n == 4 and [r.name for r in held] == ["lung_4"] and case_loader("phantom", hold_out=3)[2] == []
+    assert case_loader(str(root), hold_out=0)[2] == []
     _, meta = load_weights(res.weights)
     assert json.loads(meta["kind_names"]) == ["cancer", "unused kind 2"]
 

@@ -317,8 +317,11 @@ def dataset_lesion_classes(data: str | Path, format: str = "auto") -> list[int] 
     if fmt != "msd":
         return classes_of(fmt)
     names = _msd_label_names(data)
-    if not names:
-        return None
+    return _named_lesions(names) if names else None
+
+
+def _named_lesions(names: dict[int, str]) -> list[int]:
+    """The lesion values among the labels a ``dataset.json`` names (:func:`lesion_classes_in`)."""
     return lesion_classes_in(np.asarray(sorted({0, *names}), dtype=np.intp))
 
 
@@ -330,5 +333,5 @@ def lesion_names(data: str | Path, format: str = "auto") -> dict[int, str]:
     fmt = _format_of(data, format)
     if fmt != "msd":  # the KiTS labelling (classes_of), named as the phantoms name it
         return {c: CLASS_NAMES[c] for c in classes_of(fmt)}
-    names = _msd_label_names(data) or {}
-    return {v: names[v] for v in dataset_lesion_classes(data, fmt) or () if v in names}
+    names = _msd_label_names(data) or {}  # dataset.json read once
+    return {v: names[v] for v in _named_lesions(names)} if names else {}

@@ -23,7 +23,7 @@ from ..model.weights import init_from, save_weights
 from .losses import LossWeights, set_criterion
 from .refine import refine_loss
 from .loader import ExampleStream, example_batches, in_process_batches
-from .sources import LABEL_SCAN_CASES, CasePool, case_loader, held_out_cases, kind_names, lesion_labels
+from .sources import LABEL_SCAN_CASES, CasePool, case_loader, kind_names, lesion_labels
 
 
 @dataclass
@@ -164,9 +164,8 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     else:  # the refiner's gradients are averaged by hand (a variable number of pieces per rank)
         ddp = model
-    n_cases, load = case_loader(opt.data, opt.format, opt.seed, opt.cases, opt.phantom_shape)
-    val_refs = held_out_cases(opt.data, opt.format, opt.val_cases) if opt.val_every else []
-    n_cases -= len(val_refs)  # the held-out cases are the last ones: never trained on
+    n_cases, load, val_refs = case_loader(opt.data, opt.format, opt.seed, opt.cases, opt.phantom_shape,
+                                          hold_out=opt.val_cases if opt.val_every else 0)  # held out: never trained on
     if opt.val_every and opt.data != "phantom" and rank == 0:
         log(f"validating on {len(val_refs)} held-out cases ({', '.join(r.name for r in val_refs)}), not trained on"
             if val_refs else "too few cases to hold any out (fewer than five): validating on phantoms")

@@ -15,36 +15,34 @@ TRAIN_SEED_OFFSET = 1_000_000  # phantom seeds used for training start here; eva
 
 
 def case_loader(data: str, fmt: str = "auto", seed: int = 0, cases: int = 2000,
-                phantom_shape: tuple | None = None) -> tuple[int, Callable[[int], tuple]]:
-    """(number of cases, load(i) -> (image, labels, spacing, name)) for ``data``: 'phantom' or a folder."""
+                phantom_shape: tuple | None = None, hold_out: int = 0) -> tuple[int, Callable[[int], tuple], list]:
+    """(number of training cases, load(i) -> (image, labels, spacing, name), held-out cases) for
+    ``data``: 'phantom' or a folder. A folder's last cases (:func:`held_out_cases`, up to
+    ``hold_out``) are kept for validation: ``load`` reaches only the cases before them."""
     if data == "phantom":
         from ..data.phantom import make_phantom
 
         def load(i: int):
             c = make_phantom(TRAIN_SEED_OFFSET + seed * 100_000 + i, shape=phantom_shape)
             return c.image, c.labels, c.spacing, c.name
-        return cases, load
+        return cases, load, []
     from ..data.datasets import list_cases
 
     refs = list_cases(Path(data), fmt)
+    held = held_out_cases(refs, hold_out)
+    refs = refs[:len(refs) - len(held)]
 
     def load_ref(i: int):
         c = refs[i].load()
         return c.image, c.labels, c.spacing, c.name
-    return len(refs), load_ref
+    return len(refs), load_ref, held
 
 
-def held_out_cases(data: str, fmt: str = "auto", wanted: int = 4) -> list:
-    """The cases of a data set folder kept out of training to validate on (``--val-every``): its
-    last ``wanted`` cases in ``data.datasets.list_cases`` order, at most a fifth of the set (none
-    below five cases); ``[]`` for phantoms, which validate on the held-out seeds 900000+.
-    ``case_loader``'s indices below ``n_cases - len(held_out)`` are the training cases."""
-    if data == "phantom" or wanted < 1:
-        return []
-    from ..data.datasets import list_cases
-
-    refs = list_cases(Path(data), fmt)
-    n = min(wanted, len(refs) // 5)
+def held_out_cases(refs: list, wanted: int = 4) -> list:
+    """The cases of a data set folder (``refs``, in ``data.datasets.list_cases`` order) kept out of
+    training to validate on (``--val-every``): its last ``wanted`` cases, at most a fifth of the set
+    (none below five cases). Phantoms validate on the held-out seeds 900000+ instead."""
+    n = min(wanted, len(refs) // 5) if wanted > 0 else 0
     return refs[len(refs) - n:] if n else []
 
 
