@@ -201,7 +201,9 @@ class Predictor:
         """Names of the weights' lesion kinds in kind order (their ``kind_names`` metadata, written by
         training from the data set; :func:`.prediction.named_kinds`); empty without a kind head or
         without names (then kinds go by number)."""
-        return named_kinds(self.cfg.kinds, self.metadata) if self.cfg.kind_prior else ()
+        if not self.cfg.kind_prior or self.cfg.relative_kinds:  # relative kinds are clusters, never named
+            return ()
+        return named_kinds(self.cfg.kinds, self.metadata)
 
     # ----------------------------------------------------------------- model grid
     @property
@@ -347,6 +349,9 @@ class Predictor:
         if kind is not None:
             if not self.cfg.kind_prior:
                 raise InputError("these weights have no lesion-kind head, so a kind cannot be given; leave kind=None")
+            if self.cfg.relative_kinds:
+                raise InputError("these weights look for lesions like the clicked one (relative kinds), so a kind "
+                                 "cannot be named; leave kind=None and click a lesion of the kind wanted")
             if isinstance(kind, bool) or not isinstance(kind, (int, np.integer)) or not 0 <= kind < self.cfg.kinds:
                 raise InputError(f"kind must be an index of the weights' {self.cfg.kinds} lesion kinds "
                                  f"(0..{self.cfg.kinds - 1}), got {kind!r}")
@@ -383,7 +388,8 @@ class Predictor:
         refine = self._refine_fn(fg, ids) if self.refine and self._model_vol is not None else None
         instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg, refine=refine,
                                      mask_level=self.mask_level)
-        looked_for = None if pi is None else tuple(float(v) for v in pi[0].float().cpu())
+        # the kind read at the click, reported only where the kinds are named classes (not clusters)
+        looked_for = None if pi is None or self.cfg.relative_kinds else tuple(float(v) for v in pi[0].float().cpu())
         return Prediction(grid.shape, grid.spacing, instances, pos, neg, kind=looked_for, kind_names=self.kind_names)
 
     def _refine_fn(self, fg: np.ndarray, ids: np.ndarray):

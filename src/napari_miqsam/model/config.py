@@ -11,6 +11,8 @@ Ablation switches (each defaults to the full method):
   * ``pciqg``       - N prompt-conditioned queries; False -> one query made from the prompt alone.
   * ``competition`` - per-voxel softmax over queries + background; False -> independent sigmoids.
   * ``kind_prior``  - lesion-kind head + same-kind bias on the masks (our addition); False -> none.
+  * ``relative_kinds`` - the kind head's clusters are compared with the clicked lesion instead of
+                      being fixed data-set classes (our addition; see the field's comment).
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ class MIQSAMConfig:
     # biases the masks (model/kind.py).
     kinds: int = 2
     kind_prior: bool = True
+    # Exemplar-relative kinds: the kind head's lesion channels are latent appearance clusters, trained
+    # only to put lesions of one labelled kind in one cluster and different kinds of the same volume in
+    # different ones (training.losses.relative_kind_loss), so "the same kind" means "like the clicked
+    # lesion" for any lesion type, including ones never named in training. False: lesion channel k is
+    # the data set's k-th lesion class (tumour, cyst), so the kinds have names.
+    relative_kinds: bool = False
     # Stride-1 mask refiner (model/refine.py): redraws each found instance at the model spacing.
     refine: bool = True
     refine_width: int = 12

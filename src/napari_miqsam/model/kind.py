@@ -110,3 +110,25 @@ class KindPrior(nn.Module):
         """
         same = same_kind(kind_probs, kind)[0][:, None]
         return self.weight * torch.log(same + EPS)
+
+
+def widen_kind_head(weight: torch.Tensor, bias: torch.Tensor, kinds: int,
+                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A kind head with ``kinds`` lesion channels made from a trained one with fewer, (1 + K, C, ...).
+
+    Lesion channel j of the new head starts as a copy of the old channel ``j * K // kinds`` (each old
+    kind fills a block of new ones) with ``log(copies)`` taken off its bias, so P(background | v) and
+    each old kind's total probability are exactly as before; a small random perturbation of the copies
+    lets training pull them apart (into the clusters of :attr:`MIQSAMConfig.relative_kinds`).
+    """
+    old = weight.shape[0] - 1
+    if kinds < old:
+        raise ValueError(f"cannot narrow a kind head from {old} to {kinds} lesion kinds")
+    src = [j * old // kinds for j in range(kinds)]
+    copies = torch.tensor([src.count(s) for s in src], dtype=bias.dtype)
+    idx = torch.tensor([0] + [1 + s for s in src])
+    w, b = weight[idx].clone(), bias[idx].clone()
+    b[1:] -= torch.log(copies)
+    noise = torch.randn(w[1:].shape, generator=generator, dtype=w.dtype)
+    w[1:] += 0.01 * w[1:].abs().mean() * noise
+    return w, b

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..data.io import atomic_write
 from ..errors import WeightsError
 from .config import MIQSAMConfig
+from .kind import widen_kind_head
 from .miqsam import MIQSAM3D
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "miqsam_cpu.safetensors"
@@ -94,7 +95,8 @@ def init_from(model: MIQSAM3D, path: str | Path) -> list[str]:
     """Warm start: copy every tensor of a weights file whose name and shape fit ``model`` (never unpickles).
 
     For fine-tuning the shipped weights on new data, or for a model that adds parts to the
-    architecture of the file. Returns the names of the model's tensors that kept their fresh
+    architecture of the file; a kind head with more lesion kinds than the file's is widened
+    (:func:`.kind.widen_kind_head`). Returns the names of the model's tensors that kept their fresh
     initialisation. Raises WeightsError when nothing fits.
     """
     from safetensors.torch import load_file
@@ -102,6 +104,11 @@ def init_from(model: MIQSAM3D, path: str | Path) -> list[str]:
     read_metadata(path)  # clear errors for a missing or foreign file
     state = load_file(str(path))
     own = model.state_dict()
+    head = "encoder.kind_head."
+    if head + "weight" in state and head + "weight" in own and state[head + "weight"].shape[0] < own[head + "weight"].shape[0]:
+        # a model with more lesion kinds than the file (relative kinds): each trained kind seeds a block
+        state[head + "weight"], state[head + "bias"] = widen_kind_head(
+            state[head + "weight"], state[head + "bias"], own[head + "weight"].shape[0] - 1)
     fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not fits:
         raise WeightsError(f"no tensor of {path} fits the {model.cfg.name!r} model")

@@ -23,7 +23,7 @@ from ..model.weights import init_from, save_weights
 from .losses import LossWeights, set_criterion
 from .refine import refine_loss
 from .loader import ExampleStream, example_batches, in_process_batches
-from .sources import LABEL_SCAN_CASES, CasePool, case_loader, kind_names, lesion_labels
+from .sources import LABEL_SCAN_CASES, CasePool, case_loader, is_generated, kind_names, lesion_labels
 
 
 @dataclass
@@ -166,7 +166,7 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         ddp = model
     n_cases, load, val_refs = case_loader(opt.data, opt.format, opt.seed, opt.cases, opt.phantom_shape,
                                           hold_out=opt.val_cases if opt.val_every else 0)  # held out: never trained on
-    if opt.val_every and opt.data != "phantom" and rank == 0:
+    if opt.val_every and not is_generated(opt.data) and rank == 0:
         log(f"validating on {len(val_refs)} held-out cases ({', '.join(r.name for r in val_refs)}), not trained on"
             if val_refs else "too few cases to hold any out (fewer than five): validating on phantoms")
     classes = lesion_labels(opt.data, opt.format, cfg.kinds, load, min(LABEL_SCAN_CASES, n_cases))  # kinds 0, 1, ...
@@ -208,7 +208,8 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
                 emb, outputs = ddp(batch["image"].to(device), batch["points"].to(device), batch["labels"].to(device), batch["valid"].to(device))
                 losses = set_criterion(outputs, [t.to(device) for t in batch["targets"]], emb.saliency_logits,
                                        batch["saliency"].to(device), emb.kind_logits, batch["kinds"].to(device),
-                                       LossWeights(instance=opt.instance_weight, kind=opt.kind_weight))
+                                       LossWeights(instance=opt.instance_weight, kind=opt.kind_weight),
+                                       relative_kinds=cfg.relative_kinds)
         optim.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if opt.refine_only and world > 1:
@@ -240,7 +241,8 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         save_weights(model, path, trained=True, extra={
             "steps": str(step), "train_minutes": f"{elapsed / 60:.1f}", "data": opt.data,
             "options": json.dumps(asdict(opt)), "world_size": str(world), "hardware": hardware,
-            **({"kind_names": kind_names(opt.data, opt.format, cfg.kinds, classes)} if cfg.kind_prior else {})})
+            **({"kind_names": kind_names(opt.data, opt.format, cfg.kinds, classes)}
+               if cfg.kind_prior and not cfg.relative_kinds else {})})  # relative kinds are clusters, not names
         peak = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
         log(f"wrote {path} after {step} steps ({elapsed / 60:.1f} min, {step * opt.batch * world / max(elapsed, 1e-9):.1f} examples/s on {hardware}{peak})")
     if world > 1:

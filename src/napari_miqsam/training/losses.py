@@ -1,6 +1,7 @@
 """Set losses given a matching: mask CE/BCE + Dice on matched queries, confidence BCE, deep
 supervision over every decoder layer, and two auxiliary losses on the encoder: boundary saliency
-and lesion kind (soft cross-entropy + soft Dice of the kind head, see model/kind.py).
+and lesion kind (soft cross-entropy + soft Dice of the kind head, see model/kind.py; or, with
+relative kinds, a lesion/background term plus cluster coherence and separation per volume).
 
 Targets are soft occupancies at stride 2 (the fraction of each 2x2x2 cell inside the instance).
 With competition the mask loss is a per-voxel cross-entropy over (background, queries): the target
@@ -107,13 +108,63 @@ def kind_loss(kind_logits: torch.Tensor, kind_target: torch.Tensor, dice_weight:
     return ce + dice_weight * dice_loss(p, t[:, 1:].transpose(0, 1).flatten(1))
 
 
+def relative_kind_loss(kind_logits: torch.Tensor, kind_target: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
+    """Exemplar-relative kind loss of (B, 1 + E, ...) kind logits against (B, 1 + K', ...) occupancies.
+
+    The head's E lesion channels are latent clusters, not data-set classes (``relative_kinds``): a
+    labelled kind of one volume may land in any cluster, as long as all its lesions land in the same
+    one and the volume's other kinds in others. Three terms:
+
+    * lesion or not: soft cross-entropy of P(background) against the target's background share, plus
+      a soft Dice of the lesion probability (small lesions would otherwise be called background);
+    * coherence: per volume and labelled kind j, the kind's prototype ``c_j`` is the mean cluster
+      distribution ``q(v) = P(cluster | v, lesion)`` over its cells (weighted by occupancy); each cell
+      pays ``-log(q(v) . c_j)``, which is small only when the cell and its kind agree on one cluster;
+    * separation: each pair of kinds of one volume pays ``-log(1 - c_i . c_j)``.
+
+    At inference ``s(v) = pi . P(kind | v)`` (``model.kind.same_kind``) with ``pi`` read at the click
+    is then P(lesion | v) times the agreement of v's cluster with the clicked lesion's: the same kind
+    whatever the kind is. A data set's fixed classes (tumour, cyst) are simply two kinds.
+    """
+    t = kind_target.to(kind_logits.device, torch.float32)
+    logp = F.log_softmax(kind_logits.float(), dim=1)
+    bg_t = t[:, 0]
+    log_lesion = torch.logsumexp(logp[:, 1:], dim=1)
+    loss = -(bg_t * logp[:, 0] + (1 - bg_t) * log_lesion).mean()
+    if dice_weight:
+        loss = loss + dice_weight * dice_loss((1 - logp[:, 0].exp()).flatten()[None], (1 - bg_t).flatten()[None])
+    q = torch.softmax(kind_logits.float()[:, 1:], dim=1)  # (B, E, ...) cluster given lesion
+    coherence, separation = [], []
+    for b in range(t.shape[0]):
+        protos = []
+        for j in range(1, t.shape[1]):
+            w = t[b, j]
+            mass = w.sum()
+            if float(mass) <= 0:
+                continue
+            proto = (q[b] * w).flatten(1).sum(1) / mass  # (E,)
+            agree = torch.einsum("e...,e->...", q[b], proto)
+            coherence.append(-(w * torch.log(agree.clamp(min=1e-6))).sum() / mass)
+            protos.append(proto)
+        for i in range(len(protos)):
+            for j in range(i + 1, len(protos)):
+                separation.append(-torch.log((1 - protos[i] @ protos[j]).clamp(min=1e-6)))
+    if coherence:
+        loss = loss + torch.stack(coherence).mean()
+    if separation:
+        loss = loss + torch.stack(separation).mean()
+    return loss
+
+
 def set_criterion(outputs: list[LayerOutput], targets: list[torch.Tensor], saliency_logits: torch.Tensor,
                   saliency_target: torch.Tensor, kind_logits: torch.Tensor | None = None,
-                  kind_target: torch.Tensor | None = None, w: LossWeights = LossWeights()) -> dict[str, torch.Tensor]:
+                  kind_target: torch.Tensor | None = None, w: LossWeights = LossWeights(),
+                  relative_kinds: bool = False) -> dict[str, torch.Tensor]:
     """Total loss with deep supervision (every layer's prediction weighted equally).
 
     kind_logits / kind_target: the encoder's lesion-kind logits and their soft targets (both
-    (B, 1 + K, d2, h2, w2)); the kind term is left out when either is None.
+    (B, 1 + K, d2, h2, w2)); the kind term is left out when either is None. relative_kinds: the
+    kind term is :func:`relative_kind_loss` (latent clusters) instead of :func:`kind_loss` (classes).
     """
     parts = {"mask": 0.0, "dice": 0.0, "conf": 0.0, "instance": 0.0}
     for out in outputs:
@@ -124,7 +175,7 @@ def set_criterion(outputs: list[LayerOutput], targets: list[torch.Tensor], salie
              + w.instance * parts["instance"] + w.saliency * sal)
     result = {"saliency": sal.detach(), **{k: v.detach() for k, v in parts.items()}}
     if kind_logits is not None and kind_target is not None:
-        kl = kind_loss(kind_logits, kind_target)
+        kl = (relative_kind_loss if relative_kinds else kind_loss)(kind_logits, kind_target)
         total = total + w.kind * kl
         result["kind"] = kl.detach()
     return {"loss": total, **result}

@@ -14,16 +14,33 @@ from .sampling import LESION_CLASSES, PreparedCase, prepare_case
 TRAIN_SEED_OFFSET = 1_000_000  # phantom seeds used for training start here; evaluation uses 0..999_999
 
 
+#: Generated training data (``--data``): the phantoms (two fixed kinds, tumour and cyst), the
+#: randomized phantoms (``data.randomized``: 1-4 lesion kinds of random appearance per volume,
+#: randomized anatomy and acquisition) or both, alternating case by case.
+GENERATED = ("phantom", "randomized", "phantom+randomized")
+RANDOMIZED_CLASSES = (2, 3, 4, 5)  # the randomized phantoms' lesion kinds 1..4
+
+
+def is_generated(data: str) -> bool:
+    """Whether ``--data`` names generated phantoms rather than a data set folder."""
+    return data in GENERATED
+
+
 def case_loader(data: str, fmt: str = "auto", seed: int = 0, cases: int = 2000,
                 phantom_shape: tuple | None = None, hold_out: int = 0) -> tuple[int, Callable[[int], tuple], list]:
     """(number of training cases, load(i) -> (image, labels, spacing, name), held-out cases) for
-    ``data``: 'phantom' or a folder. A folder's last cases (:func:`held_out_cases`, up to
-    ``hold_out``) are kept for validation: ``load`` reaches only the cases before them."""
-    if data == "phantom":
+    ``data``: one of :data:`GENERATED` or a folder. A folder's last cases (:func:`held_out_cases`,
+    up to ``hold_out``) are kept for validation: ``load`` reaches only the cases before them."""
+    if is_generated(data):
         from ..data.phantom import make_phantom
+        from ..data.randomized import make_randomized_phantom
+
+        makers = {"phantom": (make_phantom,), "randomized": (make_randomized_phantom,),
+                  "phantom+randomized": (make_phantom, make_randomized_phantom)}[data]
 
         def load(i: int):
-            c = make_phantom(TRAIN_SEED_OFFSET + seed * 100_000 + i, shape=phantom_shape)
+            make = makers[i % len(makers)]
+            c = make(TRAIN_SEED_OFFSET + seed * 100_000 + i, shape=phantom_shape)
             return c.image, c.labels, c.spacing, c.name
         return cases, load, []
     from ..data.datasets import list_cases
@@ -59,6 +76,8 @@ def lesion_labels(data: str, fmt: str = "auto", kinds: int = len(LESION_CLASSES)
     only its liver, label 1)."""
     from ..data.datasets import dataset_lesion_classes, lesion_classes_in
 
+    if is_generated(data) and data != "phantom":
+        return RANDOMIZED_CLASSES[:kinds]
     classes = dataset_lesion_classes(data, fmt)
     if classes is None and load is not None:
         seen = set()
