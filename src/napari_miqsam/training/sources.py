@@ -26,17 +26,22 @@ def is_generated(data: str) -> bool:
     return data in GENERATED
 
 
+def _maker(name: str) -> Callable:
+    """The generator of one kind of generated phantom: make(seed, shape=...) -> Case."""
+    if name == "phantom":
+        from ..data.phantom import make_phantom
+        return make_phantom
+    from ..data.randomized import make_randomized_phantom
+    return make_randomized_phantom
+
+
 def case_loader(data: str, fmt: str = "auto", seed: int = 0, cases: int = 2000,
                 phantom_shape: tuple | None = None, hold_out: int = 0) -> tuple[int, Callable[[int], tuple], list]:
     """(number of training cases, load(i) -> (image, labels, spacing, name), held-out cases) for
     ``data``: one of :data:`GENERATED` or a folder. A folder's last cases (:func:`held_out_cases`,
     up to ``hold_out``) are kept for validation: ``load`` reaches only the cases before them."""
     if is_generated(data):
-        from ..data.phantom import make_phantom
-        from ..data.randomized import make_randomized_phantom
-
-        makers = {"phantom": (make_phantom,), "randomized": (make_randomized_phantom,),
-                  "phantom+randomized": (make_phantom, make_randomized_phantom)}[data]
+        makers = tuple(_maker(name) for name in data.split("+"))
 
         def load(i: int):
             make = makers[i % len(makers)]
