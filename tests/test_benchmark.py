@@ -1,0 +1,14 @@
+"""`miqsam benchmark` measures what it says on a small volume (numbers only, no timing asserts)."""
+
+import queue
+
+from napari_miqsam.commands.benchmark import _measure
+
+
+def test_measure_reports_the_tiling_and_the_embedding_rate():
+    q = queue.Queue()
+    _measure((32, 48, 48), (1.5, 1.5, 1.5), None, "cpu", 2, q)
+    r = q.get_nowait()
+    assert r["windows"] == 1 and r["model_grid"] == [37, 55, 55]  # 1.5 mm onto the shipped 1.3 mm grid
+    assert r["window_volume_ratio"] >= 1.0
+    assert r["embed_s_per_mvoxel"] > 0 and r["set_image_s"] > 0 and r["predict_ms"] > 0
