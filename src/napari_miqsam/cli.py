@@ -1,7 +1,8 @@
 """The ``miqsam`` command line.
 
 Each subcommand lives in ``napari_miqsam.commands.<name>`` and exposes ``HELP`` (one line),
-``add_arguments(parser)`` and ``run(args) -> int``. Project errors are printed as one sentence
+``add_arguments(parser)`` and ``run(args) -> int``; a command spelt with hyphens
+(``fetch-real-ct``) lives in the module with underscores (``fetch_real_ct``). Project errors are printed as one sentence
 and exit with status 2; nothing here imports napari.
 """
 
@@ -13,7 +14,7 @@ import sys
 
 from .errors import MiqsamError
 
-COMMANDS = ("predict", "phantom", "evaluate", "compare", "train", "benchmark")
+COMMANDS = ("predict", "phantom", "evaluate", "compare", "train", "benchmark", "fetch-real-ct")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"napari_miqsam.commands.{name}")
+            module = importlib.import_module(f"napari_miqsam.commands.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:  # a command whose module is not written yet
             if exc.name and exc.name.startswith("napari_miqsam.commands"):
                 continue

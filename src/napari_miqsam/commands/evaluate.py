@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=_seed_list, default=[0], metavar="SEED[,SEED...]",
                         help="seed of the instance and click choice; several (0,1,2) score one draw each on the "
                         "same embeddings and report the means over all of them, and each draw alone")
+    parser.add_argument("--target", type=_target_list, default=["random"], metavar="TARGET[,TARGET...]",
+                        help="which instance of each (case, class) is clicked: random (default), largest, median or "
+                        "smallest (by voxels); several (largest,median,smallest) score one row each and report "
+                        "each strategy's means too")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help=f"confidence threshold (default {DEFAULT_THRESHOLD})")
     parser.add_argument("--min-volume", type=float, default=DEFAULT_MIN_VOLUME,
                         help=f"hide predicted instances smaller than this many mm³ (default {DEFAULT_MIN_VOLUME:g}; "
@@ -59,6 +63,17 @@ def _seed_list(text: str) -> list[int]:
         return [int(t) for t in text.split(",")]  # evaluate() refuses a repeated seed
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a seed or a comma-separated list of seeds") from None
+
+
+def _target_list(text: str) -> list[str]:
+    from ..evaluation.evaluate import TARGETS
+
+    names = [t.strip() for t in text.split(",")]
+    bad = [t for t in names if t not in TARGETS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, bad))}: not a target; use {', '.join(TARGETS)} "
+                                         f"or a comma-separated list of them")
+    return names  # evaluate() refuses a repeated one
 
 
 def resolve_cases(data: str, fmt: str = "auto", limit: int | None = None) -> list:
@@ -168,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines,
         shard=(rank, world),
         lesion_classes=lesion_classes,
+        targets=args.target,
     )
     if world > 1:
         from ..distributed import gather_to_rank0

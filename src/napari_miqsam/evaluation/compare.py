@@ -1,7 +1,8 @@
 """Paired comparison of two ``miqsam evaluate`` results on the same cases and clicks.
 
 Two weights (or settings) scored on the same cases with the same click draws give paired rows: one
-(case, class, draw) row each, with the same clicked points. Their difference is far less noisy than
+(case, class, draw, target strategy) row each, with the same clicked points (a result written before
+``--target`` existed has only ``random`` rows). Their difference is far less noisy than
 the difference of two means read off two tables, but rows of one case are not independent (one
 phantom's lesions, several draws), so the uncertainty is a *cluster* bootstrap: cases are resampled
 with replacement, every row of a drawn case comes along, and the statistic is the mean difference
@@ -39,7 +40,7 @@ LOWER_IS_BETTER: frozenset[str] = frozenset({"wrong_class_rate", "dice_std_over_
 
 
 def _key(row: dict) -> tuple:
-    return row.get("case"), row["index"], row["class"], row.get("seed", 0)
+    return row.get("case"), row["index"], row["class"], row.get("seed", 0), row.get("target", "random")
 
 
 def _points(row: dict) -> list:
@@ -50,8 +51,8 @@ def paired_rows(a: dict, b: dict, method: str = "model", lesion_class: int | Non
     """``(case index, a's metrics, b's metrics)`` for every row both results scored with ``method``
     (only the rows of ``lesion_class`` if given).
 
-    Refuses results that are not paired: different rows (cases, classes or draws) or different clicked
-    points on a row (another ``--seed`` or ``--clicks``), since their difference would mix the draw's
+    Refuses results that are not paired: different rows (cases, classes, draws or ``--target``
+    strategies) or different clicked points on a row (another ``--seed`` or ``--clicks``), since their difference would mix the draw's
     noise into the comparison.
     """
     results = {"first": a, "second": b}
@@ -72,9 +73,9 @@ def paired_rows(a: dict, b: dict, method: str = "model", lesion_class: int | Non
         only = sorted(ka ^ kb, key=str)[:3]
         raise InputError(
             f"the two results score different rows ({len(ka)} and {len(kb)}, {len(ka ^ kb)} in one only, e.g. "
-            f"{only}): evaluate both on the same DATA, --seed and --limit")
+            f"{only}): evaluate both on the same DATA, --seed, --target and --limit")
     out = []
-    for key in sorted(ka, key=lambda k: (k[1], k[2], k[3])):
+    for key in sorted(ka, key=lambda k: (k[1], k[2], k[3], k[4])):
         if lesion_class is not None and key[2] != lesion_class:
             continue
         ra, rb = rows["first"][key], rows["second"][key]

@@ -2,8 +2,9 @@
 
 Protocol, per case and per lesion class present in it:
 
-1. pick one instance of that class (uniformly at random among the instances of at least
-   ``min_size`` voxels, with a rng seeded by (seed, case index), so a sharded run draws the same);
+1. pick one instance of that class among the instances of at least ``min_size`` voxels: by
+   default uniformly at random, with a rng seeded by (seed, case index), so a sharded run draws the
+   same; or by a target strategy (:data:`TARGETS`): the largest, the median-sized or the smallest;
 2. simulate ``clicks`` single-point prompts on it, cycling through the modes
    center / interior / boundary (:mod:`napari_miqsam.data.prompts`);
 3. for each click, predict with the model (one ``set_image`` per case, one ``predict`` per
@@ -15,7 +16,11 @@ Protocol, per case and per lesion class present in it:
 The summary is the mean over (case, class) rows. Several seeds (``seed=[0, 1, 2]``) score several
 draws of step 1-2 on one embedding per case; each draw is exactly the run with that one seed, the
 summary is the mean over all (case, class, seed) rows (every draw has the same rows, so this is the
-mean of the draws' means), and ``draws`` holds each draw's own summary. ``shard=(rank, world)`` evaluates
+mean of the draws' means), and ``draws`` holds each draw's own summary. Several target strategies
+(``targets=("largest", "median", "smallest")``) score one row per (case, class, seed, target); each
+strategy restarts the draw's rng, so its clicks are drawn as in a run with that strategy alone and
+``random`` gives today's rows whatever else is asked for; the summary is the mean over all rows and
+``by_target`` holds each strategy's own summary. ``shard=(rank, world)`` evaluates
 ``cases[rank::world]``; :func:`merge_results` concatenates the rows of the shards and recomputes
 the means, giving the same numbers as a single-process run.
 """
@@ -38,7 +43,8 @@ from .baselines import denoise, grow_with_window, threshold_cc
 from ..inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
 from .metrics import dice, instance_scores, nsd, wrong_class_rate
 
-__all__ = ["METHODS", "METRICS", "evaluate", "format_markdown_table", "merge_results", "score"]
+__all__ = ["METHODS", "METRICS", "TARGETS", "evaluate", "format_markdown_table", "merge_results", "pick_target",
+           "score"]
 
 #: Per-click metrics, averaged over clicks then over (case, class) rows.
 METRICS: tuple[str, ...] = (
@@ -53,6 +59,8 @@ METRICS: tuple[str, ...] = (
 #: Row-level metrics (one value per (case, class)).
 ROW_METRICS: tuple[str, ...] = METRICS + ("dice_std_over_clicks",)
 METHODS: tuple[str, ...] = ("model", "region_grow", "threshold_cc")
+#: How the clicked instance of a (case, class) is chosen: drawn at random, or by its size in voxels.
+TARGETS: tuple[str, ...] = ("random", "largest", "median", "smallest")
 
 
 def score(
@@ -136,8 +144,8 @@ def _summarise(rows: list[dict], methods: Sequence[str]) -> dict[str, dict[str, 
     return out
 
 
-def _row_key(row: dict) -> tuple[int, int, int]:
-    return row["index"], row["class"], row.get("seed", 0)
+def _row_key(row: dict) -> tuple[int, int, int, str]:
+    return row["index"], row["class"], row.get("seed", 0), row.get("target", "random")
 
 
 def _summaries(rows: list[dict], methods: Sequence[str]) -> dict:
@@ -149,7 +157,8 @@ def _summaries(rows: list[dict], methods: Sequence[str]) -> dict:
             "by_class": by_class}
 
 
-def _assemble(rows: list[dict], clicks: int, seeds: Sequence[int], threshold: float, extra: dict) -> dict:
+def _assemble(rows: list[dict], clicks: int, seeds: Sequence[int], threshold: float, extra: dict,
+              targets: Sequence[str] = ("random",)) -> dict:
     rows = sorted(rows, key=_row_key)
     methods = [m for m in METHODS if any(m in r["methods"] for r in rows)]
     out = {
@@ -159,11 +168,15 @@ def _assemble(rows: list[dict], clicks: int, seeds: Sequence[int], threshold: fl
         "n_rows": len(rows),
         "clicks": int(clicks),
         "seed": int(seeds[0]) if len(seeds) == 1 else [int(s) for s in seeds],
+        "targets": list(targets),
         "threshold": float(threshold),
         **extra,
     }
     if len(seeds) > 1:
         out["draws"] = {str(s): _summaries([r for r in rows if r.get("seed", 0) == s], methods) for s in seeds}
+    if len(targets) > 1:
+        out["by_target"] = {t: _summaries([r for r in rows if r.get("target", "random") == t], methods)
+                            for t in targets}
     return out
 
 
@@ -172,6 +185,36 @@ def _seeds(seed: int | Sequence[int]) -> list[int]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise InputError(f"seed must be one seed or distinct seeds, got {seed}")
     return seeds
+
+
+def _targets(targets: str | Sequence[str]) -> list[str]:
+    names = [targets] if isinstance(targets, str) else [str(t) for t in targets]
+    bad = [t for t in names if t not in TARGETS]
+    if not names or bad or len(set(names)) != len(names):
+        raise InputError(f"targets must be distinct names among {', '.join(TARGETS)}, got {targets}")
+    return names
+
+
+def pick_target(instances: np.ndarray, n: int, target: str, rng: np.random.Generator) -> int:
+    """The label (1..n) of the instance to click in ``instances`` (int labels 1..n, 0 background).
+
+    ``random`` draws it uniformly with ``rng``; the others draw that same number (so the clicks that
+    follow come from the same rng state) and take instead the ``largest``, the ``median``-sized
+    (rank ``(n - 1) // 2`` by ascending size: the smaller of the two middle ones for an even ``n``)
+    or the ``smallest`` instance by voxel count; equal sizes go to the lower label.
+    """
+    drawn = int(rng.integers(1, n + 1))
+    if target == "random":
+        return drawn
+    sizes = np.bincount(np.asarray(instances).ravel(), minlength=n + 1)[1 : n + 1]
+    ascending = np.lexsort((np.arange(n), sizes))  # by size, then by label
+    if target == "smallest":
+        return int(ascending[0]) + 1
+    if target == "median":
+        return int(ascending[(n - 1) // 2]) + 1
+    if target == "largest":
+        return int(np.lexsort((np.arange(n), -sizes))[0]) + 1
+    raise InputError(f"unknown target strategy {target!r}; use one of {', '.join(TARGETS)}")
 
 
 def evaluate(
@@ -187,6 +230,7 @@ def evaluate(
     baselines: bool = True,
     iou: float = 0.5,
     min_volume: float = DEFAULT_MIN_VOLUME,
+    targets: str | Sequence[str] = ("random",),
 ) -> dict:
     """Evaluate one-click multi-instance segmentation; see the module docstring.
 
@@ -210,12 +254,15 @@ def evaluate(
         baselines: also run region growing and threshold + connected components.
         iou: IoU threshold for instance matching.
         min_volume: smallest shown instance (spacing units cubed), passed to ``Prediction.labels``.
+        targets: how the clicked instance is chosen (:data:`TARGETS`, :func:`pick_target`); several
+            give one row per (case, class, seed, target).
 
     Returns:
         ``{"model": {metric: mean}, "baselines": {"region_grow": {...}, "threshold_cc":
         {...}}, "by_class": {...}, "cases": [rows], "n_cases", "n_rows", "clicks", "seed",
-        "threshold", "shard"}`` (and ``"draws": {seed: {"model", "baselines", "by_class"}}`` with
-        several seeds); each row has ``case``, ``index``, ``class``, ``seed``,
+        "targets", "threshold", "shard"}`` (and ``"draws": {seed: {"model", "baselines", "by_class"}}``
+        with several seeds, ``"by_target": {target: {...}}`` with several targets); each row has
+        ``case``, ``index``, ``class``, ``seed``, ``target``,
         ``n_gt_instances``, ``target_voxels``, ``points``, timings and ``methods`` ->
         {method: {metric: mean over clicks, "dice_std_over_clicks", "dice_per_click"}}.
     """
@@ -224,6 +271,7 @@ def evaluate(
     if clicks < 1:
         raise InputError(f"clicks must be >= 1, got {clicks}")
     seeds = _seeds(seed)
+    strategies = _targets(targets)
     all_cases = list(cases)
     rank, world = (0, 1) if shard is None else (int(shard[0]), int(shard[1]))
     if world < 1 or not 0 <= rank < world:
@@ -236,10 +284,11 @@ def evaluate(
         case = _load(all_cases[index])
         rows.extend(
             _evaluate_case(case, index, model, clicks, seeds, (threshold, min_volume), lesion_classes,
-                           min_size, baselines, iou)
+                           min_size, baselines, iou, strategies)
         )
     bar.close()
-    return _assemble(rows, clicks, seeds, threshold, {"shard": [rank, world], "min_volume": float(min_volume)})
+    return _assemble(rows, clicks, seeds, threshold, {"shard": [rank, world], "min_volume": float(min_volume)},
+                     strategies)
 
 
 def _evaluate_case(
@@ -253,6 +302,7 @@ def _evaluate_case(
     min_size: int,
     baselines: bool,
     iou: float,
+    targets: Sequence[str] = ("random",),
 ) -> list[dict]:
     image = np.asarray(case.image, np.float32)
     labels = np.asarray(case.labels)
@@ -273,11 +323,10 @@ def _evaluate_case(
         embed_s = time.perf_counter() - t0
     smoothed = denoise(image, spacing) if baselines else None
     rows = []
-    for seed in seeds:
-        rng = np.random.default_rng([int(seed), int(index)])  # one stream per draw, as a run with that seed
+    for seed, strategy in ((s, t) for s in seeds for t in targets):
+        rng = np.random.default_rng([int(seed), int(index)])  # one stream per draw, as a run with that seed alone
         for cls, inst, n in todo:
-            target = int(rng.integers(1, n + 1))
-            tmask = inst == target
+            tmask = inst == pick_target(inst, n, strategy, rng)
             per: dict[str, list[dict]] = {}
             points = []
             predict_s = []
@@ -312,6 +361,7 @@ def _evaluate_case(
                 "index": int(index),
                 "class": int(cls),
                 "seed": int(seed),
+                "target": strategy,
                 "n_gt_instances": int(n),
                 "target_voxels": int(tmask.sum()),
                 "spacing": list(spacing),
@@ -340,7 +390,8 @@ def merge_results(partials: Sequence[dict]) -> dict:
     first = partials[0]
     return _assemble(unique, first["clicks"], _seeds(first["seed"]), first.get("threshold", DEFAULT_THRESHOLD),
                      {"shard": [0, 1], "merged_from": len(partials),
-                      "min_volume": first.get("min_volume", DEFAULT_MIN_VOLUME)})
+                      "min_volume": first.get("min_volume", DEFAULT_MIN_VOLUME)},
+                     _targets(first.get("targets", ["random"])))
 
 
 _LABELS = {
@@ -375,7 +426,7 @@ def format_markdown_table(result: dict) -> str:
     out = [
         f"One-click evaluation: {result.get('n_cases', 0)} cases, {result.get('n_rows', 0)} "
         f"(case, class) rows, {result.get('clicks')} clicks each "
-        f"(center/interior/boundary), {_seed_words(result.get('seed'))}, threshold "
+        f"(center/interior/boundary), {_seed_words(result.get('seed'))}{_target_words(result.get('targets'))}, threshold "
         f"{result.get('threshold', DEFAULT_THRESHOLD)}, min volume {result.get('min_volume', 0):g} mm³",
         "",
         *table(summary),
@@ -386,7 +437,15 @@ def format_markdown_table(result: dict) -> str:
             out += ["", f"Class {cls}:", "", *table(s)]
     for seed, draw in result.get("draws", {}).items():
         out += ["", f"Draw {seed} alone:", "", *table({"model": draw["model"], **draw["baselines"]})]
+    for target, part in result.get("by_target", {}).items():
+        out += ["", f"Target {target} alone:", "", *table({"model": part["model"], **part["baselines"]})]
     return "\n".join(out) + "\n"
+
+
+def _target_words(targets) -> str:
+    if not targets or list(targets) == ["random"]:
+        return ""  # the default: the table reads as it always has
+    return f", clicked instance: {', '.join(targets)} (one row per (case, class) each)"
 
 
 def _seed_words(seed) -> str:
