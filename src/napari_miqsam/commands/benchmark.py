@@ -4,7 +4,7 @@ For each volume: the model grid, the number of sliding windows and their total v
 grid's, ``set_image_s`` (embedding) and its seconds per million model-grid voxels, ``predict_ms`` (one click on the cached embedding,
 median of >= 5), ``threshold_ms`` (re-threshold of a cached prediction, median) and ``peak_rss_mb``
 (peak resident memory of a fresh process that did only that volume). Nothing here asserts a
-target: it prints the numbers, the README reports them.
+target: it prints the numbers; docs/results.md reports them with this command.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The network finds most small lesions but often draws them too small: on validation phantoms many
 missed lesions under 12 mm were covered by a predicted piece lying wholly inside them at 15-40% of
-their volume (README, "What changed on 2026-12-03"), so each cost a false positive and a false negative at
+their volume (evidence: docs/experiments.md), so each cost a false positive and a false negative at
 IoU 0.5. The network's masks come from 2-cell-wide stride-2 features; the image itself says where a
 small lesion ends. This step (numpy/scipy only) reads it, per instance, on the model grid at stride 1:
 
@@ -54,7 +54,7 @@ def grow_to_edge(image: np.ndarray, logits: np.ndarray, level: float = 0.0, bloc
         lesion smaller than a voxel); spacing: mm per voxel.
     smooth: the Gaussian (voxels of the finest axis) the intensities are read through; leak: the
     fraction of the reach's outer edge a growth may fill. The defaults were chosen on validation
-    phantoms (README, "What changed on 2026-12-03").
+    phantoms (docs/experiments.md).
     Returns a new array: added voxels (a seed core's included) get ``level + 1``; everything else
     is unchanged. Unchanged (a copy) when the core is empty, the ring too small, the contrast too
     low, or the growth leaks.

@@ -13,22 +13,23 @@ from functools import cached_property
 
 import numpy as np
 
-#: Default confidence threshold, chosen for the shipped weights (stage 5) on 20 validation phantoms
-#: (seeds 900000+; ``python benchmarks/tune_threshold.py --cases 20 --clicks 3 --thresholds
-#: 0.1,0.15,0.2,0.25,0.3,0.4``): best instance F1, Dice within 0.004 of the best. Used by the
-#: widget, the CLI and evaluation.
+#: Default confidence threshold: where instance F1 peaks on validation phantoms (seeds 900000+;
+#: ``python benchmarks/tune_threshold.py --cases 20 --clicks 3 --thresholds 0.1,0.15,0.2,0.25,0.3,0.4``)
+#: with Dice near its best, re-checked when the weights and the model grid changed (evidence:
+#: docs/experiments.md). Used by the widget, the CLI and evaluation.
 DEFAULT_THRESHOLD = 0.2
 
 #: Default smallest instance shown, in the spacing's units cubed (mm³ for CT): 50 mm³ is a sphere
 #: of 4.6 mm diameter, under the ~5 mm below which a CT report calls a focal lesion "too small to
-#: characterise". Chosen on the same validation phantoms (``python benchmarks/tune_threshold.py
-#: --cases 20 --clicks 3 --min-volume 0,10,20,30,50,80 --thresholds 0.2,0.3,0.4``): at threshold
-#: 0.3, instance F1 0.669 / 0.687 / 0.700 / 0.704 for 0 / 30 / 50 / 80 mm³, recall unchanged up to
-#: 50 and lower at 80. The instance under a positive click is never hidden by it; 0 shows all.
+#: characterise". Most false pieces under it are crumbs of a lesion already found or specks of
+#: background, so hiding them raises precision without losing a found lesion; a higher floor starts
+#: to hide real ones (``python benchmarks/tune_threshold.py --cases 20 --clicks 3 --min-volume
+#: 0,10,20,30,50,80``; evidence: docs/experiments.md). The instance under a positive click is never
+#: hidden by it; 0 shows all.
 DEFAULT_MIN_VOLUME = 50.0
 
 #: Names of the lesion kinds of weights with two and no ``kind_names`` of their own (files written
-#: before 2026-12-04, sixth session, all trained on the KiTS labelling our phantoms share): training
+#: before training recorded the names, all trained on the KiTS labelling our phantoms share): training
 #: maps label 2 to kind 0 and label 3 to kind 1 (``training.sampling.LESION_CLASSES``).
 KIND_NAMES = ("tumour", "cyst")
 

@@ -47,10 +47,10 @@ from .tiling import Window, plan_windows
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
 STRIDE = 2  # mask features are at stride 2 of the model grid
-SNAP_RADIUS = 1  # cells; measured on validation phantoms (README), see Predictor.snap_radius
-KIND_SCORING = False  # measured: a wash against a lower threshold (README), see Predictor.kind_scoring
-SPLIT_BY_QUERY = False  # measured: splitting pieces by winning query cuts lesions in two (README)
-KIND_GATE = 0.5  # measured on validation phantoms (README), see Predictor.kind_gate
+SNAP_RADIUS = 1  # cells; a click just off a lesion moves onto it (docs/experiments.md), see Predictor.snap_radius
+KIND_SCORING = False  # off: no better than a lower threshold (docs/experiments.md), see Predictor.kind_scoring
+SPLIT_BY_QUERY = False  # off: splitting pieces by winning query cuts lesions in two (docs/experiments.md)
+KIND_GATE = 0.5  # the best of 0-0.8 on validation phantoms (docs/experiments.md), see Predictor.kind_gate
 REFINE = True  # redraw each instance at stride 1 with the mask refiner when the weights have one
 FAST_SPACING_FACTOR = 1.5 / 1.3  # the widget's "Detail: fast": a grid this much coarser (0.65x the voxels)
 MASK_LEVEL = 0.0  # logit level of a mask's edge, see Predictor.mask_level
@@ -333,8 +333,9 @@ class Predictor:
         kind: the lesion kind to look for, as an index into the weights' lesion kinds (training
         maps label 2 to kind 0 and label 3 to kind 1: tumour and cyst in KiTS labels), used in
         place of the kind the model reads at the clicks (it biases the masks and decides the kind
-        gate); None: read it. Measured on validation phantoms (four draws): the true kind given,
-        wrong-class 0.044 -> 0.029 and Dice +0.005 (README).
+        gate); None: read it. For scripts that know what they look for: on validation phantoms the
+        true kind removes some wrong-kind voxels, but most wrong-kind answers come from the masks,
+        not from misreading the click (docs/experiments.md).
         Returns a Prediction in the original grid. An instance containing a negative click is
         removed. Raises NotReadyError before set_image, InputError for points outside the volume,
         no positive point, or a ``kind`` the weights do not have, CancelledError if ``cancel()``
