@@ -14,10 +14,12 @@ from . import add_model_spacing_argument
 HELP = "Evaluate one-click lesion segmentation (model vs region growing vs threshold+CC) on labelled data."
 
 _PHANTOM = re.compile(r"^phantom:(\d+)(?::(-?\d+))?$")
+_OOD = re.compile(r"^ood:(\d+)(?::(-?\d+))?$")  # out-of-family validation phantoms (data/ood_phantom.py)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", help="data set folder (LiTS, KiTS or MSD layout) or phantom:N:SEED")
+    parser.add_argument("data", help="data set folder (LiTS, KiTS or MSD layout), phantom:N:SEED (the training "
+                        "generator's phantoms) or ood:N:SEED (out-of-family validation phantoms, never trained on)")
     parser.add_argument("--format", default="auto", choices=("auto", "lits", "kits", "msd", "phantom"),
                         help="data set layout (default: detected)")
     parser.add_argument("--weights", type=Path, default=None,
@@ -77,12 +79,15 @@ def _target_list(text: str) -> list[str]:
 
 
 def resolve_cases(data: str, fmt: str = "auto", limit: int | None = None) -> list:
-    """Case references for ``DATA`` (a folder, or ``phantom:N[:SEED]``)."""
-    from ..data.datasets import list_cases, phantom_cases
+    """Case references for ``DATA`` (a folder, ``phantom:N[:SEED]`` or ``ood:N[:SEED]``)."""
+    from ..data.datasets import list_cases, ood_phantom_cases, phantom_cases
     from ..errors import InputError
 
     m = _PHANTOM.match(str(data))
-    if m or fmt == "phantom":
+    ood = _OOD.match(str(data))
+    if ood:
+        cases = ood_phantom_cases(int(ood.group(1)), int(ood.group(2) or 0))
+    elif m or fmt == "phantom":
         if not m:
             raise InputError(f"{data!r}: with --format phantom, DATA must be phantom:N:SEED")
         cases = phantom_cases(int(m.group(1)), int(m.group(2) or 0))
@@ -138,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         raise WriteError(f"{args.json}: the file exists; use --overwrite")
     cases = resolve_cases(args.data, args.format, args.limit)
     lesion_classes = None  # phantoms, and MSD sets without a dataset.json: each case's own lesion labels
-    if not _PHANTOM.match(str(args.data)) and args.format != "phantom":
+    if not (_PHANTOM.match(str(args.data)) or _OOD.match(str(args.data))) and args.format != "phantom":
         from ..data.datasets import dataset_lesion_classes
 
         # the data set's lesion labels, so an MSD Task03 case without a tumour is not scored on its liver

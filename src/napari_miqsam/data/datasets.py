@@ -32,12 +32,14 @@ from .phantom import CLASS_NAMES, Case, make_phantom
 __all__ = [
     "FORMATS",
     "CaseRef",
+    "OodPhantomRef",
     "PhantomRef",
     "classes_of",
     "detect_format",
     "lesion_classes_in",
     "lesion_names",
     "list_cases",
+    "ood_phantom_cases",
     "phantom_cases",
 ]
 
@@ -125,6 +127,26 @@ def phantom_cases(
         )
         for i in range(int(n))
     ]
+
+
+@dataclass
+class OodPhantomRef:
+    """An out-of-family validation phantom generated on demand (``ood:N:SEED`` in the CLI; see
+    :mod:`.ood_phantom`, never used in training)."""
+
+    name: str
+    seed: int
+    format: str = "phantom"  # the same KiTS labelling: 1 organ, 2 tumour, 3 cyst
+
+    def load(self) -> Case:
+        from .ood_phantom import make_ood_phantom
+
+        return make_ood_phantom(self.seed, name=self.name)
+
+
+def ood_phantom_cases(n: int, seed: int) -> list[OodPhantomRef]:
+    """``n`` out-of-family phantom references with seeds ``seed .. seed + n - 1``."""
+    return [OodPhantomRef(name=f"ood_{seed + i:05d}", seed=seed + i) for i in range(int(n))]
 
 
 def _visible(p: Path) -> bool:
