@@ -1,0 +1,175 @@
+"""The randomized training phantom (SynthSeg principle): labels, kinds, geometry, acquisition."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_miqsam.data.phantom import Case, affine_from_spacing
+from napari_miqsam.data.randomized import (
+    FOV_YX_MM,
+    FOV_Z_MM,
+    INPLANE_MM,
+    MAX_KINDS,
+    MAX_LESIONS,
+    SLICE_MM,
+    kind_differences,
+    make_randomized_phantom,
+    sample_randomized_spacing,
+)
+from napari_miqsam.errors import InputError
+
+SEEDS = range(8)  # default-size cases; among them K takes every value 1..4
+FULL = np.ones((3, 3, 3), bool)
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[Case]:
+    return [make_randomized_phantom(s) for s in SEEDS]
+
+
+def test_types_and_geometry(cases):
+    for case in cases:
+        assert case.image.dtype == np.float32 and case.labels.dtype == np.uint8
+        assert case.image.shape == case.labels.shape
+        assert np.allclose(case.affine, affine_from_spacing(case.spacing, case.shape))
+        assert -1024.0 <= float(case.image.min()) and float(case.image.max()) <= 3000.0
+        assert case.meta["generator"] == "napari_miqsam.data.randomized"
+
+
+def test_deterministic():
+    a, b, c = make_randomized_phantom(5), make_randomized_phantom(5), make_randomized_phantom(6)
+    assert a.spacing == b.spacing and a.shape == b.shape
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+    assert a.meta["kinds"] == b.meta["kinds"]
+    assert a.shape != c.shape or not np.array_equal(a.image, c.image)
+
+
+def test_kinds_and_label_values(cases):
+    seen = set()
+    for case in cases:
+        k = case.meta["n_kinds"]
+        seen.add(k)
+        assert 1 <= k <= MAX_KINDS and len(case.meta["kinds"]) == k
+        values = set(np.unique(case.labels).tolist())
+        assert values - {0, 1} == set(range(2, 2 + k))  # every kind has a lesion, labels 2..1+K
+        assert 1 in values  # the host organs
+        assert [kd["label"] for kd in case.meta["kinds"]] == list(range(2, 2 + k))
+    assert seen == set(range(1, MAX_KINDS + 1))
+
+
+def test_each_lesion_is_its_own_component(cases):
+    for case in cases:
+        lesions = case.meta["lesions"]
+        assert 1 <= len(lesions) <= MAX_LESIONS
+        # lesions of different kinds do not touch either: the union has one component per lesion
+        _, n_all = ndimage.label(case.labels >= 2, structure=FULL)
+        assert n_all == len(lesions)
+        for kd in case.meta["kinds"]:
+            _, n = ndimage.label(case.labels == kd["label"], structure=FULL)
+            assert n == kd["n_placed"] == sum(1 for les in lesions if les["label"] == kd["label"])
+            assert 1 <= n <= 8
+
+
+def test_lesions_lie_in_the_hosts(cases):
+    les_vox = host_vox = 0.0
+    shell_host = shell_all = 0
+    for case in cases:
+        for les in case.meta["lesions"]:
+            les_vox += les["n_voxels"]
+            host_vox += les["n_voxels"] * les["host_fraction"]
+        # independently of the meta: the voxels around the lesions are mostly host (or lesion)
+        lesion = case.labels >= 2
+        shell = ndimage.binary_dilation(lesion, FULL) & ~lesion
+        shell_all += int(shell.sum())
+        shell_host += int((case.labels[shell] == 1).sum())
+    assert host_vox / les_vox >= 0.8
+    assert shell_host / shell_all >= 0.8
+
+
+def test_kinds_within_a_volume_differ_by_the_rule(cases):
+    n_pairs = 0
+    for case in cases:
+        kinds = case.meta["kinds"]
+        for i, a in enumerate(kinds):
+            for b in kinds[i + 1:]:
+                n_pairs += 1
+                assert kind_differences(a, b), (case.name, a, b)
+                # the rule spelled out on the raw parameters
+                contrast = abs(a["delta_hu"] - b["delta_hu"]) >= 20.0
+                tex = sorted((a["texture_hu"], b["texture_hu"]))
+                texture = tex[0] <= 4.0 and tex[1] >= 12.0
+                rim = (a["rim"] is None) != (b["rim"] is None)
+                (alo, ahi), (blo, bhi) = a["size_range_mm"], b["size_range_mm"]
+                size = ahi * 1.2 <= blo or bhi * 1.2 <= alo
+                assert contrast or texture or rim or size
+    assert n_pairs > 0
+
+
+def test_kind_parameters_in_range(cases):
+    for case in cases:
+        for kd in case.meta["kinds"]:
+            if kd["rim"] is None:
+                assert 10.0 <= abs(kd["delta_hu"]) <= 120.0
+            else:
+                assert abs(kd["delta_hu"]) <= 120.0 and 1.0 <= kd["rim"]["thickness_mm"] <= 3.0
+            assert 0.0 <= kd["texture_hu"] <= 30.0 and 0.0 <= kd["edge_sigma_mm"] <= 2.5
+            lo, hi = kd["size_range_mm"]
+            assert 3.0 <= lo < hi <= 60.0
+            for les in case.meta["lesions"]:
+                if les["label"] == kd["label"]:
+                    assert lo * 0.999 <= les["nominal_diameter_mm"] <= hi * 1.001
+
+
+def test_spacing_and_field_of_view_ranges(cases):
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        sz, sy, sx = sample_randomized_spacing(rng)
+        assert SLICE_MM[0] <= sz <= SLICE_MM[1] and INPLANE_MM[0] <= sy <= INPLANE_MM[1] and sy == sx
+    for case in cases:
+        sz, sy, sx = case.spacing
+        assert SLICE_MM[0] <= sz <= SLICE_MM[1] and INPLANE_MM[0] <= sy <= INPLANE_MM[1]
+        extent = [n * s for n, s in zip(case.shape, case.spacing)]
+        assert FOV_Z_MM[0] - sz <= extent[0] <= FOV_Z_MM[1] + sz
+        for e, s in zip(extent[1:], case.spacing[1:]):
+            assert FOV_YX_MM[0] - s <= e <= FOV_YX_MM[1] + s
+        acq = case.meta["acquisition"]
+        assert 3.0 <= acq["noise_sigma_hu"] <= 30.0 and abs(acq["offset_hu"]) <= 30.0
+        assert acq["bias_amplitude"] <= 0.1
+
+
+@pytest.mark.parametrize("shape, spacing", [((24, 48, 48), (2.0, 1.0, 1.0)), ((20, 40, 36), None),
+                                            (None, (5.0, 1.5, 1.5)), (None, (0.6, 0.5, 0.5))])
+def test_given_shape_and_spacing_are_honoured(shape, spacing):
+    case = make_randomized_phantom(8, shape=shape, spacing=spacing, name="given")
+    assert case.name == "given"
+    if shape is not None:
+        assert case.shape == shape
+    if spacing is not None:
+        assert case.spacing == spacing
+    k = case.meta["n_kinds"]
+    assert set(np.unique(case.labels).tolist()) - {0, 1} == set(range(2, 2 + k))
+
+
+def test_bad_arguments_raise_input_error():
+    with pytest.raises(InputError):
+        make_randomized_phantom(0, shape=(2, 32, 32), spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(InputError):
+        make_randomized_phantom(0, spacing=(1.0, -1.0, 1.0))
+
+
+def test_feeds_the_training_pipeline(cases):
+    from napari_miqsam.model.config import get_config
+    from napari_miqsam.training.sampling import prepare_case
+
+    cfg = get_config("cpu", spacing=(1.3, 1.3, 1.3))
+    case = cases[0]
+    prepared = prepare_case(case.image, case.labels, case.spacing, cfg, case.name, lesion_classes=(2, 3, 4, 5))
+    assert all(70 <= n <= 130 for n in prepared.image.shape)  # ~90-165 mm at 1.3 mm
+    kinds = sorted(set(prepared.instance_class[1:].tolist()))
+    assert kinds == list(range(2, 2 + case.meta["n_kinds"]))
+    assert len(prepared.instance_class) - 1 == len(case.meta["lesions"])
+    assert math.isclose(float(prepared.image.max()), 1.0, abs_tol=0.5)
