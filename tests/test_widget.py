@@ -51,9 +51,10 @@ def test_threshold_updates_instances_without_model_call(phantom_widget, qtbot):
     assert n_labels(out) < n_all
     assert len(out.features) == n_labels(out) == widget.table.rowCount()
     # a live drag (slider position without release) previews without touching the model either
-    widget.threshold_slider.setSliderPosition(0)
-    widget._on_threshold_moved(0)
+    widget.threshold_slider.setSliderDown(True)  # the user holds the handle
+    widget.threshold_slider.setSliderPosition(0)  # sliderMoved, no valueChanged until release
     assert n_labels(out) == n_all
+    widget.threshold_slider.setSliderDown(False)
     assert len(widget.predictors.predict_calls) == calls
     assert widget.predictors.set_image_calls == 1
 
@@ -71,7 +72,7 @@ def test_min_volume_hides_small_instances_without_model_call(phantom_widget, qtb
     prediction = Prediction(out.data.shape, (2.0, 1.0, 1.0), [
         Instance(0.9, (slice(0, 4),) * 3, box), Instance(0.8, (slice(10, 12),) * 3, dot),
         Instance(0.7, (slice(20, 22), slice(5, 7), slice(5, 7)), dot)], positive=np.array([[21, 6, 6]]))
-    widget._accept(prediction, widget.image_layer())
+    widget.show_prediction(prediction, widget.image_layer())
     widget.min_volume_spin.setValue(0)
     assert widget.table.rowCount() == n_labels(out) == 3
     widget.min_volume_spin.setValue(30)  # the clicked small one stays
@@ -90,7 +91,7 @@ def test_same_kind_only_sets_the_kind_gate_and_runs_again(phantom_widget, qtbot)
 
     viewer, widget = phantom_widget
     segment(qtbot, widget, tumour_voxel(viewer))
-    predictor = widget._entry(widget.image_layer()).predictor
+    predictor = widget.session.predictor(widget.image_layer())
     assert widget.same_kind_check.isChecked() and predictor.kind_gate == KIND_GATE > 0
     calls = len(widget.predictors.predict_calls)
     widget.same_kind_check.setChecked(False)
@@ -103,7 +104,7 @@ def test_same_kind_only_sets_the_kind_gate_and_runs_again(phantom_widget, qtbot)
 def test_grow_small_masks_sets_predictor_grow_and_runs_again(phantom_widget, qtbot):
     viewer, widget = phantom_widget
     segment(qtbot, widget, tumour_voxel(viewer))
-    predictor = widget._entry(widget.image_layer()).predictor
+    predictor = widget.session.predictor(widget.image_layer())
     assert widget.grow_check.isChecked() and predictor.grow is True
     calls = len(widget.predictors.predict_calls)
     widget.grow_check.setChecked(False)
@@ -145,12 +146,12 @@ def test_newest_prompt_wins_while_a_run_is_in_flight(phantom_widget, qtbot, noti
     first = tumour_voxel(viewer)
     second = first + np.array([0, 1, 0])
     click(widget, first)
-    qtbot.waitUntil(lambda: widget._job is not None, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget.session.running, timeout=WAIT_MS)
     viewer.layers[PROMPTS_NAME].add(np.asarray(second, dtype=float))
     qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
     last_positive, _ = widget.predictors.predict_calls[-1]
     assert len(last_positive) == 2
-    np.testing.assert_allclose(widget._prediction.positive, [first, second])
+    np.testing.assert_allclose(widget.session.prediction.positive, [first, second])
     assert not [n for n in notifications() if n[0] == "error"]
 
 
@@ -158,7 +159,7 @@ def test_widget_survives_image_layer_deletion(phantom_widget, qtbot, notificatio
     viewer, widget = phantom_widget
     widget.predictors.delay_first_predict = 0.5
     click(widget, tumour_voxel(viewer))
-    qtbot.waitUntil(lambda: widget._job is not None, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: widget.session.running, timeout=WAIT_MS)
     viewer.layers.remove("phantom CT")  # during a run
     wait_done(qtbot, widget)
     assert widget.output_layer is None  # the stale result is dropped, nothing written
@@ -325,5 +326,5 @@ def test_detail_fast_runs_on_a_coarser_grid_and_embeds_again(phantom_widget, qtb
     qtbot.waitUntil(lambda: tiny.set_image_calls == calls + 1, timeout=10000)
     wait_done(qtbot, widget)
     assert len(made) == 2 and made[-1].model_spacing == pytest.approx((0.8 * FAST_SPACING_FACTOR,) * 3)
-    assert widget._entry(widget.image_layer()).predictor is made[-1]
+    assert widget.session.predictor(widget.image_layer()) is made[-1]
     assert isinstance(made[-1], Predictor) and widget.output_layer is not None
