@@ -8,6 +8,8 @@ import pytest
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
 
+from napari.layers import Points  # noqa: E402
+
 from napari_miqsam._widget import MiqsamWidget  # noqa: E402
 from napari_miqsam._widget._dock import KEY_COMMIT, KEY_NEGATIVE, KEY_RUN, OUTPUT_NAME, PROMPTS_NAME  # noqa: E402
 from widget_helpers import WAIT_MS, TinyPredictors, click, n_labels, segment, tumour_voxel, wait_done  # noqa: E402
@@ -37,6 +39,64 @@ def test_point_on_tumour_gives_instance_layer_with_scores(sample_widget, qtbot, 
     assert not [n for n in notifications() if n[0] == "error"]
     # untrained tiny weights: the user is told, once
     assert sum("untrained" in m for _, m in notifications()) == 1
+
+
+def test_docking_on_an_image_makes_the_prompt_layer_so_the_first_click_runs(phantom_widget, qtbot, notifications):
+    viewer, widget = phantom_widget
+    points = viewer.layers[PROMPTS_NAME]  # made when the widget docked: no "Add points" needed
+    image = viewer.layers["phantom CT"]
+    assert widget.prompts_layer() is points and widget.prompts_combo.currentText() == PROMPTS_NAME
+    assert viewer.layers.selection.active is points and points.mode == "add"  # a canvas click adds a point
+    np.testing.assert_allclose(points.scale, image.scale)
+    assert len(points.data) == 0
+    points.add(np.asarray(tumour_voxel(viewer), dtype=float))  # what a click on the canvas does
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    assert len(widget.predictors.predict_calls) == 1
+    np.testing.assert_allclose(widget.predictors.predict_calls[0][0], [tumour_voxel(viewer)], atol=1e-6)
+    assert len(widget.output_layer.features) == n_labels(widget.output_layer)
+    assert [ly for ly in viewer.layers if isinstance(ly, Points)] == [points]  # one prompt layer
+    assert not [n for n in notifications() if n[0] == "error"]
+
+
+def test_selecting_another_image_gives_it_its_own_prompt_layer(phantom_widget, qtbot):
+    viewer, widget = phantom_widget
+    ct = viewer.layers["phantom CT"]
+    first = viewer.layers[PROMPTS_NAME]
+    other = viewer.add_image(np.random.default_rng(1).normal(size=(16, 32, 32)).astype(np.float32),
+                             name="other", scale=(1.5, 1.0, 1.0))
+    qtbot.wait(50)  # the layer events settle
+    assert widget.image_layer() is ct and widget.prompts_layer() is first  # a new layer is not a choice
+    widget.image_combo.setCurrentText("other")
+    points = widget.prompts_layer()
+    assert points is not None and points is not first and points in viewer.layers and first in viewer.layers
+    np.testing.assert_allclose(points.scale, other.scale)
+    assert viewer.layers.selection.active is points and points.mode == "add"
+    points.add([8.0, 16.0, 16.0])
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    assert widget.output_layer.data.shape == other.data.shape
+    assert widget.predictors.predict_calls[-1][0] == [(8.0, 16.0, 16.0)]
+    widget.image_combo.setCurrentText("phantom CT")  # back: its own prompt layer again, not a new one
+    assert widget.prompts_layer() is first and viewer.layers.selection.active is first
+
+
+def test_an_image_opened_after_docking_gets_its_prompt_layer(make_napari_viewer, qtbot, notifications):
+    viewer = make_napari_viewer()
+    widget = MiqsamWidget(viewer)
+    widget.predictors = widget.predictor_factory = TinyPredictors()
+    assert widget.prompts_layer() is None and len(viewer.layers) == 0
+    viewer.add_image(np.zeros((32, 32), np.float32), name="flat")  # nothing to prompt on a 2D image
+    qtbot.wait(50)
+    assert widget.prompts_layer() is None and len(viewer.layers) == 1
+    viewer.layers.remove("flat")
+    viewer.add_image(np.random.default_rng(0).normal(size=(16, 32, 32)).astype(np.float32), name="vol")
+    assert widget.image_layer() is viewer.layers["vol"]
+    qtbot.waitUntil(lambda: widget.prompts_layer() is not None, timeout=WAIT_MS)
+    points = widget.prompts_layer()
+    assert points.name == PROMPTS_NAME and viewer.layers.selection.active is points and points.mode == "add"
+    points.add([8.0, 16.0, 16.0])
+    qtbot.waitUntil(lambda: widget.output_layer is not None and not widget.busy, timeout=WAIT_MS)
+    assert not [n for n in notifications() if n[0] in ("error", "warning") and "untrained" not in n[1]]
+    widget.shutdown()
 
 
 def test_threshold_updates_instances_without_model_call(phantom_widget, qtbot):

@@ -85,9 +85,11 @@ class MiqsamWidget(QWidget):
         self.layers.connect()
         self.runner = Runner(self.session, self.layers, self._options, self._show, status=self.status_label,
                              progress_bar=self.progress_bar, cancel_button=self.cancel_button, parent=self)
+        self.image_combo.currentIndexChanged.connect(self.layers.ensure_prompts)
         self.prompts_combo.currentIndexChanged.connect(self.layers.prompts_chosen)
         self._keys = {KEY_RUN: "run", KEY_NEGATIVE: "toggle_negative", KEY_COMMIT: "commit"}
         bind_keys(self.viewer, self, self._keys)
+        self.layers.ensure_prompts()
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:

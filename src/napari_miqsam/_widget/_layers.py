@@ -1,5 +1,9 @@
 """The widget's side of the viewer's layer list: the Image / Prompts / Labels pickers kept in step
 with the layers, the layer events the widget listens to, and one prompt layer per image.
+
+The prompt layer is made (on the image's grid, selected, in add mode) as soon as an image is
+selected, when the widget docks and again when the selected image changes, so that the first click
+on the canvas is a prompt.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Points
 from napari.utils.events import Event
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QComboBox
 
 from ._prompts import PROMPTS_NAME, make_prompt_layer, set_next_kind
@@ -132,6 +137,10 @@ class ViewerLayers:
         fill(self.prompts_combo, points, PROMPTS_NAME if PROMPTS_NAME in points else "", allow_none=True)
         fill(self.target_combo, labels, "", allow_none=True)
         self.prompts_chosen()
+        if self.image() is not self._prompted() and not self._queued:
+            # once napari has finished the layer event that is being handled
+            self._queued = True
+            QTimer.singleShot(0, self.ensure_prompts)
 
     # ------------------------------------------------------------ prompts
     def ensure_prompts(self, *_: Any) -> Points | None:
