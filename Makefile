@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 # The CPU wheel of torch, installed before the package so pip does not pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: run test install system-deps benchmark evaluate evaluate-real screenshot train-default clean
+.PHONY: run test install system-deps benchmark evaluate evaluate-ood evaluate-real screenshot train-default clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ benchmark: install
 
 evaluate: install
 	$(VENV)/bin/miqsam evaluate phantom:40:0 --clicks 3 --seed 0 --json benchmarks/results/evaluate.json
+
+# 40 phantoms of the second, separately written generator (data/ood_phantom.py; validation only).
+evaluate-ood: install
+	$(VENV)/bin/miqsam evaluate ood:40:0 --clicks 3 --seed 0 --no-baselines --json benchmarks/results/evaluate_ood.json --overwrite
 
 # One real CT (LiTS case 117, out of the training family; data/real_ct.py): the largest, the
 # median-sized and the smallest tumour clicked in turn. Downloads a 4.5 MB wheel once into the cache.
