@@ -49,13 +49,13 @@ from scipy import ndimage
 from scipy.special import ndtr, ndtri
 
 from ..errors import InputError
-from .phantom import (
-    Case,
+from .phantom.acquisition import _gauss_noise_gain
+from .phantom.case import Case
+from .phantom.geometry import (
     _capsule_dist,
     _check_triplet,
     _curve,
     _ellipsoid_q,
-    _gauss_noise_gain,
     _Grid,
     _rotation,
     _smooth_noise,
