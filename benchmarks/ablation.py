@@ -2,8 +2,8 @@
 without competition and without the kind prior, each trained with the same (small) budget on phantoms and evaluated the same way.
 
     python benchmarks/ablation.py train --steps 2400 --batch 2    # trains runs/ablation/<variant>/
-    python benchmarks/ablation.py evaluate                         # 40 phantoms x 3 clicks, like the README
-    python benchmarks/ablation.py table                            # Markdown table; numbers go to the README
+    python benchmarks/ablation.py evaluate                         # 40 phantoms x 3 clicks, like docs/results.md
+    python benchmarks/ablation.py table                            # Markdown table; numbers go to docs/results.md
 
 Each action takes ``--variants``, so variants can train / evaluate in parallel processes (one per core,
 ``OMP_NUM_THREADS=1``); evaluate writes ``benchmarks/results/ablation/<variant>.json``.
@@ -35,8 +35,8 @@ def train_all(args) -> None:
     from napari_miqsam.training.loop import TrainOptions, train
 
     for name in args.variants:
-        opt = TrainOptions(config="cpu", data="phantom", out=str(Path(args.out) / run_name(name, args.train_seed)),
-                           steps=args.steps, batch=args.batch, patch=64, pool=args.pool, seed=args.train_seed,
+        opt = TrainOptions(config=args.config, data="phantom", out=str(Path(args.out) / run_name(name, args.train_seed)),
+                           steps=args.steps, batch=args.batch, patch=args.patch, pool=args.pool, seed=args.train_seed,
                            threads=args.threads,
                            warmup=min(200, args.steps // 10), ablation=VARIANTS[name], resume=True)
         train(opt)
@@ -50,10 +50,11 @@ def evaluate_all(args) -> None:
     from napari_miqsam.inference.predictor import Predictor
     from napari_miqsam.model.weights import read_metadata
 
-    cases = [make_phantom(seed) for seed in range(args.seed, args.seed + args.cases)]
+    shape = None if args.shape is None else tuple(int(v) for v in args.shape.split(","))
+    cases = [make_phantom(seed, shape=shape) for seed in range(args.seed, args.seed + args.cases)]
     for name in (run_name(v, args.train_seed) for v in args.variants):
-        weights = Path(args.out) / name / "miqsam_cpu.safetensors"
-        predictor = Predictor.from_weights(weights, device="cpu")
+        weights = Path(args.out) / name / f"miqsam_{args.config}.safetensors"
+        predictor = Predictor.from_weights(weights, device="cpu", spacing=args.model_spacing)
         res = evaluate(cases, predictor, clicks=args.clicks, seed=0, progress=True, baselines=False)
         meta = read_metadata(weights)  # what the variant was trained with
         row = {k: res["model"][k] for k in METRICS if k in res["model"]}
@@ -86,22 +87,28 @@ def table(args) -> None:
     print("\n".join(lines))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["train", "evaluate", "table"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--out", default="runs/ablation")
-    p.add_argument("--steps", type=int, default=2400, help="training steps per variant (default: the README table's budget)")
+    p.add_argument("--config", default="cpu", help="model configuration (tiny: the smoke test's)")
+    p.add_argument("--patch", type=int, default=64, help="training crop side in model voxels")
+    p.add_argument("--steps", type=int, default=2400, help="training steps per variant (default: the budget of the table in docs/results.md)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--pool", type=int, default=40)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--train-seed", type=int, default=0,
                    help="training seed (initialisation and phantom stream); runs other than 0 go to <variant>_seed<k>")
-    p.add_argument("--cases", type=int, default=40, help="evaluation cases (default: the README's main table)")
+    p.add_argument("--cases", type=int, default=40, help="evaluation cases (default: the main table of docs/results.md)")
     p.add_argument("--clicks", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="first phantom seed of the evaluation cases")
+    p.add_argument("--shape", default=None,
+                   help="phantom shape z,y,x in voxels (default: the phantom's own, its field of view / spacing)")
+    p.add_argument("--model-spacing", type=float, default=None,
+                   help="evaluate on a model grid of this spacing in mm (default: the weights')")
     p.add_argument("--results", default="benchmarks/results/ablation", help="folder of the per-variant JSON")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     {"train": train_all, "evaluate": evaluate_all, "table": table}[args.action](args)
 
 

@@ -1,7 +1,7 @@
 """The mask refiner's 3x3x3 convolutions: PyTorch's Conv3d module vs ``model.refine.conv3d`` (the
 same weights through oneDNN directly), and what the refiner adds to a click.
 
-    python benchmarks/refiner_conv.py [--weights W] [--threads 2]
+    python benchmarks/refiner_conv.py [--weights W] [--threads 2] [--sides 16,24,32,40,48,64]
 
 Prints the median time of each convolution on crops the refiner sees (a lesion's box at stride 1),
 then, on one phantom embedded once, the median click with ``Predictor.refine`` off and on
@@ -21,6 +21,8 @@ from torch import nn
 from napari_miqsam.data.instances import instances_of
 from napari_miqsam.data.phantom import make_phantom
 from napari_miqsam.inference.predictor import Predictor
+from napari_miqsam.model.config import get_config
+from napari_miqsam.model.miqsam import MIQSAM3D
 from napari_miqsam.model.refine import conv3d
 
 
@@ -34,24 +36,33 @@ def median_ms(f, repeat: int = 7) -> float:
     return 1000 * statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--weights", default=None)
+    p.add_argument("--config", default=None,
+                   help="an untrained model of this configuration instead of weights (tiny: the smoke test's)")
+    p.add_argument("--model-spacing", type=float, default=None,
+                   help="model grid spacing in mm for the click timing (default: the weights')")
+    p.add_argument("--sides", default="16,24,32,40,48,64", help="comma-separated crop sides of the convolution timing")
+    p.add_argument("--repeat", type=int, default=7, help="timed runs per convolution")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--clicks", type=int, default=9)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads")
     with torch.inference_mode():
-        for side in (16, 24, 32, 40, 48, 64):
+        for side in (int(v) for v in args.sides.split(",")):
             for cin, cout in ((2, 12), (12, 12), (12, 1)):
                 conv = nn.Conv3d(cin, cout, 3, padding=1)
                 x = torch.randn(1, cin, side, side, side)
                 err = float((conv(x) - conv3d(x, conv)).abs().max())
-                print(f"{side}^3 {cin:>2} -> {cout:>2}: Conv3d {median_ms(lambda: conv(x)):7.1f} ms, "
-                      f"conv3d {median_ms(lambda: conv3d(x, conv)):7.1f} ms (max difference {err:.1e})")
-    predictor = Predictor.from_weights(args.weights, device="cpu")
+                print(f"{side}^3 {cin:>2} -> {cout:>2}: Conv3d {median_ms(lambda: conv(x), args.repeat):7.1f} ms, "
+                      f"conv3d {median_ms(lambda: conv3d(x, conv), args.repeat):7.1f} ms (max difference {err:.1e})")
+    if args.config:
+        predictor = Predictor(MIQSAM3D(get_config(args.config)), trained=False, device="cpu", spacing=args.model_spacing)
+    else:
+        predictor = Predictor.from_weights(args.weights, device="cpu", spacing=args.model_spacing)
     if predictor.model.refiner is None:
         print("these weights have no mask refiner")
         return

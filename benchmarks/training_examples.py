@@ -1,6 +1,6 @@
 """How fast the training data path prepares examples (phantoms -> prepared cases -> lesion-centred
 patches with clicks -> augmented, collated batches), with and without worker processes. On a GPU
-this, not the network, can set the pace of training (README, Training on real data).
+this, not the network, can set the pace of training (docs/training.md).
 
     python benchmarks/training_examples.py --workers 0,2 --seconds 60
 
@@ -20,7 +20,7 @@ from napari_miqsam.training.loader import ExampleStream, example_batches, in_pro
 from napari_miqsam.training.sources import CasePool, case_loader
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--config", default="cpu")
     p.add_argument("--spacing", type=float, default=1.3, help="model grid (mm), as the shipped training")
@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--refresh-every", type=int, default=1, help="steps between pool refreshes")
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--seed", type=int, default=50)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
     cfg = get_config(args.config, spacing=(args.spacing,) * 3)
     for workers in (int(w) for w in args.workers.split(",")):

@@ -36,14 +36,18 @@ from napari_miqsam.data.prompts import CLICK_MODES, simulate_click
 from napari_miqsam.evaluation.evaluate import score
 from napari_miqsam.inference.prediction import DEFAULT_MIN_VOLUME
 from napari_miqsam.inference.predictor import GROW, KIND_GATE, Predictor
+from napari_miqsam.model.config import get_config
+from napari_miqsam.model.miqsam import MIQSAM3D
 from napari_miqsam.training.sampling import LESION_CLASSES  # lesion label -> kind index, as in training
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--weights", default=None)
+    p.add_argument("--config", default=None,
+                   help="an untrained model of this configuration instead of weights (tiny: the smoke test's)")
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--clicks", type=int, default=2)
     p.add_argument("--kind-scoring", choices=("on", "off", "both"), default="off")
@@ -62,13 +66,15 @@ def main() -> None:
     p.add_argument("--given-kind", choices=("on", "off", "both"), default="off",
                    help="on: tell the model the clicked lesion's true kind (Predictor.predict(kind=...)) instead "
                         "of the kind it reads at the click")
+    p.add_argument("--shape", default=None,
+                   help="phantom shape z,y,x in voxels (default: the phantom's own, its field of view / spacing)")
     p.add_argument("--first-seed", type=int, default=900_000,
                    help="phantom seed of the first case (default: the validation phantoms, 900000+; a training "
                         "seed, e.g. 3600000 for --seed 26 of the training, scores cases the network was trained on)")
     p.add_argument("--seeds", default="0",
                    help="comma-separated seeds of the instance and click draw; every draw is scored and the "
-                        "means are over all of them (measured: draws differ by up to 0.05 Dice on validation, 0.07 on the 40-case table; README)")
-    args = p.parse_args()
+                        "means are over all of them (measured: draws differ by up to 0.05 Dice on validation, 0.07 on the 40-case table; docs/experiments.md)")
+    args = p.parse_args(argv)
     volumes = [float(v) for v in args.min_volume.split(",")]
     thresholds = [float(t) for t in args.thresholds.split(",")]
     choice = {"on": (True,), "off": (False,), "both": (True, False)}
@@ -76,15 +82,20 @@ def main() -> None:
     levels = [float(v) for v in args.mask_level.split(",")]
     spacings = [None] if args.model_spacing is None else [float(v) for v in args.model_spacing.split(",")]
     seeds = [int(v) for v in args.seeds.split(",")]
+    shape = None if args.shape is None else tuple(int(v) for v in args.shape.split(","))
     modes = [(k, sp, g, r, lv, gr, gk) for k in choice[args.kind_scoring] for sp in choice[args.split_by_query] for g in gates
              for r in choice[args.refine] for lv in levels for gr in choice[args.grow] for gk in choice[args.given_kind]]
     rows = {(ms, m, t, v): [] for ms in spacings for m in modes for t in thresholds for v in volumes}
     for ms in spacings:  # the same cases and clicks at every model spacing
-        predictor = Predictor.from_weights(args.weights, device="cpu", spacing=ms, window=args.window)
+        if args.config:
+            predictor = Predictor(MIQSAM3D(get_config(args.config)), trained=False, device="cpu", spacing=ms,
+                                  window=args.window)
+        else:
+            predictor = Predictor.from_weights(args.weights, device="cpu", spacing=ms, window=args.window)
         predictor.snap_radius = args.snap
         rngs = [np.random.default_rng(seed) for seed in seeds]  # seed 0 alone: the draw of earlier sessions
         for i in range(args.cases):
-            case = make_phantom(args.first_seed + i)
+            case = make_phantom(args.first_seed + i, shape=shape)
             predictor.set_image(case.image, case.spacing)
             lesions = {cls: instances_of(case.labels, cls, 10) for cls in (2, 3)}  # once per case, not per draw
             for rng, (cls, (ids, n)) in itertools.product(rngs, lesions.items()):

@@ -29,7 +29,7 @@ DIAMETERS = (("< 6 mm", 0, 6), ("6-8 mm", 6, 8), ("8-12 mm", 8, 12), ("12-20 mm"
 MIN_SIZE = 10  # voxels: evaluate()'s default instance floor
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--cases", type=int, default=40)
     p.add_argument("--start", type=int, default=0, help="first phantom seed (0: the evaluation set)")
@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--against", default=None,
                    help="an evaluate JSON of the same cases (e.g. benchmarks/results/evaluate.json): set the "
                         "model's per-row instance F1 beside the searcher's")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     fps = [float(v) for v in args.false_positives.split(",")]
     lesions, rows = [], []
     for i in range(args.start, args.start + args.cases):

@@ -1,0 +1,74 @@
+"""Every tool in benchmarks/ whose numbers the docs report runs its main path, on the tiny config
+and the smallest inputs (a few seconds each). The numbers themselves are not checked here: they come
+from the full commands in docs/results.md and docs/training.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+EVALUATION = BENCHMARKS / "results" / "evaluate.json"
+
+
+def load(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` as a module (not run: its ``main`` takes argv)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """The scripts set torch's thread count for their timings; give the rest of the suite its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tune_threshold(capsys):
+    load("tune_threshold").main(["--config", "tiny", "--shape", "32,64,64", "--model-spacing", "2", "--cases", "1",
+                                 "--clicks", "1", "--thresholds", "0.5", "--refine", "both"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model_spacing=2")]
+    assert len(rows) == 2  # refine on and off at the one threshold
+    assert {"dice", "instance_f1", "wrong_class_rate"} <= set(json.loads(rows[0][rows[0].index("{"):]))
+
+
+def test_visibility(tmp_path, capsys):
+    out = tmp_path / "lesions.json"
+    load("visibility").main(["--cases", "1", "--start", "0", "--against", str(EVALUATION), "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "expected instance F1 over rows" in printed and "rows in common with" in printed
+    assert json.loads(out.read_text())["rows"]
+
+
+def test_training_examples(capsys):
+    load("training_examples").main(["--config", "tiny", "--spacing", "4", "--workers", "0", "--batch", "1",
+                                    "--patch", "16", "--pool", "1", "--seconds", "0.2"])
+    assert "examples/s" in capsys.readouterr().out
+
+
+def test_refiner_conv(capsys):
+    load("refiner_conv").main(["--config", "tiny", "--model-spacing", "4", "--sides", "16", "--repeat", "1",
+                               "--clicks", "1", "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert "16^3 12 -> 12" in printed and "refine off" in printed
+
+
+def test_ablation_train_evaluate_table(tmp_path, capsys):
+    ablation = load("ablation")
+    common = ["--variants", "full", "--config", "tiny", "--out", str(tmp_path / "runs"),
+              "--results", str(tmp_path / "results")]
+    ablation.main(["train", *common, "--steps", "1", "--batch", "1", "--patch", "16", "--pool", "1"])
+    ablation.main(["evaluate", *common, "--cases", "1", "--clicks", "1", "--shape", "32,64,64", "--model-spacing", "2"])
+    row = json.loads((tmp_path / "results" / "full.json").read_text())
+    assert {"dice", "instance_f1", "steps"} <= set(row) and row["steps"] == 1
+    capsys.readouterr()
+    ablation.main(["table", *common])
+    assert "| full | 1 |" in capsys.readouterr().out
