@@ -14,7 +14,7 @@ import sys
 
 from .errors import MiqsamError
 
-COMMANDS = ("predict", "phantom", "evaluate", "compare", "train", "benchmark", "fetch-real-ct")
+COMMANDS = ("predict", "phantom", "evaluate", "compare", "train", "collect", "adapt", "benchmark", "fetch-real-ct")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ablation", default="{}", help='JSON of config switches, e.g. \'{"gating": false}\'')
     p.add_argument("--refine-only", action="store_true",
                    help="train only the mask refiner on the frozen network of --init (a last stage)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="keep the encoder (CNN, ViT, pixel decoder, kind head) as --init has it; train the query generator and decoder")
     p.add_argument("--scale-jitter", type=float, default=d.scale_jitter,
                    help="scale augmentation: each case on a model grid of the config's spacing times [1/(1+J), 1+J] (0: off)")
     p.add_argument("--instance-weight", type=float, default=d.instance_weight,
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, threads=args.threads, ablation=json.loads(args.ablation),
         refine_only=args.refine_only, refine_pieces=args.refine_pieces, scale_jitter=args.scale_jitter,
         instance_weight=args.instance_weight, kind_weight=args.kind_weight, workers=args.workers, minutes=args.minutes,
-        amp=args.amp, new_lr_mult=args.new_lr_mult,
+        amp=args.amp, new_lr_mult=args.new_lr_mult, freeze_encoder=args.freeze_encoder,
     )
     train(opt)
     return 0

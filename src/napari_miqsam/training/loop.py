@@ -61,6 +61,8 @@ class TrainOptions:
     amp: bool = True  # bf16 autocast on CUDA (--no-amp for GPUs without bf16); CPU runs in float32
     minutes: float = 0.0  # time budget: stop at `steps` or after this many minutes, whichever comes first
     new_lr_mult: float = 1.0  # with --init: the learning rate of the tensors the init file lacks, times this
+    freeze_encoder: bool = False  # encoder (CNN, ViT, pixel decoder, kind head) frozen: the query generator and decoder learn
+    exclude_cases: tuple = ()  # names of a data set folder's cases never trained on (adapt.py's held-out check)
 
 
 @dataclass
@@ -121,8 +123,11 @@ def save_checkpoint(path: Path, model, optim, step: int, elapsed: float, opt: Tr
     os.replace(tmp, path)
 
 
-def train(opt: TrainOptions, log=print) -> TrainResult:
-    """Train; rank 0 exports ``OUT/miqsam_<config>.safetensors``."""
+def train(opt: TrainOptions, log=print, on_step=None) -> TrainResult:
+    """Train; rank 0 exports ``OUT/miqsam_<config>.safetensors``.
+
+    ``on_step(step, elapsed_seconds)`` is called on rank 0 after every step (progress); an exception
+    it raises (``errors.CancelledError``) stops training before any weights file is written."""
     rank, world, local_rank = distributed_context()
     init_distributed(prefer_nccl=opt.device != "cpu")
     if opt.device == "auto":
@@ -148,6 +153,8 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     model.requires_grad_(not opt.refine_only)
     if refiner is not None:
         refiner.requires_grad_(opt.refine_only)
+    if opt.freeze_encoder:  # no gradient flows into the encoder: its backward pass is skipped too
+        model.encoder.requires_grad_(False)
     groups = param_groups(model, fresh, opt.new_lr_mult)
     params = [p for g in groups for p in g["params"]]  # the trainable ones (clipping, gradient averaging)
     optim = torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
@@ -165,7 +172,8 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
     else:  # the refiner's gradients are averaged by hand (a variable number of pieces per rank)
         ddp = model
     n_cases, load, val_refs = case_loader(opt.data, opt.format, opt.seed, opt.cases, opt.phantom_shape,
-                                          hold_out=opt.val_cases if opt.val_every else 0)  # held out: never trained on
+                                          hold_out=opt.val_cases if opt.val_every else 0,  # held out: never trained on
+                                          exclude=opt.exclude_cases)
     if opt.val_every and not is_generated(opt.data) and rank == 0:
         log(f"validating on {len(val_refs)} held-out cases ({', '.join(r.name for r in val_refs)}), not trained on"
             if val_refs else "too few cases to hold any out (fewer than five): validating on phantoms")
@@ -220,6 +228,8 @@ def train(opt: TrainOptions, log=print) -> TrainResult:
         lr_used = optim.param_groups[0]["lr"]
         elapsed = shared_elapsed(t0, device, timed_ranks)
         done = progress(step, elapsed, opt) >= 1.0
+        if on_step is not None and rank == 0:
+            on_step(step, elapsed)
         if rank == 0:
             row = {k: round(float(v.detach()), 4) for k, v in losses.items()}
             row.update(step=step, lr=lr_used, grad_norm=round(float(gnorm), 3), minutes=round(elapsed / 60, 2))

@@ -36,10 +36,12 @@ def _maker(name: str) -> Callable:
 
 
 def case_loader(data: str, fmt: str = "auto", seed: int = 0, cases: int = 2000,
-                phantom_shape: tuple | None = None, hold_out: int = 0) -> tuple[int, Callable[[int], tuple], list]:
+                phantom_shape: tuple | None = None, hold_out: int = 0,
+                exclude: Sequence[str] = ()) -> tuple[int, Callable[[int], tuple], list]:
     """(number of training cases, load(i) -> (image, labels, spacing, name), held-out cases) for
     ``data``: one of :data:`GENERATED` or a folder. A folder's last cases (:func:`held_out_cases`,
-    up to ``hold_out``) are kept for validation: ``load`` reaches only the cases before them."""
+    up to ``hold_out``) are kept for validation: ``load`` reaches only the cases before them, and
+    never the cases named in ``exclude``."""
     if is_generated(data):
         makers = tuple(_maker(name) for name in data.split("+"))
 
@@ -52,7 +54,10 @@ def case_loader(data: str, fmt: str = "auto", seed: int = 0, cases: int = 2000,
 
     refs = list_cases(Path(data), fmt)
     held = held_out_cases(refs, hold_out)
-    refs = refs[:len(refs) - len(held)]
+    refs = [r for r in refs[:len(refs) - len(held)] if r.name not in set(exclude)]
+    if not refs:
+        from ..errors import InputError
+        raise InputError(f"{data}: no case left to train on ({len(held)} held out, {len(exclude)} excluded)")
 
     def load_ref(i: int):
         c = refs[i].load()
