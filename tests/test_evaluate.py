@@ -165,21 +165,15 @@ def test_cli_phantom_and_evaluate(tmp_path, capsys):
     assert main(["evaluate", "phantom:1:0", "--no-model", "--no-baselines", "--quiet"]) == 2
 
 
-def test_cli_evaluate_kind_scoring_switch(tmp_path):
-    """--kind-scoring off scores instances by the queries' confidence alone; the JSON says which."""
+def test_cli_evaluate_removed_kind_scoring_says_why(capsys):
+    """--kind-scoring (measured no better than a lower threshold, docs/experiments.md) is gone: a
+    usage error that says so, not an unknown-flag guess."""
     from napari_miqsam.cli import main
 
-    out = tmp_path / "ph"
-    assert main(["phantom", str(out), "--cases", "1", "--seed", "7", "--shape", "32", "48", "48", "--quiet"]) == 0
-    results = {}
-    for mode in ("on", "off"):
-        js = tmp_path / f"{mode}.json"
-        assert main(["evaluate", str(out), "--no-baselines", "--clicks", "1", "--threshold", "0",
-                     "--kind-scoring", mode, "--json", str(js), "--quiet"]) == 0
-        results[mode] = json.loads(js.read_text())
-    assert results["on"]["kind_scoring"] is True and results["off"]["kind_scoring"] is False
-    # at threshold 0 every instance is shown either way, so the scores change but not the masks
-    assert results["on"]["model"]["dice"] == pytest.approx(results["off"]["model"]["dice"])
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "phantom:1:0", "--kind-scoring", "on"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--kind-scoring was removed" in err and "docs/experiments.md" in err
 
 
 def test_cli_evaluate_model_spacing(tmp_path):

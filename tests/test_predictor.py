@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from napari_miqsam.errors import CancelledError, InputError, NotReadyError
+from napari_miqsam.inference.options import PredictOptions
 from napari_miqsam.inference.postprocess import split_instances, to_original_grid
 from napari_miqsam.inference.prediction import Instance, Prediction
 from napari_miqsam.inference.predictor import Predictor
@@ -182,17 +183,13 @@ def test_windows_tile_the_volume():
     assert (owned == 1).all()
 
 
-def test_seam_merge_keeps_one_label_per_lesion():
+def test_a_connected_piece_is_one_instance_whatever_its_queries():
     slot = np.zeros((10, 10, 10), np.int16)
-    slot[2:5, 2:5, 3:5] = 1  # left of the seam at x = 5, query 1
-    slot[2:5, 2:5, 5:8] = 2  # right of the seam, another query (another window)
+    slot[2:5, 2:5, 3:5] = 1  # left of a window seam at x = 5, query 1
+    slot[2:5, 2:5, 5:8] = 2  # right of it, another query (another window)
     slot[7:9, 7:9, 0:2] = 3  # a separate lesion
-    ids, n = split_instances(slot, seams=[(2, 5)])
-    assert n == 2 and len(np.unique(ids[2:5, 2:5, 3:8])) == 1
-    ids, n = split_instances(slot, by_query=True)  # without the seam, the queries split touching pieces
-    assert n == 3
-    ids, n = split_instances(slot)  # by default a connected piece is one instance, whatever its queries
-    assert n == 2 and len(np.unique(ids[2:5, 2:5, 3:8])) == 1
+    ids, n = split_instances(slot)
+    assert n == 2 and len(np.unique(ids[2:5, 2:5, 3:8])) == 1 and ids.dtype == np.int32
 
 
 def test_upsampled_masks_are_smooth_and_exact_size():
@@ -300,27 +297,6 @@ def test_float16_cache_gives_nearly_the_same_result():
     assert (a ^ b).mean() < 0.02
 
 
-def test_pieces_on_another_kind_score_lower():
-    """One query covering a tumour and a cyst: both pieces share its confidence, but the piece on
-    the cyst keeps little of it once the kind agreement is in the score."""
-    from napari_miqsam.inference.postprocess import score_instances, split_instances
-
-    slot = np.zeros((6, 6, 6), dtype=np.int16)
-    slot[0:2, 0:2, 0:2] = 3  # query 3 on a tumour...
-    slot[4:6, 4:6, 4:6] = 3  # ...and on a cyst
-    ids, n = split_instances(slot)
-    score_map = np.where(slot > 0, 0.9, 0.0).astype(np.float32)
-    lesion = np.where(slot > 0, 0.95, 0.05).astype(np.float32)
-    same = np.zeros_like(lesion)  # the click was on a tumour: P(tumour) per voxel
-    same[0:2, 0:2, 0:2] = 0.9
-    same[4:6, 4:6, 4:6] = 0.1
-    plain = score_instances(ids, n, score_map)
-    kinded = score_instances(ids, n, score_map, same, lesion)
-    tumour, cyst = ids[0, 0, 0] - 1, ids[5, 5, 5] - 1
-    assert n == 2 and np.allclose(plain, 0.9)
-    assert kinded[tumour] > 0.8 and kinded[cyst] < 0.1
-
-
 def test_kind_consistency_compares_each_piece_with_the_clicked_one():
     from napari_miqsam.inference.postprocess import kind_consistency, pieces_at
 
@@ -403,7 +379,7 @@ def test_saved_weights_are_readable_like_any_written_file(tmp_path):
 
 
 def test_a_given_kind_replaces_the_kind_read_at_the_click():
-    """predict(kind=k) hands the decoder a one-hot of kind k in place of the kind read at the
+    """PredictOptions(kind=k) hands the decoder a one-hot of kind k in place of the kind read at the
     click; kind=None hands it what the kind head reads; a kind the weights lack is an InputError."""
     p = Predictor.from_config("tiny", seed=0)
     p.set_image(volume(), spacing=(1.0, 1.0, 1.0))
@@ -421,7 +397,7 @@ def test_a_given_kind_replaces_the_kind_read_at_the_click():
     assert 0.0 < float(read.max()) < 1.0  # an untrained head reads neither kind for certain
     assert p.predict([(12, 20, 24)]).kind == pytest.approx(tuple(read[0].tolist()))  # what it looked for
     for k in range(p.cfg.kinds):
-        pred = p.predict([(12, 20, 24)], kind=k)
+        pred = p.predict([(12, 20, 24)], options=PredictOptions(kind=k))
         want = torch.zeros(1, p.cfg.kinds)
         want[0, k] = 1.0
         assert torch.equal(seen[-1], want)
@@ -429,11 +405,11 @@ def test_a_given_kind_replaces_the_kind_read_at_the_click():
         assert pred.kind_summary() == f"{('tumour', 'cyst')[k]} (1.00)"
     for bad in (-1, p.cfg.kinds, 0.5, True, "cyst"):
         with pytest.raises(InputError, match="kind"):
-            p.predict([(12, 20, 24)], kind=bad)
+            p.predict([(12, 20, 24)], options=PredictOptions(kind=bad))
     q = Predictor.from_config("tiny", seed=0, kind_prior=False)
     q.set_image(volume(), spacing=(1.0, 1.0, 1.0))
     with pytest.raises(InputError, match="no lesion-kind head"):
-        q.predict([(12, 20, 24)], kind=0)
+        q.predict([(12, 20, 24)], options=PredictOptions(kind=0))
     assert q.predict([(12, 20, 24)]).kind is None
 
 
@@ -462,6 +438,6 @@ def test_kind_names_from_the_weights_metadata():
     p = Predictor.from_config("tiny", seed=0)
     p.metadata = {"kind_names": '["cancer", "cyst"]'}
     p.set_image(volume(), spacing=(1.0, 1.0, 1.0))
-    pred = p.predict([(12, 20, 24)], kind=0)
+    pred = p.predict([(12, 20, 24)], options=PredictOptions(kind=0))
     assert p.kind_names == ("cancer", "cyst") and pred.kind_summary() == "cancer (1.00)"
     assert Predictor.from_config("tiny", seed=0, kind_prior=False).kind_names == ()

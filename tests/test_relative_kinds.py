@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from napari_miqsam.errors import InputError
+from napari_miqsam.inference.options import PredictOptions
 from napari_miqsam.inference.predictor import Predictor
 from napari_miqsam.model.config import get_config
 from napari_miqsam.model.kind import widen_kind_head
@@ -100,4 +101,4 @@ def test_relative_weights_name_no_kinds_and_refuse_a_named_kind():
     prediction = predictor.predict([(12, 16, 16)])
     assert prediction.kind_summary() is None
     with pytest.raises(InputError, match="like the clicked one"):
-        predictor.predict([(12, 16, 16)], kind=0)
+        predictor.predict([(12, 16, 16)], options=PredictOptions(kind=0))

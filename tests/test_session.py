@@ -15,6 +15,7 @@ from napari_miqsam._widget._session import (
     DROPPED, FAILED, SHOWN, STALE, Session, Settings, error_message, label_counts, unsupported_volume,
 )
 from napari_miqsam.errors import CancelledError, OutOfMemoryError, WeightsError
+from napari_miqsam.inference.options import PredictOptions
 from napari_miqsam.inference.prediction import Instance, Prediction
 
 SHAPE = (24, 16, 16)
@@ -282,10 +283,12 @@ def test_a_run_with_the_real_tiny_predictor():
     volume = np.random.default_rng(0).normal(size=(16, 32, 32)).astype(np.float32)
     reports = []
     assert session.request()
-    job = session.start(image, volume, (1.0, 1.0, 1.0), [(8.0, 16.0, 16.0)], same_kind_only=False, grow_edges=False)
+    options = PredictOptions.from_widget(kind_gate=False, grow=False)
+    job = session.start(image, volume, (1.0, 1.0, 1.0), [(8.0, 16.0, 16.0)], options=options)
     done = session.finish(session.execute(job, lambda *r: reports.append(r)), image, volume)
     assert done.status == SHOWN and done.untrained, done.error
     assert predictors.set_image_calls == 1 and len(predictors.predict_calls) == 1
+    assert predictors.predict_options == [options] and options.kind_gate == 0.0 and not options.grow
     assert {stage for stage, _, _ in reports} >= {"Loading model", "Embedding volume", "Predicting"}
     labels, rows = session.labels(0.0, 0.0)
     assert labels.shape == volume.shape and len(rows) == len(label_counts(labels))

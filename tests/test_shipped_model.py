@@ -9,6 +9,7 @@ import pytest
 from napari_miqsam.data.instances import instances_of
 from napari_miqsam.data.phantom import make_phantom
 from napari_miqsam.evaluation.metrics import dice
+from napari_miqsam.inference.options import PredictOptions
 from napari_miqsam.inference.predictor import Predictor
 from napari_miqsam.model.weights import DEFAULT_WEIGHTS, read_metadata
 
@@ -59,7 +60,7 @@ def test_a_lesion_far_from_the_click_is_found(shipped):
 
 
 def test_the_kind_gate_only_removes_pieces_and_keeps_the_clicked_one(shipped):
-    """Predictor.kind_gate drops pieces whose kind disagrees with the clicked piece: the gated
+    """The kind gate (PredictOptions.kind_gate) drops pieces whose kind disagrees with the clicked piece: the gated
     prediction is the ungated one minus some instances, never the one under the click."""
     case = make_phantom(11)
     shipped.set_image(case.image, case.spacing)
@@ -70,13 +71,8 @@ def test_the_kind_gate_only_removes_pieces_and_keeps_the_clicked_one(shipped):
         click = tuple(int(v) for v in np.argwhere(ids == 1).mean(0).round())
         if ids[click] != 1:
             click = tuple(np.argwhere(ids == 1)[0])
-        shipped.kind_gate = 0.0
-        everything = shipped.predict([click])
-        shipped.kind_gate = 0.5
-        try:
-            gated = shipped.predict([click])
-        finally:
-            shipped.kind_gate = 0.5
+        everything = shipped.predict([click], options=PredictOptions(kind_gate=0.0))
+        gated = shipped.predict([click], options=PredictOptions(kind_gate=0.5))
         assert 0 < len(gated) <= len(everything)
         masks = {(tuple((s.start, s.stop) for s in i.bbox), i.mask.tobytes()) for i in everything.instances}
         assert all((tuple((s.start, s.stop) for s in i.bbox), i.mask.tobytes()) in masks for i in gated.instances)
@@ -87,7 +83,7 @@ def test_the_shipped_refiner_is_trained_and_redraws_the_masks(shipped):
     """The shipped weights carry a trained mask refiner (model/refine.py), the Predictor uses it by
     default, and on a phantom its stride-1 masks are at least as close to the lesions as the
     upsampled stride-2 ones."""
-    assert shipped.model.refiner is not None and shipped.refine
+    assert shipped.model.refiner is not None and PredictOptions().refine
     last = shipped.model.refiner.body[-1].weight
     assert float(last.detach().abs().max()) > 0  # an untrained refiner's last layer is zero (plain upsampling)
     case = make_phantom(3)
@@ -98,15 +94,11 @@ def test_the_shipped_refiner_is_trained_and_redraws_the_masks(shipped):
     where = np.argwhere(ids == target)
     click = tuple(int(v) for v in where[len(where) // 2])
     scores = {}
-    try:
-        for refine in (False, True):
-            shipped.refine = refine
-            lab, _ = shipped.predict([click]).labels(0.0)
-            k = lab[click]
-            assert k > 0, "the clicked lesion was not found"
-            scores[refine] = dice(lab == k, ids == target)
-    finally:
-        shipped.refine = True
+    for refine in (False, True):
+        lab, _ = shipped.predict([click], options=PredictOptions(refine=refine)).labels(0.0)
+        k = lab[click]
+        assert k > 0, "the clicked lesion was not found"
+        scores[refine] = dice(lab == k, ids == target)
     assert scores[True] != scores[False]  # the refiner really redraws the mask
     assert scores[True] > scores[False] - 0.02
 

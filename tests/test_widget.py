@@ -146,31 +146,33 @@ def test_min_volume_hides_small_instances_without_model_call(phantom_widget, qtb
     assert len(widget.predictors.predict_calls) == calls
 
 
-def test_same_kind_only_sets_the_kind_gate_and_runs_again(phantom_widget, qtbot):
-    from napari_miqsam.inference.predictor import KIND_GATE
+def test_kind_gate_check_sets_the_kind_gate_and_runs_again(phantom_widget, qtbot):
+    from napari_miqsam.inference.options import KIND_GATE, PredictOptions
 
     viewer, widget = phantom_widget
     segment(qtbot, widget, tumour_voxel(viewer))
-    predictor = widget.session.predictor(widget.image_layer())
-    assert widget.same_kind_check.isChecked() and predictor.kind_gate == KIND_GATE > 0
+    options = widget.predictors.predict_options
+    assert widget.kind_gate_check.text() == "Kind gate: only the clicked kind"
+    assert widget.kind_gate_check.isChecked() and options[-1].kind_gate == KIND_GATE > 0
+    assert options[-1] == PredictOptions()  # the widget's defaults are the library's
     calls = len(widget.predictors.predict_calls)
-    widget.same_kind_check.setChecked(False)
+    widget.kind_gate_check.setChecked(False)
     qtbot.waitUntil(lambda: len(widget.predictors.predict_calls) == calls + 1, timeout=WAIT_MS)
     wait_done(qtbot, widget)
-    assert predictor.kind_gate == 0.0
+    assert options[-1].kind_gate == 0.0 and options[-1].grow is True
     assert widget.predictors.set_image_calls == 1  # the embedding is reused
 
 
-def test_grow_small_masks_sets_predictor_grow_and_runs_again(phantom_widget, qtbot):
+def test_grow_small_masks_sets_the_grow_option_and_runs_again(phantom_widget, qtbot):
     viewer, widget = phantom_widget
     segment(qtbot, widget, tumour_voxel(viewer))
-    predictor = widget.session.predictor(widget.image_layer())
-    assert widget.grow_check.isChecked() and predictor.grow is True
+    options = widget.predictors.predict_options
+    assert widget.grow_check.isChecked() and options[-1].grow is True
     calls = len(widget.predictors.predict_calls)
     widget.grow_check.setChecked(False)
     qtbot.waitUntil(lambda: len(widget.predictors.predict_calls) == calls + 1, timeout=WAIT_MS)
     wait_done(qtbot, widget)
-    assert predictor.grow is False
+    assert options[-1].grow is False and options[-1].kind_gate > 0
     assert widget.predictors.set_image_calls == 1  # the embedding is reused
 
 

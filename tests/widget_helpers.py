@@ -16,7 +16,8 @@ WAIT_S = WAIT_MS / 1000
 
 
 class TinyPredictors:
-    """Builds real untrained tiny Predictors and records their ``predict`` calls.
+    """Builds real untrained tiny Predictors and records their ``predict`` calls (the points, and
+    in ``predict_options`` the ``PredictOptions`` the session passed).
 
     ``hold``: while it is an unset Event, every ``set_image`` / ``predict`` call sets ``entered``
     and waits for it, so a test can act while a run is deterministically in flight. The wrapped
@@ -25,6 +26,7 @@ class TinyPredictors:
 
     def __init__(self, delay_first_predict: float = 0.0, error: BaseException | None = None) -> None:
         self.predict_calls: list[tuple[list, list]] = []
+        self.predict_options: list = []
         self.set_image_calls = 0
         self.set_image_shapes: list[tuple[int, ...]] = []
         self.delay_first_predict = delay_first_predict
@@ -51,6 +53,7 @@ class TinyPredictors:
             with self._lock:
                 first = not self.predict_calls
                 self.predict_calls.append(([tuple(p) for p in positive], [tuple(p) for p in negative]))
+                self.predict_options.append(kw.get("options"))
             if first and self.delay_first_predict:
                 time.sleep(self.delay_first_predict)
             self._wait_for_release()

@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
     QProgressBar, QPushButton, QSlider, QVBoxLayout, QWidget,
 )
 
+from napari_miqsam.inference.options import PredictOptions
 from napari_miqsam.inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
 
 from ._instance_table import InstanceTable
@@ -126,16 +127,16 @@ class MiqsamWidget(QWidget):
         layout.addLayout(form)
 
         self.auto_check = _checkbox("Run on each new point", "A new prompt point runs the model at once.")
-        self.same_kind_check = _checkbox(
-            "Only the clicked kind",
-            "Drop instances the model reads as another lesion kind than the one clicked "
-            "(e.g. cysts when a tumour is clicked). Unchecked: every lesion the queries find.")
+        self.kind_gate_check = _checkbox(
+            "Kind gate: only the clicked kind",
+            "Drop instances the model reads as another lesion kind than the one clicked (e.g. cysts "
+            "when a tumour is clicked; --kind-gate). Unchecked: every lesion the queries find.")
         self.grow_check = _checkbox(
             "Grow small masks to edges",
             "Grow each small instance out to the image's half-contrast edge around it: the network "
             "tends to draw small lesions too small (README: How it works). Unchecked: masks as the "
-            "network draws them.")
-        for box in (self.auto_check, self.same_kind_check, self.grow_check):
+            "network draws them (--no-grow).")
+        for box in (self.auto_check, self.kind_gate_check, self.grow_check):
             layout.addWidget(box)
 
         self.run_button = QPushButton(f"Run ({KEY_RUN})")
@@ -199,7 +200,7 @@ class MiqsamWidget(QWidget):
         self.weights_button.clicked.connect(self._choose_weights)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
-        self.same_kind_check.toggled.connect(self._on_choice_toggled)
+        self.kind_gate_check.toggled.connect(self._on_choice_toggled)
         self.grow_check.toggled.connect(self._on_choice_toggled)
         self.threshold_slider.sliderMoved.connect(self._on_threshold_moved)
         self.threshold_slider.valueChanged.connect(self._on_threshold_changed)
@@ -397,13 +398,13 @@ class MiqsamWidget(QWidget):
             self.run()
 
     def _on_choice_toggled(self, _checked: bool) -> None:
-        """*Only the clicked kind* or *Grow small masks to edges* changed: the shown result would
+        """*Kind gate* or *Grow small masks to edges* changed: the shown result would
         change, so run again for the current prompts."""
         if self.session.prediction is not None:
             self.run()
 
-    def _options(self) -> dict:
-        return {"same_kind_only": self.same_kind_check.isChecked(), "grow_edges": self.grow_check.isChecked()}
+    def _options(self) -> PredictOptions:
+        return PredictOptions.from_widget(kind_gate=self.kind_gate_check.isChecked(), grow=self.grow_check.isChecked())
 
     def _choose_weights(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

@@ -18,6 +18,7 @@ from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
 
 from napari_miqsam.errors import CancelledError, MiqsamError
+from napari_miqsam.inference.options import PredictOptions
 
 from ._layers import ViewerLayers, unsupported
 from ._prompts import prompt_voxels
@@ -34,12 +35,12 @@ def volume(image: Image) -> Any:
 
 class Runner(QObject):
     """Starts runs for the selected image and prompts; ``on_shown(image)`` when a result is the
-    session's new prediction. ``options()``: the prediction choices, keyword arguments of
-    :meth:`Session.start` (same_kind_only, grow_edges)."""
+    session's new prediction. ``options()``: the ``PredictOptions`` of the widget's check boxes,
+    passed to :meth:`Session.start`."""
 
     progress = Signal(str, int, int)  # emitted on the worker thread, delivered on the GUI thread
 
-    def __init__(self, session: Session, layers: ViewerLayers, options: Callable[[], dict],
+    def __init__(self, session: Session, layers: ViewerLayers, options: Callable[[], PredictOptions],
                  on_shown: Callable[[Image], None], *, status: QLabel, progress_bar: QProgressBar,
                  cancel_button: QPushButton, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -68,7 +69,8 @@ class Runner(QObject):
             if not auto or negative:
                 show_info("Place a positive (green) point on a lesion first.")
             return
-        job = self.session.start(image, volume(image), image.scale[-3:], positive, negative, **self._options())
+        job = self.session.start(image, volume(image), image.scale[-3:], positive, negative,
+                                 options=self._options())
         worker = create_worker(self.session.execute, job, self.progress.emit, _start_thread=False)
         worker.returned.connect(self._on_done)
         self.worker = worker

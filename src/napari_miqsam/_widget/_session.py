@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from napari_miqsam.errors import MiqsamError
+from napari_miqsam.inference.options import PredictOptions
 from napari_miqsam.inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
 
 from ._worker import Job, JobResult, ProgressFn, load_predictor, run_job
@@ -251,9 +252,10 @@ class Session:
         return True
 
     def start(self, image: Any, volume: Any, spacing: Sequence[float], positive: Sequence, negative: Sequence = (),
-              *, same_kind_only: bool = True, grow_edges: bool = True) -> Job:
+              *, options: PredictOptions | None = None) -> Job:
         """The job for the newest request on ``image``: ``volume`` its (z, y, x) array, ``spacing``
-        in mm, prompt points in (z, y, x) voxel coordinates of ``volume``."""
+        in mm, prompt points in (z, y, x) voxel coordinates of ``volume``; ``options`` for
+        ``predict`` (None: the defaults; the widget's: ``PredictOptions.from_widget``)."""
         entry = self._entry(image)
         settings = self._settings
         self.job = Job(
@@ -269,8 +271,7 @@ class Session:
             embed=self.needs_embedding(image),
             weights=settings.weights,
             device=settings.device,
-            same_kind_only=same_kind_only,
-            grow_edges=grow_edges,
+            options=PredictOptions() if options is None else options,
             fast=settings.fast,
         )
         self.user_cancelled = False

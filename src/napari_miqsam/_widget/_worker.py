@@ -5,7 +5,7 @@ predictor); :func:`run_job` loads the predictor if needed, embeds the volume if 
 and always *returns* a :class:`JobResult`: exceptions are caught and carried back, so a failing
 run becomes a notification in the widget and never a traceback in the console.
 
-Nothing here imports napari, Qt or torch; the library is imported lazily on first use.
+Nothing here imports napari, Qt or torch; the model's library is imported lazily on first use.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from napari_miqsam.inference.options import PredictOptions
 
 Point = tuple[float, float, float]
 ProgressFn = Callable[[str, int, int], None]
@@ -29,9 +31,8 @@ class Job:
     ``positive`` / ``negative`` are (z, y, x) voxel coordinates of ``volume``; ``spacing`` is
     (z, y, x) in mm. ``predictor`` is the cached predictor for this image layer (None: load one
     from ``weights`` on ``device``); ``embed`` says whether ``set_image`` must run first.
-    ``same_kind_only``: drop instances of another lesion kind than the clicked one
-    (``Predictor.kind_gate``); False keeps every kind. ``grow_edges``: grow small masks to the
-    image's half-contrast edge (``Predictor.grow``). ``fast``: a newly loaded predictor runs on
+    ``options``: passed to ``predict`` (the kind gate and growing, from the widget's check boxes:
+    ``PredictOptions.from_widget``). ``fast``: a newly loaded predictor runs on
     a grid 15% coarser than the one the weights ask for (``Predictor.fast_spacing``; the shipped
     weights: 1.5 instead of 1.3 mm).
     """
@@ -48,8 +49,7 @@ class Job:
     embed: bool
     weights: str | None
     device: str
-    same_kind_only: bool = True
-    grow_edges: bool = True
+    options: PredictOptions = field(default_factory=PredictOptions)
     fast: bool = False
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _superseded: threading.Event = field(default_factory=threading.Event, repr=False)
@@ -125,14 +125,8 @@ def run_job(job: Job, report: ProgressFn | None = None, loader: Callable[..., An
         if job.superseded():
             return result
         progress("Predicting")(0, 0)
-        if hasattr(result.predictor, "kind_gate"):
-            from napari_miqsam.inference.predictor import KIND_GATE
-
-            result.predictor.kind_gate = KIND_GATE if job.same_kind_only else 0.0
-        if hasattr(result.predictor, "grow"):
-            result.predictor.grow = job.grow_edges
         result.prediction = result.predictor.predict(
-            job.positive, job.negative, progress=progress("Predicting"), cancel=job.stopped
+            job.positive, job.negative, options=job.options, progress=progress("Predicting"), cancel=job.stopped
         )
     except BaseException as exc:  # noqa: BLE001 - every failure is reported to the user
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):

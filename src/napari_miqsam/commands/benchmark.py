@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import add_model_spacing_argument
+from . import add_model_spacing_argument, add_predict_options
 
 HELP = "measure embedding / click / threshold time and peak memory on phantoms; prints a table"
 
@@ -36,11 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_spacing_argument(p)
     p.add_argument("--repeats", type=int, default=5, help="clicks timed per volume (median reported)")
     p.add_argument("--quick", action="store_true", help="only the two smallest volumes")
-    p.add_argument("--no-grow", action="store_true", help="time clicks without growing small masks to the image's edge")
+    add_predict_options(p)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
 
 
-def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None, grow=True) -> None:
+def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None, options=None) -> None:
     import resource
 
     import numpy as np
@@ -52,7 +52,6 @@ def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None
 
     case = make_phantom(1234, shape=shape, spacing=spacing)
     predictor = Predictor.from_weights(weights, device=device, spacing=model_spacing)
-    predictor.grow = predictor.grow and grow
     ids, n = instances_of(case.labels, 2)
     if n == 0:
         ids, n = instances_of(case.labels, (2, 3))
@@ -66,7 +65,7 @@ def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None
     predict_ms, preds = [], []
     for i in range(repeats):
         t = time.perf_counter()
-        preds.append(predictor.predict([clicks[i % len(clicks)]]))
+        preds.append(predictor.predict([clicks[i % len(clicks)]], options=options))
         predict_ms.append((time.perf_counter() - t) * 1000)
     threshold_ms = []
     for thr in np.linspace(0.2, 0.8, 7):
@@ -77,7 +76,7 @@ def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None
     grid_voxels = int(np.prod(predictor.grid.model_shape))
     window_voxels = sum(int(np.prod([b - a for a, b in zip(cw.window.start, cw.window.stop)])) for cw in predictor._windows)
     queue.put({"shape": list(shape), "spacing": list(spacing), "model_spacing": list(predictor.model_spacing),
-               "windows": len(predictor._windows), "grow": bool(predictor.grow),
+               "windows": len(predictor._windows), "grow": options is None or options.grow,
                "model_grid": [int(n) for n in predictor.grid.model_shape],
                # how much the windows cover beyond the volume (1.0: no overlap) and the embedding's cost
                # per million model-grid voxels: a tiling regression shows in both at once
@@ -92,14 +91,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import MiqsamError
+    from ..inference.options import PredictOptions
 
+    options = PredictOptions.from_cli(args)
     volumes = DEFAULT_VOLUMES[:2] if args.quick else DEFAULT_VOLUMES
     ctx = mp.get_context("spawn")  # a fresh process per volume: an honest peak RSS
     results = []
     for shape, spacing in volumes:
         queue = ctx.Queue()
         proc = ctx.Process(target=_measure, args=(shape, spacing, args.weights, args.device, max(5, args.repeats), queue,
-                                                       args.model_spacing, not args.no_grow))
+                                                       args.model_spacing, options))
         proc.start()
         proc.join()
         if proc.exitcode != 0 or queue.empty():

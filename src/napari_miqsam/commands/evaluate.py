@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from ..inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
-from . import add_model_spacing_argument
+from . import add_model_spacing_argument, add_predict_options
 
 HELP = "Evaluate one-click lesion segmentation (model vs region growing vs threshold+CC) on labelled data."
 
@@ -43,15 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (under torchrun each rank uses its LOCAL_RANK GPU)")
     parser.add_argument("--min-size", type=int, default=10,
                         help="ignore instances smaller than this many voxels (default 10)")
-    parser.add_argument("--kind-gate", type=float, default=None,
-                        help="drop pieces whose kind agreement with the clicked piece is below this "
-                        "(default: the Predictor's; 0: off)")
-    parser.add_argument("--no-refine", action="store_true",
-                        help="upsample the stride-2 masks instead of redrawing them with the weights' mask refiner")
-    parser.add_argument("--no-grow", action="store_true",
-                        help="keep small refined masks as drawn instead of growing them to the image's half-contrast edge")
-    parser.add_argument("--kind-scoring", choices=("on", "off"), default=None,
-                        help="multiply instance scores by their kind agreement (default: the Predictor's default)")
+    add_predict_options(parser)
     parser.add_argument("--no-model", action="store_true", help="baselines only")
     parser.add_argument("--no-baselines", action="store_true", help="model only")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json",
@@ -130,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
     from ..distributed import context as distributed_context
     from ..errors import InputError, WriteError
     from ..evaluation.evaluate import evaluate, format_markdown_table, merge_results
+    from ..inference.options import PredictOptions
 
     if args.clicks < 1:
         raise InputError(f"--clicks must be at least 1, got {args.clicks}")
@@ -141,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--no-model and --no-baselines leave nothing to evaluate")
     if args.json is not None and args.json.exists() and not args.overwrite:
         raise WriteError(f"{args.json}: the file exists; use --overwrite")
+    options = PredictOptions.from_cli(args)
     cases = resolve_cases(args.data, args.format, args.limit)
     lesion_classes = None  # phantoms, and MSD sets without a dataset.json: each case's own lesion labels
     if not (_PHANTOM.match(str(args.data)) or _OOD.match(str(args.data))) and args.format != "phantom":
@@ -165,14 +159,6 @@ def run(args: argparse.Namespace) -> int:
             str(args.weights) if args.weights is not None else None, device=args.device,
             window=args.window, spacing=args.model_spacing,
         )
-        predictor.refine = not args.no_refine
-        predictor.grow = predictor.grow and not args.no_grow
-        if args.kind_scoring is not None:
-            predictor.kind_scoring = args.kind_scoring == "on"
-        if args.kind_gate is not None:
-            if not 0.0 <= args.kind_gate <= 1.0:
-                raise InputError(f"--kind-gate must lie in [0, 1], got {args.kind_gate}")
-            predictor.kind_gate = args.kind_gate
         if not getattr(predictor, "trained", True) and rank == 0:
             print("warning: the weights are UNTRAINED; the model's numbers are meaningless",
                   file=sys.stderr)
@@ -189,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         shard=(rank, world),
         lesion_classes=lesion_classes,
         targets=args.target,
+        options=options if predictor is not None else None,
     )
     if world > 1:
         from ..distributed import gather_to_rank0
@@ -200,10 +187,9 @@ def run(args: argparse.Namespace) -> int:
     result["data"] = str(args.data)
     result["weights"] = str(args.weights) if args.weights is not None else "default"
     if predictor is not None:
-        result["kind_scoring"] = bool(predictor.kind_scoring)
-        result["kind_gate"] = float(getattr(predictor, "kind_gate", 0.0))
-        result["refine"] = bool(getattr(predictor, "refine", False)) and getattr(predictor.model, "refiner", None) is not None
-        result["grow"] = bool(getattr(predictor, "grow", False)) and result["refine"]
+        result["kind_gate"] = options.kind_gate
+        result["refine"] = options.refine and predictor.model.refiner is not None
+        result["grow"] = options.grow
         result["model_spacing"] = list(predictor.model_spacing)
     print(format_markdown_table(result), end="")
     if args.json is not None:

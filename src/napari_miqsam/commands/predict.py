@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError, WriteError
 from ..inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
-from . import add_model_spacing_argument
+from . import add_model_spacing_argument, add_predict_options
 
 HELP = "segment every lesion of the clicked kind in a NIfTI/TIFF volume; writes labels + CSV"
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
@@ -30,17 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-volume", type=float, default=DEFAULT_MIN_VOLUME,
                    help=f"hide instances smaller than this (spacing units cubed, mm³ for CT; default "
                    f"{DEFAULT_MIN_VOLUME:g}); the clicked instance is always kept")
-    p.add_argument("--kind-gate", type=float, default=None,
-                   help="drop instances whose lesion kind disagrees with the clicked one's below this "
-                   "agreement (default: the Predictor's; 0: keep every kind)")
     p.add_argument("--kind", default=None,
                    help="look for this lesion kind instead of the kind the model reads at the click: one of the "
                    "weights' kind names (shipped: tumour or cyst, labels 2 and 3 as in KiTS) or its number 1..K "
                    "(default: read it)")
-    p.add_argument("--no-refine", action="store_true",
-                   help="upsample the stride-2 masks instead of redrawing them with the weights' mask refiner")
-    p.add_argument("--no-grow", action="store_true",
-                   help="keep small refined masks as drawn instead of growing them to the image's half-contrast edge")
+    add_predict_options(p)
     add_model_spacing_argument(p)
     p.add_argument("--weights", type=Path, default=None, help=".safetensors weights (default: shipped)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -76,7 +70,7 @@ def csv_path_for(output: Path) -> Path:
     return output.with_name(stem + ".csv")
 
 
-def predict_file(predictor, image: Path, output: Path, args) -> int:
+def predict_file(predictor, image: Path, output: Path, args, options=None) -> int:
     from ..data.io import read_volume, write_labels
 
     if suffix_of(output) != suffix_of(image) and not (suffix_of(output) in (".tif", ".tiff") and suffix_of(image) in (".tif", ".tiff")):
@@ -93,7 +87,7 @@ def predict_file(predictor, image: Path, output: Path, args) -> int:
             bar.total = total
             bar.update(done - bar.n)
         predictor.set_image(vol.data, vol.spacing, channel=args.channel, progress=progress)
-    prediction = predictor.predict(args.point, args.negative, kind=args.kind_index)
+    prediction = predictor.predict(args.point, args.negative, options=options)
     labels, rows = prediction.labels(args.threshold, args.min_volume)
     write_labels(output, labels, like=vol, overwrite=args.overwrite)
     write_csv(csv_out, rows, args.overwrite)
@@ -119,8 +113,9 @@ def kind_index(kind: str | None, kinds: int, names: tuple[str, ...] = ()) -> int
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..inference.predictor import Predictor
     from ..distributed import context as distributed_context
+    from ..inference.options import PredictOptions
+    from ..inference.predictor import Predictor
 
     if not args.point:
         raise InputError("give at least one positive click with --point Z Y X")
@@ -128,14 +123,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--threshold must lie in [0, 1], got {args.threshold}")
     if args.min_volume < 0:
         raise InputError(f"--min-volume must be >= 0, got {args.min_volume}")
-    if args.kind_gate is not None and not 0.0 <= args.kind_gate <= 1.0:
-        raise InputError(f"--kind-gate must lie in [0, 1], got {args.kind_gate}")
+    PredictOptions.from_cli(args)  # a bad flag is refused before the weights load
     predictor = Predictor.from_weights(args.weights, device=args.device, spacing=args.model_spacing)
-    args.kind_index = kind_index(args.kind, predictor.cfg.kinds if predictor.cfg.kind_prior else 0, predictor.kind_names)
-    if args.kind_gate is not None:
-        predictor.kind_gate = args.kind_gate
-    predictor.refine = not args.no_refine
-    predictor.grow = predictor.grow and not args.no_grow
+    options = PredictOptions.from_cli(
+        args, kind=kind_index(args.kind, predictor.cfg.kinds if predictor.cfg.kind_prior else 0, predictor.kind_names))
     if not predictor.trained:
         print(f"warning: the weights {args.weights or 'shipped default'} are UNTRAINED; results are meaningless",
               file=sys.stderr)
@@ -147,9 +138,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.output.is_dir():
             raise WriteError(f"with a folder of volumes, -o must be an existing folder: {args.output}")
         for f in files[rank::world]:
-            predict_file(predictor, f, args.output / f.name, args)
+            predict_file(predictor, f, args.output / f.name, args, options)
         return 0
     if not args.image.exists():
         raise InputError(f"input file not found: {args.image}")
-    predict_file(predictor, args.image, args.output, args)
+    predict_file(predictor, args.image, args.output, args, options)
     return 0

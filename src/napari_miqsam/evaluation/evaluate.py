@@ -231,6 +231,7 @@ def evaluate(
     iou: float = 0.5,
     min_volume: float = DEFAULT_MIN_VOLUME,
     targets: str | Sequence[str] = ("random",),
+    options: Any = None,
 ) -> dict:
     """Evaluate one-click multi-instance segmentation; see the module docstring.
 
@@ -256,6 +257,8 @@ def evaluate(
         min_volume: smallest shown instance (spacing units cubed), passed to ``Prediction.labels``.
         targets: how the clicked instance is chosen (:data:`TARGETS`, :func:`pick_target`); several
             give one row per (case, class, seed, target).
+        options: a ``PredictOptions`` passed to every ``predictor.predict`` call (the kind gate,
+            growing, refining); None: the predictor's defaults (and no ``options`` argument).
 
     Returns:
         ``{"model": {metric: mean}, "baselines": {"region_grow": {...}, "threshold_cc":
@@ -284,7 +287,7 @@ def evaluate(
         case = _load(all_cases[index])
         rows.extend(
             _evaluate_case(case, index, model, clicks, seeds, (threshold, min_volume), lesion_classes,
-                           min_size, baselines, iou, strategies)
+                           min_size, baselines, iou, strategies, {} if options is None else {"options": options})
         )
     bar.close()
     return _assemble(rows, clicks, seeds, threshold, {"shard": [rank, world], "min_volume": float(min_volume)},
@@ -303,6 +306,7 @@ def _evaluate_case(
     baselines: bool,
     iou: float,
     targets: Sequence[str] = ("random",),
+    predict_kw: dict | None = None,
 ) -> list[dict]:
     image = np.asarray(case.image, np.float32)
     labels = np.asarray(case.labels)
@@ -336,7 +340,7 @@ def _evaluate_case(
                 points.append({"point": list(point), "mode": mode})
                 if model is not None:
                     t0 = time.perf_counter()
-                    prediction = model.predict(positive=[point], negative=[])
+                    prediction = model.predict(positive=[point], negative=[], **(predict_kw or {}))
                     lab, _table = prediction.labels(*shown)
                     predict_s.append(time.perf_counter() - t0)
                     per.setdefault("model", []).append(

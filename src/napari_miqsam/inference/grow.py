@@ -21,7 +21,8 @@ small lesion ends. This step (numpy/scipy only) reads it, per instance, on the m
      lesion's edge: then nothing is added.
 
 The half-contrast (half-maximum) edge is the classical semi-automatic lesion boundary. This is our
-addition to MIQ-SAM3D; ``Predictor.grow`` turns it on or off (measured on validation phantoms).
+addition to MIQ-SAM3D; ``PredictOptions.grow`` turns it on or off (measured on validation phantoms), with
+or without the mask refiner.
 """
 
 from __future__ import annotations

@@ -1,16 +1,16 @@
 """From the model's stride-2 slot maps to instances in the original grid.
 
 Steps (all numpy/scipy, no model call):
-  1. ``split_instances``: 26-connected components of the foreground (optionally split where the
-     winning query changes), and pieces that touch across a window seam merged (a lesion cut by a
-     window border is one instance);
+  1. ``split_instances``: 26-connected components of the foreground of the assembled map (a
+     lesion cut by a window border is one connected piece, so one instance);
   2. ``kind_consistency`` (with a kind head): each piece's lesion kind, read by the kind head over
      the piece, is compared with that of the clicked piece; pieces of another kind are dropped;
   3. ``to_original_grid``: instances containing a negative click are removed, and each instance's
      mask is rebuilt at the original resolution inside its bounding box by trilinear interpolation
-     of its mask logits: the mask refiner's stride-1 logits when a ``refine`` function is given
-     (``model/refine.py``), else the stride-2 foreground probability; either way restricted to the
-     instance's cells dilated by one cell into background, so edges are smooth, not blocky.
+     of its mask logits: the stride-1 logits a ``refine`` function gives (the mask refiner's,
+     ``model/refine.py``, and/or grown to the image's edge, ``inference/grow.py``), else the
+     stride-2 foreground probability; either way restricted to the instance's cells dilated by one
+     cell into background, so edges are smooth, not blocky.
 """
 
 from __future__ import annotations
@@ -27,65 +27,13 @@ from .resample import interpolate_separable
 FULL = np.ones((3, 3, 3), dtype=bool)
 
 
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = np.arange(n)
-
-    def find(self, a: int) -> int:
-        while self.parent[a] != a:
-            self.parent[a] = self.parent[self.parent[a]]
-            a = self.parent[a]
-        return a
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-
-def split_instances(slot: np.ndarray, seams: list[tuple[int, int]] | None = None,
-                    by_query: bool = False) -> tuple[np.ndarray, int]:
-    """Instance ids (int32) from a slot map (0 background, q >= 1 winning query).
-
-    Each connected foreground piece is an instance; with ``by_query`` it is also split where the
-    winning query changes (touching lesions held apart by the competition, but also one lesion whose
-    cells two queries share, cut in two: measured worse, see ``Predictor.split_by_query``).
-    ``seams`` lists (axis, index) planes of window-ownership borders: pieces touching across one
-    are merged (only needed with ``by_query``: without it a lesion crossing a seam is already one
-    connected piece of the assembled map).
-    """
-    fg, n = ndimage.label(slot > 0, structure=FULL)
-    if n == 0:
-        return fg.astype(np.int32), 0
-    if not by_query:
-        return fg.astype(np.int32), n
-    out = np.zeros(slot.shape, dtype=np.int32)
-    next_id = 0
-    for comp, sl in enumerate(ndimage.find_objects(fg), start=1):
-        region = fg[sl] == comp
-        queries = np.unique(slot[sl][region])
-        if len(queries) == 1:
-            next_id += 1
-            out[sl][region] = next_id
-            continue
-        for q in queries:
-            lab, m = ndimage.label(region & (slot[sl] == q), structure=FULL)
-            sub = out[sl]
-            sub[lab > 0] = lab[lab > 0] + next_id
-            next_id += m
-    if seams:
-        uf = UnionFind(next_id + 1)
-        for axis, idx in seams:
-            a = np.take(out, idx - 1, axis=axis)
-            b = np.take(out, idx, axis=axis)
-            both = (a > 0) & (b > 0) & (a != b)
-            for i, j in set(zip(a[both].tolist(), b[both].tolist())):
-                uf.union(i, j)
-        roots = np.array([uf.find(i) for i in range(next_id + 1)])
-        _, relabel = np.unique(roots, return_inverse=True)
-        out = relabel[out].astype(np.int32)
-        next_id = int(relabel.max())
-    return out, next_id
+def split_instances(slot: np.ndarray) -> tuple[np.ndarray, int]:
+    """Instance ids (int32) from a slot map (0 background, q >= 1 winning query): each connected
+    foreground piece is one instance, whatever its winning queries (splitting a piece where they
+    change cut one lesion in two far more often than it held two touching lesions apart:
+    docs/experiments.md, "Inference settings")."""
+    ids, n = ndimage.label(slot > 0, structure=FULL)
+    return ids.astype(np.int32), int(n)
 
 
 def instance_scores(ids: np.ndarray, n: int, score_map: np.ndarray) -> np.ndarray:
@@ -93,35 +41,6 @@ def instance_scores(ids: np.ndarray, n: int, score_map: np.ndarray) -> np.ndarra
     if n == 0:
         return np.zeros(0)
     return np.asarray(ndimage.mean(score_map, labels=ids, index=np.arange(1, n + 1)), dtype=float)
-
-
-def kind_agreement(ids: np.ndarray, n: int, same: np.ndarray, lesion: np.ndarray) -> np.ndarray:
-    """How much of each instance's lesion evidence is of the clicked kind, (n,) in [0, 1].
-
-    ``sum(s) / sum(lesion)`` over the instance's cells, with ``s`` the same-kind probability and
-    ``lesion = 1 - P(background)`` from the kind head (``model.kind.same_kind``). A query that
-    also covers lesions of another kind gives those pieces a low agreement.
-    """
-    if n == 0:
-        return np.zeros(0)
-    index = np.arange(1, n + 1)
-    s = np.asarray(ndimage.sum(same, labels=ids, index=index), dtype=float)
-    les = np.asarray(ndimage.sum(lesion, labels=ids, index=index), dtype=float)
-    return np.clip(s / np.maximum(les, 1e-6), 0.0, 1.0)
-
-
-def score_instances(ids: np.ndarray, n: int, score_map: np.ndarray, same: np.ndarray | None = None,
-                    lesion: np.ndarray | None = None) -> np.ndarray:
-    """Each instance's score in [0, 1], (n,): the winning queries' mean confidence, times the kind
-    agreement (:func:`kind_agreement`) when the kind maps are given.
-
-    One query's mask can cover several lesions, of both kinds; its confidence is then shared by all
-    the pieces, the agreement is not: pieces on lesions of another kind score lower.
-    """
-    scores = instance_scores(ids, n, score_map)
-    if same is not None and lesion is not None and n:
-        scores = scores * kind_agreement(ids, n, same, lesion)
-    return scores
 
 
 def select(ids: np.ndarray, scores: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
@@ -184,8 +103,9 @@ def kind_consistency(ids: np.ndarray, n: int, kind_probs: np.ndarray, clicked: n
     return np.clip(q @ proto / max(float(proto.max()), 1e-8), 0.0, 1.0)
 
 
-#: refine(k, lo, hi) -> instance k's logits at stride 1 over stride-2 cells [lo, hi) (model/refine.py)
-Refine = Callable[[int, tuple, tuple], np.ndarray]
+#: refine(k, lo, hi) -> instance k's logits at stride 1 over stride-2 cells [lo, hi) (model/refine.py,
+#: inference/grow.py), or None: that instance's upsampled stride-2 foreground is its mask
+Refine = Callable[[int, tuple, tuple], "np.ndarray | None"]
 
 
 def to_original_grid(ids: np.ndarray, n: int, fg: np.ndarray, scores: np.ndarray, grid: GridMap,
@@ -195,7 +115,8 @@ def to_original_grid(ids: np.ndarray, n: int, fg: np.ndarray, scores: np.ndarray
 
     ids/fg: (d2, h2, w2) instance ids and foreground probability on the stride-``stride`` model map.
     negative: (P, 3) original voxel coordinates; an instance containing one is dropped.
-    refine: the mask refiner's stride-1 logits of one instance (None: interpolate ``fg``).
+    refine: one instance's stride-1 logits, refined and/or grown (None, or None returned for an
+        instance: interpolate ``fg``).
     mask_level: the logit a voxel must exceed to be inside (0: probability 0.5; negative: larger masks).
     """
     instances = []
@@ -210,8 +131,9 @@ def to_original_grid(ids: np.ndarray, n: int, fg: np.ndarray, scores: np.ndarray
         grown = ndimage.binary_dilation(member, structure=FULL) & ((ids[cells] == 0) | member)
         ranges = [grid.cells_to_original(a, lo[a], hi[a], stride) for a in range(3)]
         coords = [grid.cell_coords(a, r[0], r[1], stride) - lo[a] for a, r in enumerate(ranges)]
-        if refine is not None:
-            logits = refine(k, tuple(lo), tuple(hi)).astype(np.float32, copy=False)
+        logits = refine(k, tuple(lo), tuple(hi)) if refine is not None else None
+        if logits is not None:
+            logits = logits.astype(np.float32, copy=False)
             fine = [grid.cell_coords(a, r[0], r[1], 1) - stride * lo[a] for a, r in enumerate(ranges)]
             inside = interpolate_separable(logits, tuple(fine)) > mask_level
         else:

@@ -4,6 +4,7 @@
     predictor.set_image(volume, spacing=(2.5, 0.8, 0.8))   # expensive: the encoder, once
     prediction = predictor.predict(positive=[(40, 120, 96)])  # cheap: PC-IQG + CQRD + head
     labels, table = prediction.labels(threshold=0.2)        # no model call
+    predictor.predict([(40, 120, 96)], options=PredictOptions(kind_gate=0.0))  # prompt-time options
 
 Volumes larger than one window are covered by overlapping sliding windows; the queries are made
 once (each click's features from the window that owns it) and decoded in every window, so lesions
@@ -25,36 +26,31 @@ from ..errors import CancelledError, InputError, NotReadyError, OutOfMemoryError
 from ..model.config import MIQSAMConfig, get_config
 from ..model.decoder import DecoderContext
 from ..model.encoder import Embedding
-from ..model.kind import prompt_kind, same_kind, snap_to_lesion
+from ..model.kind import prompt_kind, snap_to_lesion
 from ..model.miqsam import MIQSAM3D
 from ..model.refine import OTHER_LOGIT, refine_instance
 from ..model.weights import DEFAULT_WEIGHTS, load_weights
 from .grow import grow_to_edge
+from .options import KIND_GATE, MASK_LEVEL, REMOVED, SNAP_RADIUS, PredictOptions  # noqa: F401 (KIND_GATE, SNAP_RADIUS: re-exported)
 from .postprocess import (
+    Refine,
+    instance_scores,
     keep_best,
     kind_consistency,
     pieces_at,
-    score_instances,
     select,
     split_instances,
     to_original_grid,
 )
 from .prediction import Prediction, named_kinds
 from .preprocess import GridMap, as_volume, check_spacing, normalise_intensity
-from .resample import resample_to_model
+from .resample import interpolate_separable, resample_to_model
 from .tiling import Window, plan_windows
 
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
 STRIDE = 2  # mask features are at stride 2 of the model grid
-SNAP_RADIUS = 1  # cells; a click just off a lesion moves onto it (docs/experiments.md), see Predictor.snap_radius
-KIND_SCORING = False  # off: no better than a lower threshold (docs/experiments.md), see Predictor.kind_scoring
-SPLIT_BY_QUERY = False  # off: splitting pieces by winning query cuts lesions in two (docs/experiments.md)
-KIND_GATE = 0.5  # the best of 0-0.8 on validation phantoms (docs/experiments.md), see Predictor.kind_gate
-REFINE = True  # redraw each instance at stride 1 with the mask refiner when the weights have one
 FAST_SPACING_FACTOR = 1.5 / 1.3  # the widget's "Detail: fast": a grid this much coarser (0.65x the voxels)
-MASK_LEVEL = 0.0  # logit level of a mask's edge, see Predictor.mask_level
-GROW = True  # grow refined masks to the image's half-contrast edge (inference/grow.py), see Predictor.grow
 GROW_MAX_CELLS = 100  # only instances of at most this many stride-2 cells are grown (small lesions)
 GROW_REACH_MM = 4.0  # how far (mm) a mask may grow; the surroundings are read from reach to 2 x reach
 MAX_INSTANCES = 255  # an untrained or confused model can return thousands of specks; keep the best
@@ -116,27 +112,18 @@ class CachedWindow:
         return emb if emb.tokens.dtype == torch.float32 else emb.to(torch.float32)
 
 
+#: the prompt-time settings that were Predictor attributes before PredictOptions
+_MOVED_TO_OPTIONS = ("kind_gate", "grow", "refine", "snap_radius", "mask_level")
+
+
 class Predictor:
-    """Caches the volume embedding; see the module docstring.
+    """Caches the volume embedding; see the module docstring. What a click asks beyond its points
+    (the kind gate, growing, refining, the kind to look for) is a :class:`PredictOptions` passed to
+    :meth:`predict`; the model grid (``spacing``, ``window``) is fixed here, at construction.
 
     Attributes:
         trained: False when the weights are untrained (e.g. ``from_config``); say so to the user.
         embed_calls: how many times the encoder has run (one per window per ``set_image``).
-        kind_scoring: with a kind head, each instance's score is its queries' confidence times its
-            kind agreement (``postprocess.score_instances``); False: the confidence alone.
-        snap_radius: a positive click whose cell reads background moves to the most lesion-like
-            cell within this many stride-2 cells (``model.kind.snap_to_lesion``); 0: never.
-        split_by_query: a connected piece of foreground is split where the winning query changes
-            (``postprocess.split_instances``); False: each connected piece is one instance.
-        kind_gate: with a kind head, a piece whose kind agreement with the clicked piece
-            (``postprocess.kind_consistency``) is below this is dropped; the clicked piece always
-            stays; 0: off.
-        refine: with a mask refiner in the weights (``model/refine.py``), each instance's mask is
-            redrawn at stride 1 from the model-grid image; False: upsampled stride-2 masks.
-        mask_level: the mask logit at an instance's edge in the original grid (0: probability 0.5;
-            below 0: larger masks), ``postprocess.to_original_grid``.
-        grow: with the mask refiner, each instance of at most ``grow_max_cells`` stride-2 cells is
-            grown out to the image's half-contrast edge (``inference/grow.py``); False: as refined.
     """
 
     def __init__(self, model: MIQSAM3D, *, trained: bool = True, device: str = "auto",
@@ -160,21 +147,21 @@ class Predictor:
         self.metadata = metadata or {}
         self.cache_dtype = cache_dtype
         self.embed_calls = 0
-        self.max_instances = MAX_INSTANCES
-        self.kind_scoring = KIND_SCORING
-        self.snap_radius = SNAP_RADIUS
-        self.split_by_query = SPLIT_BY_QUERY
-        self.kind_gate = KIND_GATE
-        self.refine = REFINE
-        self.mask_level = MASK_LEVEL
-        self.grow = GROW
-        self.grow_max_cells = GROW_MAX_CELLS
         self._windows: list[CachedWindow] = []
         self._grid: GridMap | None = None
         self._padded: tuple[int, int, int] | None = None
-        self._model_vol: torch.Tensor | None = None  # padded model-grid volume (CPU), for the refiner
+        self._model_vol: torch.Tensor | None = None  # padded model-grid volume (CPU): refiner and growing
         if spacing is not None:
             self.set_model_spacing(spacing)
+
+    def __setattr__(self, name: str, value) -> None:
+        # an old script setting a knob that is now an option (or gone) must not be silently ignored
+        if name in _MOVED_TO_OPTIONS:
+            raise AttributeError(f"Predictor.{name} is now a prompt-time option: pass "
+                                 f"predict(..., options=PredictOptions({name}=...))")
+        if name in REMOVED:
+            raise AttributeError(f"Predictor.{name} was removed: {REMOVED[name]}")
+        super().__setattr__(name, value)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -285,8 +272,7 @@ class Predictor:
             raise
         except MemoryError as exc:
             raise OutOfMemoryError(f"out of memory while embedding a {vol.shape} volume; try a smaller window") from exc
-        self._windows, self._grid, self._padded = cached, grid, padded
-        self._model_vol = model_vol if self.model.refiner is not None else None
+        self._windows, self._grid, self._padded, self._model_vol = cached, grid, padded, model_vol
 
     def _embed_window(self, win: Window, crop: torch.Tensor) -> CachedWindow:
         m = self.cfg.pad_multiple
@@ -326,21 +312,22 @@ class Predictor:
         return 0
 
     def predict(self, positive: Sequence[Sequence[float]], negative: Sequence[Sequence[float]] = (), *,
-                kind: int | None = None, progress: Progress | None = None, cancel: Cancel | None = None) -> Prediction:
+                options: PredictOptions | None = None, progress: Progress | None = None,
+                cancel: Cancel | None = None) -> Prediction:
         """Find every instance of the kind the positive click(s) point at.
 
         positive / negative: (z, y, x) voxel coordinates of the ORIGINAL volume (floats allowed).
-        kind: the lesion kind to look for, as an index into the weights' lesion kinds (training
-        maps label 2 to kind 0 and label 3 to kind 1: tumour and cyst in KiTS labels), used in
-        place of the kind the model reads at the clicks (it biases the masks and decides the kind
-        gate); None: read it. For scripts that know what they look for: on validation phantoms the
-        true kind removes some wrong-kind voxels, but most wrong-kind answers come from the masks,
-        not from misreading the click (docs/experiments.md).
+        options: the kind gate, growing, refining, the kind to look for and the click snapping
+        (:class:`PredictOptions`); None: ``PredictOptions()``, the shipped defaults.
         Returns a Prediction in the original grid. An instance containing a negative click is
         removed. Raises NotReadyError before set_image, InputError for points outside the volume,
-        no positive point, or a ``kind`` the weights do not have, CancelledError if ``cancel()``
-        turns True between windows.
+        no positive point, or an ``options.kind`` the weights do not have, CancelledError if
+        ``cancel()`` turns True between windows.
         """
+        options = PredictOptions() if options is None else options
+        if not isinstance(options, PredictOptions):
+            raise InputError(f"options must be a PredictOptions, got {type(options).__name__}")
+        kind = options.kind
         if not self._windows:
             raise NotReadyError("no image is set: call set_image(volume, spacing) before predict()")
         pos = self._check_points(positive, "positive")
@@ -353,15 +340,15 @@ class Predictor:
             if self.cfg.relative_kinds:
                 raise InputError("these weights look for lesions like the clicked one (relative kinds), so a kind "
                                  "cannot be named; leave kind=None and click a lesion of the kind wanted")
-            if isinstance(kind, bool) or not isinstance(kind, (int, np.integer)) or not 0 <= kind < self.cfg.kinds:
+            if not kind < self.cfg.kinds:
                 raise InputError(f"kind must be an index of the weights' {self.cfg.kinds} lesion kinds "
                                  f"(0..{self.cfg.kinds - 1}), got {kind!r}")
-        given = None if kind is None else int(kind)
+        given = kind
         grid = self.grid
         pts_model = grid.to_model(np.concatenate([pos, neg]))
         labels = torch.tensor([[1] * len(pos) + [0] * len(neg)], device=self.device)
         with torch.inference_mode():
-            tokens, kinds = self._prompt_tokens(pts_model, labels)
+            tokens, kinds = self._prompt_tokens(pts_model, labels, options.snap_radius)
             valid = torch.ones(labels.shape, dtype=torch.bool, device=self.device)
             queries = self.model.query_generator.queries_from_prompt(tokens, labels, valid)
             if kinds is None:
@@ -371,44 +358,49 @@ class Predictor:
                 pi[0, given] = 1.0
             else:
                 pi = prompt_kind(kinds, labels, valid)
-            maps = self._decode_all(queries, tokens, valid, pi, progress, cancel)
+            maps = self._decode_all(queries, tokens, valid, pi, options.kind_gate > 0, progress, cancel)
         slot, fg, score_map, kind_probs = maps
-        ids, n = split_instances(slot, self._seams() if self.split_by_query else None, self.split_by_query)
-        same = lesion = None
-        if self.kind_scoring and kind_probs is not None:
-            same, lesion = (t[0].numpy() for t in same_kind(torch.from_numpy(kind_probs)[None], pi.cpu()))
-        scores = score_instances(ids, n, score_map, same, lesion)
-        if self.kind_gate > 0 and kind_probs is not None and n:
+        ids, n = split_instances(slot)
+        scores = instance_scores(ids, n, score_map)
+        if options.kind_gate > 0 and kind_probs is not None and n:
             clicked = pieces_at(ids, np.floor(pts_model[: len(pos)] / STRIDE))
             agree = kind_consistency(ids, n, kind_probs, clicked, pi[0].float().cpu().numpy())
-            keep = agree >= self.kind_gate
+            keep = agree >= options.kind_gate
             keep[clicked - 1] = True
             if not keep.all():
                 ids, n, scores = select(ids, scores, np.nonzero(keep)[0])
-        ids, n, scores = keep_best(ids, n, scores, self.max_instances)
-        refine = self._refine_fn(fg, ids) if self.refine and self._model_vol is not None else None
-        instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg, refine=refine,
-                                     mask_level=self.mask_level)
+        ids, n, scores = keep_best(ids, n, scores, MAX_INSTANCES)
+        instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg,
+                                     refine=self._mask_logits(fg, ids, options), mask_level=options.mask_level)
         # the kind read at the click, reported only where the kinds are named classes (not clusters)
         looked_for = None if pi is None or self.cfg.relative_kinds else tuple(float(v) for v in pi[0].float().cpu())
         return Prediction(grid.shape, grid.spacing, instances, pos, neg, kind=looked_for, kind_names=self.kind_names)
 
-    def _refine_fn(self, fg: np.ndarray, ids: np.ndarray):
-        """refine(k, lo, hi): instance k's stride-1 logits over stride-2 cells [lo, hi)."""
+    def _mask_logits(self, fg: np.ndarray, ids: np.ndarray, options: PredictOptions) -> Refine | None:
+        """logits(k, lo, hi): instance k's stride-1 logits over stride-2 cells [lo, hi), refined
+        (``options.refine`` and a refiner in the weights) and/or grown (``options.grow``, instances
+        of at most ``GROW_MAX_CELLS`` cells); None for an instance neither touches, and None
+        instead of the function when nothing would: ``to_original_grid`` then interpolates ``fg``."""
+        refiner = self.model.refiner if options.refine else None
+        if refiner is None and not options.grow:
+            return None
         fg_t, ids_t = torch.from_numpy(fg), torch.from_numpy(ids)
-        cells = np.bincount(ids.ravel(), minlength=int(ids.max()) + 1) if self.grow else None
+        cells = np.bincount(ids.ravel(), minlength=int(ids.max()) + 1) if options.grow else None
 
-        def refine(k: int, lo: tuple, hi: tuple) -> np.ndarray:
-            with torch.inference_mode():
-                out = refine_instance(self.model.refiner, self._model_vol, fg_t, ids_t, k, lo, hi)
-            out = out.float().cpu().numpy()
-            if cells is not None and cells[k] <= self.grow_max_cells:
-                out = self._grow(out, ids, k, lo)
-            return out
+        def logits(k: int, lo: tuple, hi: tuple) -> np.ndarray | None:
+            small = cells is not None and cells[k] <= GROW_MAX_CELLS
+            if refiner is not None:
+                with torch.inference_mode():
+                    out = refine_instance(refiner, self._model_vol, fg_t, ids_t, k, lo, hi).float().cpu().numpy()
+            elif small:
+                out = upsampled_logits(fg, ids, k, lo, hi)
+            else:
+                return None
+            return self._grow(out, ids, k, lo, options.mask_level) if small else out
 
-        return refine
+        return logits
 
-    def _grow(self, logits: np.ndarray, ids: np.ndarray, k: int, lo: tuple) -> np.ndarray:
+    def _grow(self, logits: np.ndarray, ids: np.ndarray, k: int, lo: tuple, level: float = MASK_LEVEL) -> np.ndarray:
         """Instance k's stride-1 logits (voxel 0 = model voxel 2 * lo) grown to the image's edge,
         read with a margin around them so the surroundings ring is whole."""
         sp = self.model_spacing
@@ -426,32 +418,35 @@ class Predictor:
         off = [i - STRIDE * (i // STRIDE) for i in a]
         up = up[tuple(slice(o, o + n) for o, n in zip(off, image.shape))]
         blocked = (up > 0) & (up != k)
-        grown = grow_to_edge(image, big, self.mask_level, blocked, seed=up == k, spacing=sp, reach_mm=GROW_REACH_MM)
+        grown = grow_to_edge(image, big, level, blocked, seed=up == k, spacing=sp, reach_mm=GROW_REACH_MM)
         return grown[inner]
 
-    def _prompt_tokens(self, pts_model: np.ndarray, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _prompt_tokens(self, pts_model: np.ndarray, labels: torch.Tensor,
+                       snap_radius: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Each click's embedding (1, P, C) and lesion-kind distribution (1, P, K) (None without
-        the kind prior), both from the window that owns the click."""
+        the kind prior), both from the window that owns the click (a positive click snapped onto
+        the most lesion-like cell within ``snap_radius`` stride-2 cells)."""
         qg = self.model.query_generator
         tokens, kinds = [], []
         for i, p in enumerate(pts_model):
             cw = self._windows[self._owner(p)]
             emb = cw.float32()
             local = torch.tensor(p - np.asarray(cw.window.start), dtype=torch.float32, device=self.device)
-            if self.snap_radius and int(labels[0, i]) == 1 and emb.kind_logits is not None:
-                local = snap_to_lesion(emb.kind_logits, local, self.snap_radius)
+            if snap_radius and int(labels[0, i]) == 1 and emb.kind_logits is not None:
+                local = snap_to_lesion(emb.kind_logits, local, snap_radius)
             local = local[None, None]
             tokens.append(qg.point_embeddings(emb, local, labels[:, i:i + 1]))
             kinds.append(self.model.point_kinds(emb, local))
         return torch.cat(tokens, dim=1), (torch.cat(kinds, dim=1) if kinds[0] is not None else None)
 
-    def _decode_all(self, queries, tokens, valid, kind, progress, cancel):
-        """Decode the queries in every window; fill stride-2 maps of the padded model grid."""
+    def _decode_all(self, queries, tokens, valid, kind, gate: bool, progress, cancel):
+        """Decode the queries in every window; fill stride-2 maps of the padded model grid (and
+        the kind head's map when ``gate``: only the kind gate reads it)."""
         shape2 = tuple(n // STRIDE for n in self._padded)
         slot = np.zeros(shape2, dtype=np.int16)
         fg = np.zeros(shape2, dtype=np.float32)
         score_map = np.zeros(shape2, dtype=np.float32)
-        with_kind = kind is not None and (self.kind_scoring or self.kind_gate > 0)  # only they use the kind maps
+        with_kind = kind is not None and gate
         kind_probs = None
         for i, cw in enumerate(self._windows):
             if cancel is not None and cancel():
@@ -481,11 +476,13 @@ class Predictor:
             kind_probs = kind_probs[(slice(None), *crop)]
         return slot[crop], fg[crop], score_map[crop], kind_probs
 
-    def _seams(self) -> list[tuple[int, int]]:
-        seams = set()
-        for cw in self._windows:
-            for axis in range(3):
-                s = cw.window.own_start[axis]
-                if s > 0:
-                    seams.add((axis, s // STRIDE))
-        return sorted(seams)
+
+def upsampled_logits(fg: np.ndarray, ids: np.ndarray, k: int, lo: tuple, hi: tuple) -> np.ndarray:
+    """Instance k's mask logits at stride 1 over stride-2 cells [lo, hi) without a refiner: its
+    foreground probability ``fg`` (other instances' cells: 0) interpolated to the model voxels'
+    centres, as logits; voxel 0 is model voxel ``STRIDE * lo``, as ``refine_instance`` returns."""
+    cells = tuple(slice(a, b) for a, b in zip(lo, hi))
+    p = np.where((ids[cells] == 0) | (ids[cells] == k), fg[cells], 0.0).astype(np.float32)
+    centres = [(np.arange(STRIDE * (b - a)) + 0.5) / STRIDE - 0.5 for a, b in zip(lo, hi)]
+    p = np.clip(interpolate_separable(p, tuple(centres)), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p)).astype(np.float32)
