@@ -4,7 +4,7 @@ same weights through oneDNN directly), and what the refiner adds to a click.
     python benchmarks/refiner_conv.py [--weights W] [--threads 2] [--sides 16,24,32,40,48,64]
 
 Prints the median time of each convolution on crops the refiner sees (a lesion's box at stride 1),
-then, on one phantom embedded once, the median click with ``Predictor.refine`` off and on
+then, on one phantom embedded once, the median click with ``PredictOptions.refine`` off and on
 (alternating). Measures; asserts nothing.
 """
 
@@ -20,6 +20,7 @@ from torch import nn
 
 from napari_miqsam.data.instances import instances_of
 from napari_miqsam.data.phantom import make_phantom
+from napari_miqsam.inference.options import PredictOptions
 from napari_miqsam.inference.predictor import Predictor
 from napari_miqsam.model.config import get_config
 from napari_miqsam.model.miqsam import MIQSAM3D
@@ -74,9 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     times = {False: [], True: []}
     for _ in range(args.clicks):
         for refine in (False, True):
-            predictor.refine = refine
             t = time.perf_counter()
-            predictor.predict([click])
+            predictor.predict([click], options=PredictOptions(refine=refine))
             times[refine].append(time.perf_counter() - t)
     print(f"one click on phantom 8 ({case.image.shape} voxels, one window), median of {args.clicks}: "
           f"refine off {1000 * statistics.median(times[False]):.0f} ms, on {1000 * statistics.median(times[True]):.0f} ms")
