@@ -82,7 +82,6 @@ def main() -> None:
             "clicks": evaluation.get("clicks"),
             "threshold": evaluation.get("threshold"),
             "min_volume_mm3": evaluation.get("min_volume", 0.0),
-            "kind_scoring": evaluation.get("kind_scoring", False),
             "kind_gate": evaluation.get("kind_gate", 0.0),
             "snap_radius": SNAP_RADIUS,
             "refine": evaluation.get("refine", True),
