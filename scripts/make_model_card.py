@@ -28,6 +28,14 @@ from napari_miqsam.model.weights import DEFAULT_WEIGHTS, read_metadata
 from napari_miqsam.training.sources import TRAIN_SEED_OFFSET
 
 
+DATA_WORDS = {
+    "phantom": "phantoms (data/phantom: tumours and cysts)",
+    "randomized": "randomized phantoms (data/randomized: 1-4 lesion kinds of random appearance per volume, "
+                  "randomized anatomy and acquisition)",
+    "phantom+randomized": "phantoms (data/phantom) and randomized phantoms (data/randomized), alternating",
+}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("weights", type=Path)
@@ -42,8 +50,12 @@ def main() -> None:
     evaluation = json.loads(args.evaluation.read_text())
     world = int(meta.get("world_size", "1"))
     launcher = f"torchrun --nproc_per_node={world} -m napari_miqsam.training" if world > 1 else "miqsam train"
-    equivalent = (launcher + " --config cpu --data phantom --out {out} --steps {steps} --batch {batch} "
+    equivalent = (launcher + " --config {config} --data {data} --out {out} --steps {steps} --batch {batch} "
                   "--patch {patch} --pool {pool} --threads {threads} --seed {seed} --lr {lr} --warmup {warmup}").format(**options)
+    if options.get("minutes"):
+        equivalent += f" --minutes {options['minutes']:g}"
+    if options.get("ablation"):
+        equivalent += f" --ablation '{json.dumps(options['ablation'])}'"
     if options.get("init"):
         equivalent += f" --init {options['init']}"
     if options.get("refine_only"):
@@ -63,7 +75,8 @@ def main() -> None:
             "equivalent": equivalent,
             "code_commit": args.commit,
             **({"code_note": args.code_note} if args.code_note else {}),
-            "data": f"generated phantoms, seeds {TRAIN_SEED_OFFSET + options['seed'] * 100_000} to "
+            "data": f"generated {DATA_WORDS.get(options['data'], options['data'])}, seeds "
+                    f"{TRAIN_SEED_OFFSET + options['seed'] * 100_000} to "
                     f"{TRAIN_SEED_OFFSET + options['seed'] * 100_000 + options['cases'] - 1} (default shape and spacing); "
                     "evaluation seeds 0-39 were never used in training",
             "steps": int(meta["steps"]),
