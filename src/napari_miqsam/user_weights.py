@@ -3,7 +3,8 @@
 Adapted weights (``training.adapt``) are new files in a user folder, never the shipped file; each
 ``NAME.safetensors`` has a card ``NAME.json`` beside it (base weights and their sha256, data set,
 cases, held-out scores), as the shipped ``weights/miqsam_cpu.safetensors`` has its model card. The
-widget's Weights list reads :func:`list_user_weights`.
+widget's Weights list reads :func:`list_user_weights`; its "Add to data set" collects into
+:func:`user_dataset_dir` unless the user picks another folder.
 """
 
 from __future__ import annotations
@@ -14,28 +15,27 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-__all__ = ["WEIGHTS_DIR_ENV", "card_path", "list_user_weights", "new_weights_path", "read_card", "user_weights_dir"]
+__all__ = ["DATASET_DIR_ENV", "WEIGHTS_DIR_ENV", "card_path", "list_user_weights", "new_weights_path", "read_card",
+           "user_data_dir", "user_dataset_dir", "user_weights_dir"]
 
 APP = "napari-miqsam"
 #: Overrides the user weights folder (tests, shared installations).
 WEIGHTS_DIR_ENV = "NAPARI_MIQSAM_WEIGHTS_DIR"
+#: Overrides the widget's default data set folder.
+DATASET_DIR_ENV = "NAPARI_MIQSAM_DATASET_DIR"
 
 
-def user_weights_dir() -> Path:
-    """The folder of the user's adapted weights (not created here).
+def user_data_dir() -> Path:
+    """napari-miqsam's folder in the user's data directory (not created here).
 
-    ``$NAPARI_MIQSAM_WEIGHTS_DIR`` if set; else ``platformdirs.user_data_dir("napari-miqsam")/weights``
-    (napari depends on platformdirs: ``~/.local/share/napari-miqsam/weights`` on Linux,
-    ``~/Library/Application Support/napari-miqsam/weights`` on macOS, ``%LOCALAPPDATA%`` on Windows);
-    without platformdirs the same places by hand.
+    ``platformdirs.user_data_dir("napari-miqsam")`` (napari depends on platformdirs:
+    ``~/.local/share/napari-miqsam`` on Linux, ``~/Library/Application Support/napari-miqsam`` on
+    macOS, ``%LOCALAPPDATA%`` on Windows); without platformdirs the same places by hand.
     """
-    env = os.environ.get(WEIGHTS_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
     try:
-        from platformdirs import user_data_dir
+        from platformdirs import user_data_dir as platform_data_dir
 
-        return Path(user_data_dir(APP, appauthor=False)) / "weights"
+        return Path(platform_data_dir(APP, appauthor=False))
     except ImportError:
         pass
     if sys.platform == "win32":
@@ -44,7 +44,21 @@ def user_weights_dir() -> Path:
         base = Path.home() / "Library" / "Application Support"
     else:
         base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / APP / "weights"
+    return base / APP
+
+
+def user_weights_dir() -> Path:
+    """The folder of the user's adapted weights (not created here): ``$NAPARI_MIQSAM_WEIGHTS_DIR``
+    if set, else :func:`user_data_dir` ``/weights``."""
+    env = os.environ.get(WEIGHTS_DIR_ENV)
+    return Path(env).expanduser() if env else user_data_dir() / "weights"
+
+
+def user_dataset_dir() -> Path:
+    """The default data set folder the widget collects labelled volumes into (not created here):
+    ``$NAPARI_MIQSAM_DATASET_DIR`` if set, else :func:`user_data_dir` ``/datasets/my_lesions``."""
+    env = os.environ.get(DATASET_DIR_ENV)
+    return Path(env).expanduser() if env else user_data_dir() / "datasets" / "my_lesions"
 
 
 def card_path(weights: Path | str) -> Path:

@@ -6,7 +6,8 @@ Layout and signal wiring only; each concern lives in its own module:
   current prediction, deleted instances, threshold -> labels and rows, undo states);
 - :mod:`._runner`: a run from the GUI thread (checks, ``thread_worker``, progress, notifications);
 - :mod:`._layers`: the layer pickers, layer events, and each image's prompt layer (:mod:`._prompts`);
-- :mod:`._output`: the output layer, its threshold preview and undo.
+- :mod:`._output`: the output layer, its threshold preview and undo;
+- :mod:`._adapt_panel`: "My data set": add the committed instances to a data set, adapt to it.
 
 Layers it writes to: its own prompt and output ("MIQ-SAM3D instances") layers and, on "Commit"
 (copy the shown instances into a Labels layer of the user's), the layer chosen in the commit
@@ -26,13 +27,15 @@ from napari.utils.events import Event
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-    QProgressBar, QPushButton, QSlider, QVBoxLayout, QWidget,
+    QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QProgressBar, QPushButton, QSlider,
+    QVBoxLayout, QWidget,
 )
 
 from napari_miqsam.inference.options import PredictOptions
 from napari_miqsam.inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
 
+from ._adapt_panel import AdaptPanel
+from ._forms import checkbox, side_by_side
 from ._instance_table import InstanceTable
 from ._layers import ViewerLayers, bind_keys, centre_view, unsupported
 from ._output import OUTPUT_NAME, OutputLayer
@@ -47,21 +50,6 @@ __all__ = ["MiqsamWidget", "OUTPUT_NAME", "PROMPTS_NAME", "KEY_RUN", "KEY_NEGATI
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 KEY_RUN, KEY_NEGATIVE, KEY_COMMIT = "Shift-R", "Shift-N", "Shift-C"
-
-
-def _row(*widgets: QWidget) -> QHBoxLayout:
-    """The widgets side by side; the first one takes the free width."""
-    row = QHBoxLayout()
-    for i, widget in enumerate(widgets):
-        row.addWidget(widget, 1 if i == 0 else 0)
-    return row
-
-
-def _checkbox(text: str, tip: str, checked: bool = True) -> QCheckBox:
-    box = QCheckBox(text)
-    box.setChecked(checked)
-    box.setToolTip(tip)
-    return box
 
 
 class MiqsamWidget(QWidget):
@@ -86,6 +74,9 @@ class MiqsamWidget(QWidget):
         self.layers.connect()
         self.runner = Runner(self.session, self.layers, self._options, self._show, status=self.status_label,
                              progress_bar=self.progress_bar, cancel_button=self.cancel_button, parent=self)
+        self.adapt_panel = AdaptPanel(self.session, self.viewer, self.weights_combo, image=self.image_layer,
+                                      target=self.target_layer, output=lambda: self.output_layer, parent=self)
+        self.layout().addWidget(self.adapt_panel)
         self.image_combo.currentIndexChanged.connect(self.layers.ensure_prompts)
         self.prompts_combo.currentIndexChanged.connect(self.layers.prompts_chosen)
         self._keys = {KEY_RUN: "run", KEY_NEGATIVE: "toggle_negative", KEY_COMMIT: "commit"}
@@ -103,8 +94,8 @@ class MiqsamWidget(QWidget):
         self.prompts_combo.setToolTip("Points layer holding the prompt points.")
         self.add_points_button = QPushButton("Add points")
         self.add_points_button.setToolTip(f"Create or select the '{PROMPTS_NAME}' layer and switch it to add mode.")
-        form.addRow("Prompts", _row(self.prompts_combo, self.add_points_button))
-        self.negative_check = _checkbox(
+        form.addRow("Prompts", side_by_side(self.prompts_combo, self.add_points_button))
+        self.negative_check = checkbox(
             f"negative point ({KEY_NEGATIVE})",
             "New points mark what is NOT the lesion (red). Unchecked: positive points (green).", checked=False)
         form.addRow("", self.negative_check)
@@ -115,7 +106,7 @@ class MiqsamWidget(QWidget):
         self.weights_combo.addItem("shipped default", None)
         self.weights_button = QPushButton("Choose…")
         self.weights_button.setToolTip("Load a .safetensors weights file.")
-        form.addRow("Weights", _row(self.weights_combo, self.weights_button))
+        form.addRow("Weights", side_by_side(self.weights_combo, self.weights_button))
         self.detail_combo = QComboBox()
         self.detail_combo.addItem("accurate", False)
         self.detail_combo.addItem("fast", True)
@@ -126,12 +117,12 @@ class MiqsamWidget(QWidget):
         form.addRow("Detail", self.detail_combo)
         layout.addLayout(form)
 
-        self.auto_check = _checkbox("Run on each new point", "A new prompt point runs the model at once.")
-        self.kind_gate_check = _checkbox(
+        self.auto_check = checkbox("Run on each new point", "A new prompt point runs the model at once.")
+        self.kind_gate_check = checkbox(
             "Kind gate: only the clicked kind",
             "Drop instances the model reads as another lesion kind than the one clicked (e.g. cysts "
             "when a tumour is clicked; --kind-gate). Unchecked: every lesion the queries find.")
-        self.grow_check = _checkbox(
+        self.grow_check = checkbox(
             "Grow small masks to edges",
             "Grow each small instance out to the image's half-contrast edge around it: the network "
             "tends to draw small lesions too small (README: How it works). Unchecked: masks as the "
@@ -142,7 +133,7 @@ class MiqsamWidget(QWidget):
         self.run_button = QPushButton(f"Run ({KEY_RUN})")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
-        layout.addLayout(_row(self.run_button, self.cancel_button))
+        layout.addLayout(side_by_side(self.run_button, self.cancel_button))
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
@@ -160,7 +151,7 @@ class MiqsamWidget(QWidget):
         self.threshold_label = QLabel(f"{DEFAULT_THRESHOLD:.2f}")
         self.threshold_label.setMinimumWidth(32)
         form = QFormLayout()
-        form.addRow("Confidence ≥", _row(self.threshold_slider, self.threshold_label))
+        form.addRow("Confidence ≥", side_by_side(self.threshold_slider, self.threshold_label))
         self.min_volume_spin = QDoubleSpinBox()
         self.min_volume_spin.setRange(0.0, 1e7)
         self.min_volume_spin.setDecimals(0)
@@ -346,9 +337,11 @@ class MiqsamWidget(QWidget):
         super().closeEvent(event)
 
     def shutdown(self) -> None:
-        """Cancel the run in flight and let go of the viewer (keys, events)."""
+        """Cancel the run in flight, terminate an adaptation, let go of the viewer (keys, events)."""
         self._scheduled = False
         self.session.shutdown()
+        if hasattr(self, "adapt_panel"):
+            self.adapt_panel.shutdown()
         for key in getattr(self, "_keys", {}):
             self.viewer.bind_key(key, None, overwrite=True)
         self._keys = {}

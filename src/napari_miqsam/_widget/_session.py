@@ -182,6 +182,9 @@ class Session:
         self._cache: dict[int, _Cached] = {}
         self._snapshots: list[_Snapshot] = []
         self._warned_untrained: set[tuple] = set()
+        #: the data set folder "Add to data set" writes and "Adapt to my data" trains on (the widget
+        #: sets its default, ``user_weights.user_dataset_dir()``, and the user's choice)
+        self.dataset_dir: str | None = None
 
     # ------------------------------------------------------------ predictor cache
     @property

@@ -14,8 +14,11 @@ dies without a word (killed, out of memory) gives ``("error", MiqsamError(...))`
 
 from __future__ import annotations
 
+import glob
 import multiprocessing as mp
 import queue as queue_mod
+import shutil
+from pathlib import Path
 from typing import Any
 
 from ..errors import MiqsamError
@@ -39,6 +42,18 @@ def _run(kwargs: dict, events, cancel_event) -> None:
         send("error", MiqsamError(f"the adaptation failed: {type(exc).__name__}: {exc}"))
 
 
+def _remove_partial(out: Path) -> None:
+    """Remove what ``adapt`` writes beside ``out`` while it runs (``OUT.lock``, ``.OUT.adapt-*``,
+    atomic writes' ``.NAME.tmp-*``) and a card without its weights."""
+    for leftover in [out.with_name(out.name + ".lock"), *out.parent.glob(f".{glob.escape(out.stem)}.*")]:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    if not out.exists():
+        out.with_suffix(".json").unlink(missing_ok=True)
+
+
 class AdaptJob:
     """``adapt(**kwargs)`` in a spawned process; see the module docstring."""
 
@@ -51,6 +66,8 @@ class AdaptJob:
         self._cancel = ctx.Event()
         self._process = ctx.Process(target=_run, args=(adapt_kwargs, self._events, self._cancel), daemon=True)
         self._finished = False
+        out = adapt_kwargs.get("out")
+        self._out = Path(out).expanduser().absolute() if out is not None else None
 
     def start(self) -> "AdaptJob":
         self._process.start()
@@ -96,8 +113,13 @@ class AdaptJob:
         return events
 
     def terminate(self) -> None:
-        """Kill the process (a GUI that closes); prefer :meth:`cancel`, which cleans up."""
-        if self._process.is_alive():
+        """Kill the process (a GUI that closes); prefer :meth:`cancel`, which cleans up. What a
+        killed run leaves beside its output (its lock, hidden run folder, temporary files, a card
+        whose weights never arrived) is removed; finished weights are kept."""
+        killed = self._process.is_alive()
+        if killed:
             self._process.terminate()
         self._process.join(5)
         self._finished = True
+        if killed and self._out is not None:
+            _remove_partial(self._out)
