@@ -127,13 +127,13 @@ def _check_labels(labels: np.ndarray, image_shape: tuple, where: str) -> np.ndar
 
 
 def _check_spacing(spacing: Sequence[float], where: str) -> tuple[float, float, float]:
+    """``inference.preprocess.check_spacing`` with the file or layer the spacing belongs to named."""
+    from ..inference.preprocess import check_spacing
+
     try:
-        sp = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        raise InputError(f"{where}: spacing must be three numbers (z, y, x) in mm, got {spacing!r}") from None
-    if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
-        raise InputError(f"{where}: spacing must be three positive numbers (z, y, x) in mm, got {spacing!r}")
-    return sp  # type: ignore[return-value]
+        return check_spacing(spacing)
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None
 
 
 def _same_spacing(a: Sequence[float], b: Sequence[float]) -> bool:
