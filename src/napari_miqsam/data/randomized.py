@@ -60,6 +60,7 @@ from .phantom.geometry import (
     _rotation,
     _smooth_noise,
     affine_from_spacing,
+    lobed_q,
 )
 
 __all__ = [
@@ -845,11 +846,7 @@ def _paint_lesion(rng, img, labels, tis, grid: _Grid, c, kd: dict, geo: dict, or
     step = np.asarray(grid.step)
     r0 = geo["r0"]
     d = grid.coords(sl, c)
-    q = None
-    for lc, semi, rot in geo["lobes"]:
-        dd = (d[0] - np.float32(lc[0]), d[1] - np.float32(lc[1]), d[2] - np.float32(lc[2]))
-        qi = _ellipsoid_q(dd, semi, rot)
-        q = qi if q is None else np.minimum(q, qi)
+    q = lobed_q(d, geo["lobes"])
     bshape = q.shape
     if geo["pert"] > 0:
         n = _smooth_noise(rng, bshape, np.full(3, max(2.0, r0 * 0.6)) / step)

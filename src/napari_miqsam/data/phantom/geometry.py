@@ -108,6 +108,17 @@ def _ellipsoid_q(d: tuple, semi: Sequence[float], rot: np.ndarray | None = None)
     return np.sqrt(q2, dtype=np.float32)
 
 
+def lobed_q(d: tuple, lobes) -> np.ndarray:
+    """Normalised radius of a union of ellipsoids: the smallest :func:`_ellipsoid_q` over ``lobes``,
+    each ``(centre offset (z, y, x), semi-axes, rotation)``, of offsets ``d`` (broadcast (dz, dy, dx))."""
+    q = None
+    for lc, semi, rot in lobes:
+        dd = (d[0] - np.float32(lc[0]), d[1] - np.float32(lc[1]), d[2] - np.float32(lc[2]))
+        qi = _ellipsoid_q(dd, semi, rot)
+        q = qi if q is None else np.minimum(q, qi)
+    return q
+
+
 def _smooth_noise(
     rng: np.random.Generator, shape: Sequence[int], cell: Sequence[float]
 ) -> np.ndarray:

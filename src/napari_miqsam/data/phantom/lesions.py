@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from .case import CYST, ORGAN, TUMOUR
-from .geometry import _ellipsoid_q, _Grid, _rotation, _smooth_noise
+from .geometry import _Grid, _rotation, _smooth_noise, lobed_q
 
 __all__ = ["lesion_shape", "paint_lesion", "place_lesions"]
 
@@ -146,11 +146,7 @@ def paint_lesion(
     if sl is None:
         return None
     d = grid.coords(sl, c)
-    q = None
-    for lc, semi, rot in shp["lobes"]:
-        dd = (d[0] - np.float32(lc[0]), d[1] - np.float32(lc[1]), d[2] - np.float32(lc[2]))
-        qi = _ellipsoid_q(dd, semi, rot)
-        q = qi if q is None else np.minimum(q, qi)
+    q = lobed_q(d, shp["lobes"])
     bshape = q.shape
     step = np.asarray(grid.step)
     r0 = shp["r0"]
