@@ -57,7 +57,7 @@ def main(out: Path) -> None:
     app = QApplication.instance()
     viewer.open_sample("napari-miqsam", "phantom")
     image, truth = viewer.layers["phantom CT"], viewer.layers["phantom ground truth"]
-    step(2, f"sample opened: {image.data.shape} voxels, scale {tuple(round(s, 3) for s in image.scale)} mm")
+    step(2, f"sample opened: {image.data.shape} voxels, scale {tuple(round(float(s), 3) for s in image.scale)} mm")
 
     _, widget = viewer.window.add_plugin_dock_widget("napari-miqsam", "MIQ-SAM3D")
     widget = getattr(widget, "__wrapped__", widget)
@@ -80,6 +80,9 @@ def main(out: Path) -> None:
     shown = len(out_layer.features)
     assert shown <= n and (out_layer.features["score"] >= 0.5).all()
     step(6, f"Confidence >= 0.50: {shown} of {n} instances shown, no model call")
+    widget.threshold_slider.setValue(20)  # back to the default, all of them again
+    app.processEvents()
+    assert len(out_layer.features) == n
 
     clicked = int(out_layer.data[tuple(click)])
     ids = [int(i) for i in out_layer.features["index"] if int(i) != clicked]

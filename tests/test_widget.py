@@ -308,6 +308,21 @@ def test_commit_keeps_existing_voxels_and_is_undoable(phantom_widget, qtbot, not
     assert not [n for n in notifications() if n[0] == "error"]
 
 
+def test_save_selected_layers_writes_the_instances_as_nifti_in_the_image_geometry(phantom_widget, qtbot, tmp_path):
+    """README step 9: File > Save Selected Layers... with a .nii.gz name (napari picks the writer)."""
+    import nibabel as nib
+
+    viewer, widget = phantom_widget
+    segment(qtbot, widget, tumour_voxel(viewer))
+    out = widget.output_layer
+    viewer.layers.selection = {out}
+    path = tmp_path / "instances.nii.gz"
+    assert viewer.layers.save(str(path), selected=True) == [str(path)]  # no plugin named, as the menu does
+    saved = nib.load(str(path))
+    np.testing.assert_array_equal(np.asarray(saved.dataobj).transpose(2, 1, 0), out.data)
+    np.testing.assert_allclose(saved.affine, viewer.layers["phantom CT"].metadata["affine"], atol=1e-6)
+
+
 def test_2d_image_and_outside_point_become_notifications(make_napari_viewer, qtbot, notifications):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32), dtype=np.float32), name="flat")
