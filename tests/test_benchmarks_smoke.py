@@ -72,3 +72,29 @@ def test_ablation_train_evaluate_table(tmp_path, capsys):
     capsys.readouterr()
     ablation.main(["table", *common])
     assert "| full | 1 |" in capsys.readouterr().out
+
+
+def test_adaptation_curve(tmp_path):
+    from napari_miqsam.data.phantom import make_phantom
+    from napari_miqsam.model.config import get_config
+    from napari_miqsam.model.miqsam import MIQSAM3D
+    from napari_miqsam.model.weights import save_weights
+
+    torch.manual_seed(0)
+    base = save_weights(MIQSAM3D(get_config("tiny")), tmp_path / "tiny.safetensors", trained=True)
+    curve = load("adaptation_curve")
+    labelled = [make_phantom(s, shape=(24, 48, 48), spacing=(2.0, 1.0, 1.0)) for s in (3, 4)]
+    held_out = [make_phantom(5, shape=(24, 48, 48), spacing=(2.0, 1.0, 1.0))]
+    state = curve.run_curve(tmp_path / "curve", labelled, {"held": (held_out, ("random",), None)}, volumes=[1, 2],
+                            minutes=[0.05], modes=["decoder"], base=str(base), step_seconds={"decoder": 1.5},
+                            patch=32, clicks=1, threads=1, log=lambda *a: None)
+    assert set(state["runs"]) == {"1vol_0.05min_decoder", "2vol_0.05min_decoder"}
+    run = state["runs"]["2vol_0.05min_decoder"]
+    assert run["steps"] == 2 and len(list((tmp_path / "curve" / "data_2").glob("case_*"))) == 2
+    f1 = run["eval"]["held"]["instance_f1"]  # default, adapted, difference, interval, verdict
+    assert len(f1) == 6 and f1[5] in ("better", "worse", "within noise")
+    assert "| 2 | 0.05 min (2) | decoder | held |" in curve.format_table(state)
+    again = curve.run_curve(tmp_path / "curve", labelled, {"held": (held_out, ("random",), None)}, volumes=[2],
+                            minutes=[0.05], modes=["decoder"], base=str(base), step_seconds={"decoder": 1.5},
+                            patch=32, clicks=1, threads=1, log=lambda *a: 1 / 0)  # done runs are skipped
+    assert set(again["runs"]) == set(state["runs"]) and again["runs"]["2vol_0.05min_decoder"]["steps"] == 2
