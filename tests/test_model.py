@@ -26,7 +26,7 @@ def prompt(b=2):
 
 
 def test_output_shapes():
-    m = tiny().eval()
+    m = tiny().train()
     x = torch.randn(2, 1, 32, 48, 64)
     emb, outs = m(x, *prompt())
     cfg = m.cfg
@@ -34,6 +34,9 @@ def test_output_shapes():
     assert emb.mask_features.shape == (2, cfg.mask_dim, 16, 24, 32)
     assert emb.saliency_logits.shape == (2, 1, 4, 6, 8)
     assert len(outs) == cfg.decoder_layers + 1  # deep supervision: one output per layer + initial
+    with torch.no_grad():
+        _, (last,) = m.eval()(x, *prompt())  # at inference only the last layer's prediction is made
+    assert torch.allclose(last.mask_logits, outs[-1].mask_logits, atol=1e-5)  # with the same attention masks
     for o in outs:
         assert o.mask_logits.shape == (2, cfg.num_queries, 16, 24, 32)
         assert o.score_logits.shape == (2, cfg.num_queries)
@@ -315,9 +318,11 @@ def test_decoder_region_gives_the_same_last_output_on_its_cells(layers):
         m.decoder.kind_prior.raw_weight.fill_(1.0)  # a kind bias that is not zero, cropped too
         emb = m.embed(torch.randn(1, 1, 32, 48, 64))
         queries, tokens = m.query_generator(emb, pts, labels, valid)
-        full = m.decoder(emb, queries, tokens, valid, kind)
-        part = m.decoder(emb, queries, tokens, valid, kind, region=region)
-    assert len(part) == len(full) == layers + 1
+        full = m.decoder(emb, queries, tokens, valid, kind, deep_supervision=True)
+        part = m.decoder(emb, queries, tokens, valid, kind, region=region, deep_supervision=True)
+        alone = m.decoder(emb, queries, tokens, valid, kind, region=region)  # eval: the last layer only
+    assert len(part) == len(full) == layers + 1 and len(alone) == 1
+    assert torch.equal(alone[0].mask_logits, part[-1].mask_logits)
     for a, b in zip(full[:-1], part[:-1]):
         assert torch.equal(a.mask_logits, b.mask_logits)
     last, cut = full[-1], part[-1]
@@ -326,3 +331,36 @@ def test_decoder_region_gives_the_same_last_output_on_its_cells(layers):
     assert torch.equal(cut.score_logits, last.score_logits)
     (slot_c, fg_c), (slot_f, fg_f) = cut.winners(), last.winners()
     assert torch.equal(slot_c[0], slot_f[0][region]) and torch.allclose(fg_c[0], fg_f[0][region], atol=1e-6)
+
+
+def test_attention_masks_come_from_the_token_grid_mean_of_the_stride2_logits():
+    """An intermediate layer's attention mask is read from the instance head at the token grid: its
+    logits (queries and background, kind bias included) are exactly the mean of the stride-2
+    logits over each token's cell, so training and inference block the same tokens."""
+    import torch.nn.functional as F
+
+    m = tiny().eval()
+    pts, labels = prompt(1)
+    valid = torch.ones(labels.shape, dtype=torch.bool)
+    kind = torch.tensor([[0.3, 0.7]])
+    with torch.no_grad():
+        m.decoder.kind_prior.raw_weight.fill_(1.0)
+        emb = m.embed(torch.randn(1, 1, 32, 48, 64))
+        queries, tokens = m.query_generator(emb, pts, labels, valid)
+        ctx = m.decoder.context(emb)
+        bias = m.decoder.kind_prior(ctx.kind_probs, kind)
+        full = m.decoder._predict(queries, emb.mask_features, ctx.bg_logits, bias, None)
+        coarse = m.decoder.token_prediction(queries, ctx, F.avg_pool3d(bias, 4))
+    assert coarse.mask_logits.shape[-3:] == emb.token_shape == (4, 6, 8)
+    assert torch.allclose(coarse.mask_logits, F.avg_pool3d(full.mask_logits, 4), atol=1e-5)
+    assert torch.allclose(coarse.bg_logits, F.avg_pool3d(full.bg_logits, 4), atol=1e-5)
+    mask = m.decoder.attention_mask(coarse)
+    assert mask.shape == (m.cfg.decoder_heads, m.cfg.num_queries, 4 * 6 * 8) and mask.dtype == torch.bool
+    # the same decoder in training mode blocks the same tokens: its last prediction is the same
+    with torch.no_grad():
+        m.train()
+        trained = m.decoder(emb, queries, tokens, valid, kind)
+        m.eval()
+        inferred = m.decoder(emb, queries, tokens, valid, kind)
+    assert len(trained) == m.cfg.decoder_layers + 1 and len(inferred) == 1
+    assert torch.allclose(trained[-1].mask_logits, inferred[0].mask_logits, atol=1e-5)

@@ -6,8 +6,14 @@ Each layer, as named steps:
   2. masked cross-attention - each query attends only to image tokens inside its current mask
      (from the previous layer's prediction; a query with an empty mask attends everywhere);
   3. FFN.
-Competition for voxels happens in the head (per-voxel softmax over queries + background). The
-prediction after every layer is returned for deep supervision.
+Competition for voxels happens in the head (per-voxel softmax over queries + background).
+
+Each layer's attention mask is read from the instance head evaluated at the token grid it is used
+on (Mask2Former's habit): the head's mask logits are linear in the mask features, so they are taken
+on the mask features (and the background slot's logits, and the kind bias) averaged over each
+token's cell, which is exactly the cell's mean stride-2 logit, and the per-token competition decides
+which tokens a query sees. The full stride-2 prediction is made only where someone reads it: after
+every layer in training (deep supervision), after the last layer only at inference.
 """
 
 from __future__ import annotations
@@ -55,12 +61,23 @@ class CQRDLayer(nn.Module):
 @dataclass
 class DecoderContext:
     """What the decoder computes from the embedding alone, whatever the prompt: the image tokens'
-    attention keys (with their position encoding), the background slot's logits and the lesion-kind
-    probabilities. A Predictor makes it once per window and reuses it for every click."""
+    attention keys (with their position encoding), the background slot's logits, the lesion-kind
+    probabilities, and the mask features and background logits averaged to the token grid (what
+    the attention masks are read from). A Predictor makes it once per window and reuses it for
+    every click.
+
+    keys:           (B, T, C) tokens + position encoding.
+    bg_logits:      (B, 1, D2, H2, W2) background slot at stride 2 (None without competition).
+    kind_probs:     (B, K, D2, H2, W2) lesion-kind probabilities (None without the kind prior).
+    token_features: (B, M, d, h, w) mask features averaged over each token's cell.
+    token_bg:       (B, 1, d, h, w) background logits there (None without competition).
+    """
 
     keys: torch.Tensor
     bg_logits: torch.Tensor | None
     kind_probs: torch.Tensor | None
+    token_features: torch.Tensor
+    token_bg: torch.Tensor | None
 
 
 class CQRD(nn.Module):
@@ -73,13 +90,22 @@ class CQRD(nn.Module):
         self.head = InstanceHead(cfg.vit_dim, cfg.mask_dim, cfg.competition)
         self.kind_prior = KindPrior() if cfg.kind_prior else None
 
-    def attention_mask(self, out: LayerOutput, token_shape: tuple[int, int, int]) -> torch.Tensor:
-        """Boolean (B * heads, N, T) mask, True = blocked: tokens outside each query's current mask."""
-        probs = out.instance_probabilities().detach()  # (B, N, D2, H2, W2)
-        pooled = F.adaptive_avg_pool3d(probs, token_shape).flatten(2)  # (B, N, T)
-        blocked = pooled < 0.5
+    def attention_mask(self, out: LayerOutput) -> torch.Tensor:
+        """Boolean (B * heads, N, T) mask, True = blocked: tokens outside each query's current mask.
+
+        out: the instance head's prediction at the token grid (:meth:`token_prediction`); a token is
+        in a query's mask when the query wins more than half of it there."""
+        probs = out.instance_probabilities().detach().flatten(2)  # (B, N, T)
+        blocked = probs < 0.5
         blocked[blocked.all(dim=-1)] = False  # an empty mask attends everywhere
         return blocked.repeat_interleave(self.heads, dim=0)
+
+    def token_prediction(self, q: torch.Tensor, ctx: DecoderContext, bias: torch.Tensor | None) -> LayerOutput:
+        """The instance head at the token grid: (B, N, d, h, w) mask logits, each the mean of the
+        stride-2 logits over the token's cell (the head is linear in the features). bias: the kind
+        bias already averaged to the token grid, or None."""
+        with torch.no_grad():  # only read for the attention mask, which has no gradient
+            return self.head(q, ctx.token_features, ctx.token_bg, bias)
 
     def context(self, emb: Embedding) -> DecoderContext:
         """The prompt-independent part of the decoder's work (see :class:`DecoderContext`)."""
@@ -89,32 +115,44 @@ class CQRD(nn.Module):
         kind_probs = None
         if self.kind_prior is not None and emb.kind_logits is not None:
             kind_probs = lesion_kind_probs(emb.kind_logits)
-        return DecoderContext(keys, self.head.background(emb.mask_features), kind_probs)
+        with torch.no_grad():
+            token_features = F.adaptive_avg_pool3d(emb.mask_features, emb.token_shape)
+            token_bg = self.head.background(token_features)
+        return DecoderContext(keys, self.head.background(emb.mask_features), kind_probs, token_features, token_bg)
 
     def forward(self, emb: Embedding, queries: torch.Tensor, prompt: torch.Tensor, prompt_valid: torch.Tensor,
                 kind: torch.Tensor | None = None, context: DecoderContext | None = None,
-                region: tuple[slice, slice, slice] | None = None) -> list[LayerOutput]:
+                region: tuple[slice, slice, slice] | None = None,
+                deep_supervision: bool | None = None) -> list[LayerOutput]:
         """kind: (B, K) kind distribution of the prompt (model/kind.py), or None for no kind prior.
         context: ``self.context(emb)`` if already made (it is made here otherwise).
         region: (z, y, x) slices of stride-2 cells; the LAST output then covers only them (the
-        Predictor reads only the part of a window it owns; every earlier layer's prediction still
-        covers the whole window, since its attention mask needs it). Per cell the numbers are the
-        same as without it."""
+        Predictor reads only the part of a window it owns). Per cell the numbers are the same as
+        without it.
+        deep_supervision: return the stride-2 prediction after the query generator and after every
+        layer (``decoder_layers + 1`` outputs, for the losses); False: only the last layer's, a list
+        of one. None (default): in training mode only. The attention masks are the same either way.
+        """
         tokens = emb.tokens
         ctx = context if context is not None else self.context(emb)
+        deep = self.training if deep_supervision is None else deep_supervision
         keys, bg = ctx.keys, ctx.bg_logits
-        bias = None
+        bias = bias_tok = None
         if self.kind_prior is not None and kind is not None and ctx.kind_probs is not None:
             bias = self.kind_prior(ctx.kind_probs, kind).to(emb.mask_features.dtype)
+            with torch.no_grad():
+                bias_tok = F.adaptive_avg_pool3d(bias, emb.token_shape)
         n = len(self.layers)
         q = queries
-        outputs = [self._predict(q, emb.mask_features, bg, bias, region if n == 0 else None)]
-        for i, layer in enumerate(self.layers):  # deep supervision: a prediction after every layer
-            mask = self.attention_mask(outputs[-1], emb.token_shape)
+        outputs = []
+        if deep or n == 0:
+            outputs.append(self._predict(q, emb.mask_features, bg, bias, region if n == 0 else None))
+        for i, layer in enumerate(self.layers):
+            mask = self.attention_mask(self.token_prediction(q, ctx, bias_tok))
             q = layer(q, prompt, prompt_valid, tokens, keys, mask)
-            outputs.append(self._predict(q, emb.mask_features, bg, bias, region if i == n - 1 else None))
+            if deep or i == n - 1:  # deep supervision: a prediction after every layer
+                outputs.append(self._predict(q, emb.mask_features, bg, bias, region if i == n - 1 else None))
         return outputs
-
     def _predict(self, q, mask_features, bg, bias, region) -> LayerOutput:
         """The instance head, on the cells of ``region`` only when given."""
         if region is not None:
