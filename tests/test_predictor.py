@@ -138,49 +138,71 @@ class LocalModel(torch.nn.Module):
 
 
 
-def test_sliding_windows_stitch_exactly():
-    """A volume that fits one window, split into 8 overlapping windows, gives the same instances."""
+@pytest.mark.parametrize("shape", [(40, 40, 40), (24, 40, 56)])
+def test_sliding_windows_stitch_exactly(shape):
+    """A volume that fits one window, split into overlapping windows sized to it (of another size
+    on each axis, an axis that fits one window taken whole), gives the same instances."""
     rng = np.random.default_rng(3)
-    vol = np.full((40, 40, 40), -500.0, dtype=np.float32)
+    vol = np.full(shape, -500.0, dtype=np.float32)
+    zz, yy, xx = np.ogrid[:shape[0], :shape[1], :shape[2]]
     for _ in range(6):  # blobs, some across the window seams
-        c = rng.integers(4, 36, 3)
+        c = [rng.integers(4, n - 4) for n in shape]
         r = rng.integers(2, 7)
-        zz, yy, xx = np.ogrid[:40, :40, :40]
         vol[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r * r] = 300.0
     big = Predictor(LocalModel(), device="cpu")
     small = Predictor(big.model, device="cpu", window=32, overlap=8)
     big.set_image(vol, (1, 1, 1), modality="ct")
     small.set_image(vol, (1, 1, 1), modality="ct")
-    assert len(big._windows) == 1 and len(small._windows) == 8
-    a, rows_a = big.predict([(20, 20, 20)]).labels(0.0)
-    b, rows_b = small.predict([(20, 20, 20)]).labels(0.0)
-    assert (a > 0).sum() > 500 and np.array_equal(a > 0, b > 0)
+    assert len(big._windows) == 1 and len(small._windows) == (8 if shape[0] == 40 else 4)
+    sizes = {tuple(b - a for a, b in zip(cw.window.start, cw.window.stop)) for cw in small._windows}
+    assert sizes == ({(24, 24, 24)} if shape[0] == 40 else {(24, 24, 32)})  # sized to the volume, not 32^3
+    click = tuple(n // 2 for n in shape)
+    a, rows_a = big.predict([click]).labels(0.0)
+    b, rows_b = small.predict([click]).labels(0.0)
+    assert (a > 0).sum() > 300 and np.array_equal(a > 0, b > 0)
     assert len(rows_a) == len(rows_b) > 1  # blobs cut by a seam are still one instance each
     assert sorted(r["voxels"] for r in rows_a) == sorted(r["voxels"] for r in rows_b)
 
 
 def test_window_override_is_checked():
     with pytest.raises(InputError, match="window"):
-        Predictor(LocalModel(), device="cpu", window=40)
+        Predictor(LocalModel(), device="cpu", window=36)
 
 
 def test_cancel_between_windows():
-    p = Predictor.from_config("tiny", window=32, overlap=8)
+    p = Predictor.from_config("tiny", max_window=32, overlap=8)
     calls = []
     with pytest.raises(CancelledError):
         p.set_image(volume((40, 40, 40)), (1, 1, 1), progress=lambda i, n: calls.append(i), cancel=lambda: len(calls) >= 2)
     assert len(calls) == 2 and not p.is_image_set
 
 
-def test_windows_tile_the_volume():
-    shape = (70, 130, 96)
-    wins = plan_windows(shape, 64, 16)
+@pytest.mark.parametrize("shape, max_size, overlap", [((70, 130, 96), 64, 16), ((148, 296, 386), 160, 16),
+                                                       ((74, 148, 162), 160, 16), ((40, 200, 34), 48, 8)])
+def test_windows_tile_the_volume(shape, max_size, overlap):
+    """Windows sized to the volume: at most ``max_size`` a side, as few as overlap allows, one size
+    per axis (a multiple of the alignment unless the axis is one window), starts on even voxels,
+    overlapping by at least ``overlap``, owned regions tiling the volume exactly, and a total length
+    per axis bounded by the axis plus the overlaps plus the alignment per window."""
+    align = 8
+    wins = plan_windows(shape, max_size, overlap, align)
     owned = np.zeros(shape, int)
     for w in wins:
-        assert all(b - a <= 64 for a, b in zip(w.start, w.stop))
+        assert all(b - a <= max_size and a % 2 == 0 for a, b in zip(w.start, w.stop))
         assert all(a <= oa and ob <= b for a, b, oa, ob in zip(w.start, w.stop, w.own_start, w.own_stop))
         owned[tuple(slice(a, b) for a, b in zip(w.own_start, w.own_stop))] += 1
     assert (owned == 1).all()
+    for axis, n in enumerate(shape):
+        spans = sorted({(w.start[axis], w.stop[axis]) for w in wins})
+        k = len(spans)
+        assert k == (1 if n <= max_size else -(-(n - overlap) // (max_size - overlap)))  # the fewest
+        lengths = {b - a for a, b in spans}
+        assert len(lengths) == 1
+        if k > 1:
+            assert lengths.pop() % align == 0
+            assert all(spans[i][1] - spans[i + 1][0] >= overlap - 1 for i in range(k - 1))
+        assert sum(b - a for a, b in spans) <= n + (k - 1) * overlap + k * align
+    assert len(wins) == np.prod([len({(w.start[a], w.stop[a]) for w in wins}) for a in range(3)])
 
 
 def test_a_connected_piece_is_one_instance_whatever_its_queries():

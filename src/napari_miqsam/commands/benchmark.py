@@ -1,10 +1,11 @@
 """``miqsam benchmark``: measured speed and memory of the Predictor on generated phantoms.
 
-For each volume: the model grid, the number of sliding windows and their total volume over the
-grid's, ``set_image_s`` (embedding) and its seconds per million model-grid voxels, ``predict_ms`` (one click on the cached embedding,
-median of >= 5), ``threshold_ms`` (re-threshold of a cached prediction, median) and ``peak_rss_mb``
-(peak resident memory of a fresh process that did only that volume). Nothing here asserts a
-target: it prints the numbers; docs/results.md reports them with this command.
+For each volume: the model grid, the number of sliding windows, the encoder's input size(s) (the
+windows padded to the model's input multiple) and their total volume over the grid's,
+``set_image_s`` (embedding) and its seconds per million model-grid voxels, ``predict_ms`` (one click
+on the cached embedding, median of >= 5), ``threshold_ms`` (re-threshold of a cached prediction,
+median) and ``peak_rss_mb`` (peak resident memory of a fresh process that did only that volume).
+Nothing here asserts a target: it prints the numbers; docs/results.md reports them with this command.
 """
 
 from __future__ import annotations
@@ -74,12 +75,15 @@ def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None
         threshold_ms.append((time.perf_counter() - t) * 1000)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB -> MB on Linux
     grid_voxels = int(np.prod(predictor.grid.model_shape))
-    window_voxels = sum(int(np.prod([b - a for a, b in zip(cw.window.start, cw.window.stop)])) for cw in predictor._windows)
+    inputs = [tuple(cw.embedding.input_shape) for cw in predictor._windows]  # what the encoder ran on (padded)
+    window_voxels = sum(int(np.prod(s)) for s in inputs)
     queue.put({"shape": list(shape), "spacing": list(spacing), "model_spacing": list(predictor.model_spacing),
                "windows": len(predictor._windows), "grow": options is None or options.grow,
                "model_grid": [int(n) for n in predictor.grid.model_shape],
-               # how much the windows cover beyond the volume (1.0: no overlap) and the embedding's cost
-               # per million model-grid voxels: a tiling regression shows in both at once
+               # the encoder's inputs (windows padded to the model's input multiple), how much they cover
+               # beyond the volume (1.0: no overlap, no padding) and the embedding's cost per million
+               # model-grid voxels: a tiling regression shows in all three at once
+               "window_sizes": [list(s) for s in sorted(set(inputs))],
                "window_volume_ratio": round(window_voxels / grid_voxels, 2),
                "embed_s_per_mvoxel": round(set_image_s / (grid_voxels / 1e6), 3),
                "set_image_s": round(set_image_s, 3), "predict_ms": round(statistics.median(predict_ms), 1),
@@ -112,12 +116,13 @@ def run(args: argparse.Namespace) -> int:
     out = {"device": results[0]["device"], "threads": results[0]["threads"], "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor(),
            "results": results}
-    print("| shape (z, y, x) | spacing mm | model spacing mm | model grid | windows | window volume / grid | "
+    print("| shape (z, y, x) | spacing mm | model spacing mm | model grid | windows | window input | window volume / grid | "
           "embed s per M grid voxels | set_image_s | predict_ms | threshold_ms | peak_rss_mb |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        sizes = ", ".join("x".join(map(str, s)) for s in r["window_sizes"])
         print(f"| {'x'.join(map(str, r['shape']))} | {'x'.join(map(str, r['spacing']))} | "
-              f"{'x'.join(f'{v:g}' for v in r['model_spacing'])} | {'x'.join(map(str, r['model_grid']))} | {r['windows']} | "
+              f"{'x'.join(f'{v:g}' for v in r['model_spacing'])} | {'x'.join(map(str, r['model_grid']))} | {r['windows']} | {sizes} | "
               f"{r['window_volume_ratio']:.2f} | {r['embed_s_per_mvoxel']:.2f} | "
               f"{r['set_image_s']:.2f} | {r['predict_ms']:.0f} | {r['threshold_ms']:.1f} | {r['peak_rss_mb']:.0f} |")
     if args.json:

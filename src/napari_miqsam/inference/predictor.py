@@ -6,7 +6,8 @@
     labels, table = prediction.labels(threshold=0.2)        # no model call
     predictor.predict([(40, 120, 96)], options=PredictOptions(kind_gate=0.0))  # prompt-time options
 
-Volumes larger than one window are covered by overlapping sliding windows; the queries are made
+Volumes larger than one window are covered by overlapping sliding windows sized to the volume
+(inference/tiling.py: the fewest windows of at most ``max_window`` a side); the queries are made
 once (each click's features from the window that owns it) and decoded in every window, so lesions
 anywhere in the volume are found; instances cut by window borders are merged.
 """
@@ -130,19 +131,20 @@ class Predictor:
                  cache_dtype: torch.dtype = torch.float32, metadata: dict | None = None,
                  window: int | None = None, overlap: int | None = None,
                  spacing: float | Sequence[float] | None = None):
-        """``window`` / ``overlap`` (model voxels) override the config's sliding-window size;
-        ``spacing`` (mm, one number or (z, y, x)) the model grid's spacing (default: the config's,
-        the spacing the weights were trained at; see :func:`inference_spacing`)."""
+        """``window`` / ``overlap`` (model voxels) override the config's largest sliding window
+        (``max_window``) and the windows' overlap; ``spacing`` (mm, one number or (z, y, x)) the
+        model grid's spacing (default: the config's, the spacing the weights were trained at; see
+        :func:`inference_spacing`)."""
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.cfg: MIQSAMConfig = model.cfg
         if window is not None or overlap is not None:
-            w = window if window is not None else self.cfg.window
+            w = window if window is not None else self.cfg.max_window
             o = overlap if overlap is not None else min(self.cfg.overlap, w // 4)
             if w % self.cfg.pad_multiple or w < 2 * self.cfg.pad_multiple or not 0 <= o < w // 2:
                 raise InputError(f"window must be a multiple of {self.cfg.pad_multiple} (>= {2 * self.cfg.pad_multiple}) "
                                  f"and overlap below half of it; got window {w}, overlap {o}")
-            self.cfg = replace(self.cfg, window=w, overlap=o)
+            self.cfg = replace(self.cfg, window=w, max_window=w, overlap=o)
         self.trained = trained
         self.metadata = metadata or {}
         self.cache_dtype = cache_dtype
@@ -254,7 +256,7 @@ class Predictor:
         if padded != grid.model_shape:
             model_vol = F.pad(model_vol, [0, padded[2] - model_vol.shape[2], 0, padded[1] - model_vol.shape[1],
                                           0, padded[0] - model_vol.shape[0]], value=-1.0)
-        windows = plan_windows(padded, self.cfg.window, self.cfg.overlap)
+        windows = plan_windows(padded, self.cfg.max_window, self.cfg.overlap, self.cfg.pad_multiple)
         cached = []
         try:
             for i, win in enumerate(windows):

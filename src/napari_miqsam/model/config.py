@@ -63,9 +63,17 @@ class MIQSAMConfig:
     # Fourier position encodings measure distances in units of position_extent / 2 model voxels (a
     # fixed length, so 64^3 training patches and 128^3 inference windows encode positions alike).
     position_extent: int = 128
-    # Sliding windows (model voxels) for volumes larger than one window (inference only).
-    window: int = 128
+    # Sliding windows (model voxels, inference only). A volume is covered by the fewest windows of at
+    # most ``max_window`` a side that overlap by ``overlap``, sized to the volume (inference/tiling.py),
+    # so their total volume stays close to the volume's own. 160 from measurement (shipped weights, 2
+    # CPU cores): one window's embedding costs about the same per voxel from 96 to 144 voxels a
+    # side, 1.3x at 160 (the ViT's attention grows with the square of the tokens) and 2x at 176, and a
+    # 148^3 grid (128^3 at 1.5 mm onto the 1.3 mm grid) still fits one window.
+    max_window: int = 160
     overlap: int = 16
+    # The one fixed window size of weights made before ``max_window`` (kept so their metadata reads
+    # the same); a Predictor's ``window=`` sets the largest window instead.
+    window: int = 128
     # Intensity handling for CT (Hounsfield units): window centre and half-width.
     ct_level: float = 40.0
     ct_half_width: float = 200.0
@@ -81,8 +89,9 @@ class MIQSAMConfig:
 
     @property
     def pad_multiple(self) -> int:
-        """Model inputs are padded to a multiple of this many voxels on each axis."""
-        return 16
+        """Model inputs are padded to a multiple of this many voxels on each axis: the token stride,
+        all the encoder needs (its stride-2, 4 and 8 maps then line up exactly)."""
+        return self.patch
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +102,8 @@ class MIQSAMConfig:
         kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
         kw.setdefault("kind_prior", False)  # files written before the kind prior existed have none
         kw.setdefault("refine", False)  # nor the refiner
+        # files written before max_window (one fixed window) take the default: their networks run
+        # in windows sized to the volume like any other
         return cls(**kw)
 
 
@@ -100,7 +111,7 @@ PRESETS: dict[str, MIQSAMConfig] = {
     "tiny": MIQSAMConfig(
         name="tiny", cnn_channels=(8, 8, 16), vit_dim=32, vit_depth=1, vit_heads=2,
         mask_dim=8, num_queries=8, fourier_bands=4, decoder_layers=2, decoder_heads=2,
-        spacing=(1.0, 1.0, 1.0), position_extent=64, window=64, overlap=8,
+        spacing=(1.0, 1.0, 1.0), position_extent=64, window=64, max_window=64, overlap=8,
     ),
     "cpu": MIQSAMConfig(name="cpu"),
     "paper": MIQSAMConfig(
