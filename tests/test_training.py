@@ -482,3 +482,39 @@ def test_blocks_added_to_init_weights_train_at_their_own_rate(tmp_path):
     assert groups[1]["lr"] == pytest.approx(7.0 * groups[0]["lr"])
     model, _ = load_weights(second.weights)
     assert model.cfg.mask_blocks == 1 and model.encoder.pixel_decoder.blocks[0].body[-1].weight.abs().sum() > 0
+
+
+def test_variable_patch_sizes_draw_one_side_per_batch(monkeypatch):
+    """--patch-sizes: every batch is one side of the list (drawn per step, the batch's examples
+    alike; a worker's batches are its consecutive examples, drawn the same way by loader.examples),
+    all of them turn up, and a single --patch draws nothing from the generator."""
+    from types import SimpleNamespace
+
+    from napari_miqsam.cli import main
+    from napari_miqsam.training import loader
+    import napari_miqsam.training.loop as loop
+    from napari_miqsam.training.sampling import draw_patch
+
+    case = toy_case()  # 40^3: larger than every side drawn
+    pool = SimpleNamespace(pick=lambda: case, refresh=lambda: None)
+    batches = loader.in_process_batches(pool, (16, 24, 32), 2, np.random.default_rng(0), refresh_every=4)
+    sides = set()
+    for _ in range(12):
+        b = next(batches)
+        side = b["image"].shape[-1]
+        assert b["image"].shape[1:] == (1, side, side, side) and b["targets"][1].shape[1:] == (side // 2,) * 3
+        sides.add(side)
+    assert sides == {16, 24, 32}
+    rng = np.random.default_rng(5)
+    state = rng.bit_generator.state
+    assert draw_patch(32, rng) == 32 and draw_patch((24,), rng) == 24 and rng.bit_generator.state == state
+    with pytest.raises(ValueError, match="multiples of 8"):
+        draw_patch((24, 30), rng)
+    # the option reaches the loop from the command line, and a bad side is refused
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda opt, *a, **k: seen.append(opt))
+    assert main(["train", "--config", "tiny", "--steps", "1", "--patch-sizes", "96,128,160"]) == 0
+    assert main(["train", "--config", "tiny", "--steps", "1"]) == 0
+    assert [o.patch_sizes for o in seen] == [(96, 128, 160), ()]
+    assert main(["train", "--config", "tiny", "--steps", "1", "--patch-sizes", "96,100"]) != 0
+    assert len(seen) == 2

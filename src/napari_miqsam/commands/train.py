@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch", type=int, default=d.batch, help="patches per step per process")
     p.add_argument("--patch", type=int, default=d.patch, help="patch side in model voxels (multiple of 16); a case side smaller than it is taken whole (rounded up to 8)")
+    p.add_argument("--patch-sizes", default="", metavar="SIDES",
+                   help="variable patch sizes: comma-separated sides (multiples of 8), one drawn per step, e.g. "
+                   "96,128,160, so the network sees the window sizes inference uses (default: every patch is --patch)")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup", type=int, default=d.warmup)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -71,9 +74,16 @@ def run(args: argparse.Namespace) -> int:
     if args.val_every < 0 or (args.val_every and args.val_cases < 1):
         raise InputError(f"--val-every must be >= 0 and --val-cases >= 1, got {args.val_every} and {args.val_cases}")
 
+    try:
+        sides = tuple(int(v) for v in args.patch_sizes.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"--patch-sizes must be comma-separated whole numbers, got {args.patch_sizes!r}") from None
+    if any(v < 16 or v % 8 for v in sides):
+        raise InputError(f"--patch-sizes must be multiples of 8 (>= 16), got {args.patch_sizes!r}")
+
     opt = TrainOptions(
         config=args.config, data=args.data, format=args.format, out=args.out, steps=args.steps,
-        batch=args.batch, patch=args.patch, lr=args.lr, warmup=args.warmup, seed=args.seed,
+        batch=args.batch, patch=args.patch, patch_sizes=sides, lr=args.lr, warmup=args.warmup, seed=args.seed,
         cases=args.cases, pool=args.pool, refresh_every=args.refresh_every,
         checkpoint_every=args.checkpoint_every, val_every=args.val_every, val_cases=args.val_cases, resume=args.resume,
         init=str(DEFAULT_WEIGHTS) if args.init == "default" else args.init,

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..model.config import MIQSAMConfig
-from .sampling import LESION_CLASSES, Example, augment, collate, sample_example
+from .sampling import LESION_CLASSES, Example, augment, collate, draw_patch, sample_example
 from .sources import CasePool
 
 
@@ -31,13 +31,13 @@ class ExampleStream(IterableDataset):
     examples, whatever the number of workers.
     """
 
-    def __init__(self, n_cases: int, load: Callable[[int], tuple], cfg: MIQSAMConfig, patch: int, pool: int,
+    def __init__(self, n_cases: int, load: Callable[[int], tuple], cfg: MIQSAMConfig, patch: int | Sequence[int], pool: int,
                  draws_per_refresh: int, seed: int, rank: int = 0, world: int = 1, scale_jitter: float = 0.0,
-                 lesion_classes: Sequence[int] = LESION_CLASSES):
+                 lesion_classes: Sequence[int] = LESION_CLASSES, batch: int = 1):
         super().__init__()
         if draws_per_refresh < 1:
             raise ValueError(f"draws_per_refresh must be >= 1, got {draws_per_refresh}")
-        self.n_cases, self.load, self.cfg, self.patch = n_cases, load, cfg, patch
+        self.n_cases, self.load, self.cfg, self.patch, self.batch = n_cases, load, cfg, patch, batch
         self.pool, self.draws_per_refresh, self.seed = pool, draws_per_refresh, seed
         self.rank, self.world, self.scale_jitter = rank, world, scale_jitter
         self.lesion_classes = tuple(lesion_classes)
@@ -54,17 +54,24 @@ class ExampleStream(IterableDataset):
             torch.set_num_threads(1)  # the workers share the machine's cores
         pool = CasePool(self.n_cases, self.load, self.cfg, max(1, self.pool // workers), shard, shards,
                         seed=self.seed, scale_jitter=self.scale_jitter, lesion_classes=self.lesion_classes)
-        for drawn, ex in enumerate(examples(pool, self.patch, np.random.default_rng([self.seed, shard])), start=1):
+        rng = np.random.default_rng([self.seed, shard])
+        for drawn, ex in enumerate(examples(pool, self.patch, rng, self.batch), start=1):
             yield ex
             if drawn % self.draws_per_refresh == 0:
                 pool.refresh()
 
 
-def examples(pool: CasePool, patch: int, rng: np.random.Generator) -> Iterator[Example]:
-    """Endless augmented examples from ``pool`` (a case without a lesion is drawn again)."""
+def examples(pool: CasePool, patch: int | Sequence[int], rng: np.random.Generator, per: int = 1) -> Iterator[Example]:
+    """Endless augmented examples from ``pool`` (a case without a lesion is drawn again). ``patch``:
+    a side, or sides of which one is drawn for every ``per`` consecutive examples (a batch: a
+    worker's batches are its consecutive examples), see :func:`.sampling.draw_patch`."""
+    made = 0
     while True:
-        ex = sample_example(pool.pick(), patch, rng)
+        if made % per == 0:
+            side = draw_patch(patch, rng)
+        ex = sample_example(pool.pick(), side, rng)
         if ex is not None:
+            made += 1
             yield augment(ex, rng)
 
 
@@ -81,11 +88,12 @@ def example_batches(stream: ExampleStream, batch: int, workers: int) -> Iterator
     return iter(loader)
 
 
-def in_process_batches(pool: CasePool, patch: int, batch: int, rng: np.random.Generator, refresh_every: int,
-                       step: int = 0) -> Iterator[dict]:
-    """Endless collated batches sampled in this process from ``pool``; a case is swapped every
-    ``refresh_every`` batches (counted from training step ``step``, so a resumed run keeps the rhythm)."""
-    draw = examples(pool, patch, rng)
+def in_process_batches(pool: CasePool, patch: int | Sequence[int], batch: int, rng: np.random.Generator,
+                       refresh_every: int, step: int = 0) -> Iterator[dict]:
+    """Endless collated batches sampled in this process from ``pool`` (one patch side per batch, see
+    :func:`examples`); a case is swapped every ``refresh_every`` batches (counted from training step
+    ``step``, so a resumed run keeps the rhythm)."""
+    draw = examples(pool, patch, rng, batch)
     while True:
         yield collate([next(draw) for _ in range(batch)])
         step += 1

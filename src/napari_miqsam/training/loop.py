@@ -35,6 +35,10 @@ class TrainOptions:
     steps: int = 4000
     batch: int = 4
     patch: int = 64
+    # variable patch sizes: one of these sides (model voxels) drawn per step, e.g. (96, 128, 160), so
+    # the network sees the window sizes the Predictor's tiling uses (up to the config's max_window);
+    # empty: every patch is ``patch``
+    patch_sizes: tuple = ()
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 200
@@ -181,13 +185,15 @@ def train(opt: TrainOptions, log=print, on_step=None) -> TrainResult:
     if opt.data != "phantom" and rank == 0:
         log(f"lesion label values trained as kinds 1..{len(classes)}: {', '.join(map(str, classes))}")
     rng = np.random.default_rng(opt.seed * 1000 + rank + step)
+    patch = tuple(opt.patch_sizes) or opt.patch  # sides drawn per step, or the one side
     if opt.workers > 0:  # examples prepared in worker processes (a GPU outruns one core's sampling)
-        batches = example_batches(ExampleStream(n_cases, load, cfg, opt.patch, opt.pool, opt.refresh_every * opt.batch,
-                                                opt.seed + step, rank, world, opt.scale_jitter, classes), opt.batch, opt.workers)
+        batches = example_batches(ExampleStream(n_cases, load, cfg, patch, opt.pool, opt.refresh_every * opt.batch,
+                                                opt.seed + step, rank, world, opt.scale_jitter, classes, opt.batch),
+                                  opt.batch, opt.workers)
     else:
         pool = CasePool(n_cases, load, cfg, opt.pool, rank, world, seed=opt.seed + step, scale_jitter=opt.scale_jitter,
                         lesion_classes=classes)
-        batches = in_process_batches(pool, opt.patch, opt.batch, rng, opt.refresh_every, step)
+        batches = in_process_batches(pool, patch, opt.batch, rng, opt.refresh_every, step)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     use_amp = device.type == "cuda" and opt.amp

@@ -10,6 +10,7 @@ class in the patch (instances cut by the patch border stay targets).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -78,6 +79,18 @@ class Example:
     saliency: torch.Tensor  # (1, D/8, H/8, W/8) boundary target
     kinds: torch.Tensor  # (1 + K, D/2, H/2, W/2) soft occupancy of (background, lesion kinds)
     instances: torch.Tensor | None = None  # (D, H, W) int32 ids of the target instances, 0 elsewhere (refiner)
+
+
+def draw_patch(patch: int | Sequence[int], rng: np.random.Generator) -> int:
+    """A patch side: ``patch`` itself, or one of a sequence of sides drawn uniformly (variable patch
+    sizes, so the network sees windows of the sizes the Predictor's tiling uses; a single side
+    draws nothing from ``rng``)."""
+    if isinstance(patch, (int, np.integer)):
+        return int(patch)
+    sides = [int(v) for v in patch]
+    if not sides or any(v < 2 * PATCH_MULTIPLE or v % PATCH_MULTIPLE for v in sides):
+        raise ValueError(f"patch sides must be multiples of {PATCH_MULTIPLE} (>= {2 * PATCH_MULTIPLE}), got {patch!r}")
+    return sides[0] if len(sides) == 1 else sides[int(rng.integers(len(sides)))]
 
 
 def patch_shape(case_shape, patch: int) -> tuple[int, int, int]:
