@@ -390,7 +390,7 @@ def _fmt(v, spec=".3f") -> str:
 
 def print_summaries(runs: list[dict]) -> None:
     sums = [summarise(r) for r in runs]
-    names = [r["data"] if len(r["data"]) < 28 else "..." + r["data"][-25:] for r in runs]
+    names = [r["data"] if r["data"].startswith(("phantom:", "ood:")) else Path(r["data"]).name for r in runs]
     head = "| | " + " | ".join(names) + " |"
     sep = "|---|" + "---:|" * len(runs)
 
