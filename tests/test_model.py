@@ -364,3 +364,18 @@ def test_attention_masks_come_from_the_token_grid_mean_of_the_stride2_logits():
         inferred = m.decoder(emb, queries, tokens, valid, kind)
     assert len(trained) == m.cfg.decoder_layers + 1 and len(inferred) == 1
     assert torch.allclose(trained[-1].mask_logits, inferred[0].mask_logits, atol=1e-5)
+
+
+def test_cross_attention_on_cached_projections_is_multihead_attention():
+    """The decoder's masked cross-attention reads the image tokens' key / value projections from
+    the per-window context; it must be nn.MultiheadAttention on the same inputs and mask."""
+    m = tiny().eval()
+    layer = m.decoder.layers[0]
+    torch.manual_seed(1)
+    q, tokens, keys = torch.randn(2, 8, 32), torch.randn(2, 48, 32), torch.randn(2, 48, 32)
+    mask = torch.rand(2 * m.cfg.decoder_heads, 8, 48) < 0.6
+    mask[..., 0] = False  # no query blocked from every token
+    with torch.no_grad():
+        got = layer.masked_cross_attention(q, layer.image_keys_values(tokens, keys), mask)
+        want = layer.norm2(q + layer.cross_attn(q, keys, tokens, attn_mask=mask, need_weights=False)[0])
+    assert torch.allclose(got, want, atol=1e-5)

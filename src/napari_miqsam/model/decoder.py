@@ -49,20 +49,41 @@ class CQRDLayer(nn.Module):
             pad = torch.cat([torch.zeros(q.shape[:2], dtype=torch.bool, device=q.device), ~prompt_valid], dim=1)
         return self.norm1(q + self.self_attn(q, kv, kv, key_padding_mask=pad, need_weights=False)[0])
 
-    def masked_cross_attention(self, q: torch.Tensor, tokens: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.norm2(q + self.cross_attn(q, keys, tokens, attn_mask=mask, need_weights=False)[0])
+    def image_keys_values(self, tokens: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-attention's projections of the image tokens, each (B, heads, T, C / heads): the
+        keys (tokens + position) and the values (tokens). They do not depend on the prompt, so a
+        Predictor makes them once per window (:class:`DecoderContext`)."""
+        attn = self.cross_attn
+        c, h = attn.embed_dim, attn.num_heads
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        k = F.linear(keys, w[c:2 * c], b[c:2 * c])
+        v = F.linear(tokens, w[2 * c:], b[2 * c:])
+        split = lambda t: t.view(t.shape[0], t.shape[1], h, c // h).transpose(1, 2)  # noqa: E731
+        return split(k), split(v)
 
-    def forward(self, q, prompt, prompt_valid, tokens, keys, mask):
+    def masked_cross_attention(self, q: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None) -> torch.Tensor:
+        """nn.MultiheadAttention(q, keys, tokens, attn_mask=mask) on the projections of
+        :meth:`image_keys_values`; mask: (B * heads, N, T), True = blocked."""
+        attn = self.cross_attn
+        c, h = attn.embed_dim, attn.num_heads
+        b, n, _ = q.shape
+        k, v = kv
+        qh = F.linear(q, attn.in_proj_weight[:c], attn.in_proj_bias[:c]).view(b, n, h, c // h).transpose(1, 2)
+        allowed = None if mask is None else ~mask.view(b, h, n, -1)
+        y = F.scaled_dot_product_attention(qh, k, v, attn_mask=allowed)
+        return self.norm2(q + attn.out_proj(y.transpose(1, 2).reshape(b, n, c)))
+
+    def forward(self, q, prompt, prompt_valid, kv, mask):
         q = self.query_self_attention(q, prompt, prompt_valid)
-        q = self.masked_cross_attention(q, tokens, keys, mask)
+        q = self.masked_cross_attention(q, kv, mask)
         return self.norm3(q + self.ffn(q))
 
 
 @dataclass
 class DecoderContext:
     """What the decoder computes from the embedding alone, whatever the prompt: the image tokens'
-    attention keys (with their position encoding), the background slot's logits, the lesion-kind
-    probabilities, and the mask features and background logits averaged to the token grid (what
+    attention keys (with their position encoding) and every layer's projections of them, the
+    background slot's logits, the lesion-kind probabilities, and the mask features and background logits averaged to the token grid (what
     the attention masks are read from). A Predictor makes it once per window and reuses it for
     every click.
 
@@ -71,6 +92,8 @@ class DecoderContext:
     kind_probs:     (B, K, D2, H2, W2) lesion-kind probabilities (None without the kind prior).
     token_features: (B, M, d, h, w) mask features averaged over each token's cell.
     token_bg:       (B, 1, d, h, w) background logits there (None without competition).
+    image_kv:       per decoder layer, its cross-attention's projected keys and values
+                    (:meth:`CQRDLayer.image_keys_values`).
     """
 
     keys: torch.Tensor
@@ -78,6 +101,7 @@ class DecoderContext:
     kind_probs: torch.Tensor | None
     token_features: torch.Tensor
     token_bg: torch.Tensor | None
+    image_kv: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class CQRD(nn.Module):
@@ -118,7 +142,8 @@ class CQRD(nn.Module):
         with torch.no_grad():
             token_features = F.adaptive_avg_pool3d(emb.mask_features, emb.token_shape)
             token_bg = self.head.background(token_features)
-        return DecoderContext(keys, self.head.background(emb.mask_features), kind_probs, token_features, token_bg)
+        image_kv = [layer.image_keys_values(tokens, keys) for layer in self.layers]
+        return DecoderContext(keys, self.head.background(emb.mask_features), kind_probs, token_features, token_bg, image_kv)
 
     def forward(self, emb: Embedding, queries: torch.Tensor, prompt: torch.Tensor, prompt_valid: torch.Tensor,
                 kind: torch.Tensor | None = None, context: DecoderContext | None = None,
@@ -133,10 +158,9 @@ class CQRD(nn.Module):
         layer (``decoder_layers + 1`` outputs, for the losses); False: only the last layer's, a list
         of one. None (default): in training mode only. The attention masks are the same either way.
         """
-        tokens = emb.tokens
         ctx = context if context is not None else self.context(emb)
         deep = self.training if deep_supervision is None else deep_supervision
-        keys, bg = ctx.keys, ctx.bg_logits
+        bg = ctx.bg_logits
         bias = bias_tok = None
         if self.kind_prior is not None and kind is not None and ctx.kind_probs is not None:
             bias = self.kind_prior(ctx.kind_probs, kind).to(emb.mask_features.dtype)
@@ -149,10 +173,11 @@ class CQRD(nn.Module):
             outputs.append(self._predict(q, emb.mask_features, bg, bias, region if n == 0 else None))
         for i, layer in enumerate(self.layers):
             mask = self.attention_mask(self.token_prediction(q, ctx, bias_tok))
-            q = layer(q, prompt, prompt_valid, tokens, keys, mask)
+            q = layer(q, prompt, prompt_valid, ctx.image_kv[i], mask)
             if deep or i == n - 1:  # deep supervision: a prediction after every layer
                 outputs.append(self._predict(q, emb.mask_features, bg, bias, region if i == n - 1 else None))
         return outputs
+
     def _predict(self, q, mask_features, bg, bias, region) -> LayerOutput:
         """The instance head, on the cells of ``region`` only when given."""
         if region is not None:
