@@ -150,7 +150,8 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=_floats, default=[5.0, 15.0], help="budgets on 2 cores (default 5,15)")
     p.add_argument("--train", default="decoder", help="train modes, comma-separated (decoder,all)")
     p.add_argument("--train-seed", type=int, default=1000, help="seed of the first labelled ood phantom")
-    p.add_argument("--eval", default="ood:40:0", help="held-out ood phantoms ood:N:SEED (default ood:40:0, as make evaluate-ood)")
+    p.add_argument("--eval", default="ood:40:0",
+                   help="held-out ood phantoms ood:N:SEED (default ood:40:0, as make evaluate-ood)")
     p.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
                    help="also score the cached real CT case (largest, median, smallest tumour)")
     p.add_argument("--clicks", type=int, default=3)

@@ -48,6 +48,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
+from napari_miqsam.commands.evaluate import write_json_atomic
 from napari_miqsam.data.instances import bbox_of, instances_of, relabel_sequential
 from napari_miqsam.evaluation.evaluate import _evaluate_case, _load  # evaluate's own loop: same clicks
 from napari_miqsam.evaluation.metrics import iou_matrix
@@ -451,18 +452,6 @@ def print_summaries(runs: list[dict]) -> None:
         (k, [_fmt(s["dice_gain"].get(k), "+.3f") for s in sums]) for k in keys])
 
 
-def _jsonable(obj):
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else obj
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    return obj
-
-
 def _restore(run: dict) -> dict:
     """NaN for the nulls a JSON holds in numeric fields."""
     for l in run["lesions"]:
@@ -497,7 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     runs += [run(d, args) for d in args.data]
     print_summaries(runs)
     if args.json:
-        Path(args.json).write_text(json.dumps(_jsonable({"runs": runs}), indent=None))
+        write_json_atomic(Path(args.json), {"runs": runs})  # NaN -> null, numpy scalars -> numbers
 
 
 if __name__ == "__main__":
