@@ -379,3 +379,65 @@ def test_cross_attention_on_cached_projections_is_multihead_attention():
         got = layer.masked_cross_attention(q, layer.image_keys_values(tokens, keys), mask)
         want = layer.norm2(q + layer.cross_attn(q, keys, tokens, attn_mask=mask, need_weights=False)[0])
     assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("grid", [(4, 6, 4), (5, 3, 7)])
+def test_pooled_keys_equal_exact_attention_on_cellwise_constant_tokens(grid):
+    """kv_pool 2: a cell's mean key stands for its n tokens (log n added to its logit), so when the
+    tokens and saliency are constant over each 2x2x2 cell (partial cells at odd edges included),
+    pooled attention equals the exact attention over every token."""
+    from napari_miqsam.model.vit import SaliencyGatedAttention
+
+    torch.manual_seed(0)
+    exact = SaliencyGatedAttention(16, 4, gated=True)
+    with torch.no_grad():
+        exact.saliency_weight.copy_(torch.tensor([0.5, 1.0, 1.5, 2.0]))
+    pooled = SaliencyGatedAttention(16, 4, gated=True, kv_pool=2)
+    pooled.load_state_dict(exact.state_dict())
+    cells = [-(-n // 2) for n in grid]
+    coarse = torch.randn(2, 16, *cells)
+    sal = torch.randn(2, 1, *cells)
+    up = lambda t: t.repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)[..., :grid[0], :grid[1], :grid[2]]  # noqa: E731
+    x = up(coarse).flatten(2).transpose(1, 2)
+    log_s = torch.nn.functional.logsigmoid(up(sal).flatten(1))
+    torch.testing.assert_close(pooled(x, log_s, grid), exact(x, log_s, grid), atol=1e-5, rtol=1e-5)
+    # and on tokens that vary within the cells it is an approximation, not the same function
+    x2 = torch.randn_like(x)
+    assert not torch.allclose(pooled(x2, log_s, grid), exact(x2, log_s, grid), atol=1e-3)
+
+
+def test_pointwise_conv_is_conv3d():
+    from napari_miqsam.model.cnn import PointwiseConv3d
+
+    torch.manual_seed(0)
+    for bias in (True, False):
+        m = PointwiseConv3d(5, 3, bias=bias)
+        x = torch.randn(2, 5, 4, 6, 7)
+        torch.testing.assert_close(m(x), torch.nn.functional.conv3d(x, m.weight, m.bias), atol=1e-5, rtol=1e-5)
+        assert set(m.state_dict()) == set(torch.nn.Conv3d(5, 3, 1, bias=bias).state_dict())
+
+
+def test_cpu_preset_pools_keys_and_old_files_keep_exact_attention(tmp_path):
+    """The cpu preset runs pooled keys; a weights file whose config predates kv_pool reads as 1."""
+    import json
+
+    from napari_miqsam.model.config import MIQSAMConfig
+
+    assert get_config("cpu").kv_pool == 2 and get_config("paper").kv_pool == 1
+    old = get_config("tiny").to_dict()
+    del old["kv_pool"]
+    assert MIQSAMConfig.from_dict(json.loads(json.dumps(old))).kv_pool == 1
+
+
+def test_update_config_keeps_every_tensor_and_key(tmp_path):
+    from napari_miqsam.model.weights import update_config
+
+    m = tiny().eval()
+    path = save_weights(m, tmp_path / "w.safetensors", trained=True, extra={"note": "kept"})
+    update_config(path, kv_pool=2, max_window=48)
+    m2, meta = load_weights(path)
+    assert m2.cfg.kv_pool == 2 and m2.cfg.max_window == 48 and meta["note"] == "kept" and meta["trained"] == "true"
+    for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(WeightsError):
+        update_config(path, vit_dim=64)

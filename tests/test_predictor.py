@@ -463,3 +463,45 @@ def test_kind_names_from_the_weights_metadata():
     pred = p.predict([(12, 20, 24)], options=PredictOptions(kind=0))
     assert p.kind_names == ("cancer", "cyst") and pred.kind_summary() == "cancer (1.00)"
     assert Predictor.from_config("tiny", seed=0, kind_prior=False).kind_names == ()
+
+
+def test_numpy_blas_is_held_to_one_thread_inside_the_predictor_and_restored():
+    from threadpoolctl import threadpool_info
+
+    from napari_miqsam.inference.threads import one_blas_thread
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    if not blas_threads():
+        pytest.skip("numpy has no BLAS library threadpoolctl can see here")
+    seen = []
+    before = blas_threads()
+    one_blas_thread(lambda: seen.extend(blas_threads()))()
+    assert seen and all(n == 1 for n in seen)
+    assert blas_threads() == before
+    assert Predictor.predict.__wrapped__ and Predictor.set_image.__wrapped__  # both decorated
+
+
+def test_precision_names_and_the_bfloat16_encoder_stays_close_to_float32():
+    from napari_miqsam.inference.precision import cpu_has_native_bf16, embed_dtype
+
+    cpu = torch.device("cpu")
+    assert embed_dtype("float32", cpu) == torch.float32 and embed_dtype("bfloat16", cpu) == torch.bfloat16
+    assert embed_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    with pytest.raises(InputError):
+        embed_dtype("float16", cpu)
+    vol = np.random.default_rng(0).normal(0, 1, (40, 40, 40)).astype(np.float32)
+    vol[14:26, 14:26, 14:26] += 4
+    out = {}
+    for precision in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        p = Predictor.from_config("tiny")
+        p = Predictor(p.model, trained=False, device="cpu", precision=precision)
+        p.set_image(vol, (1.0, 1.0, 1.0))
+        emb = p._windows[0].float32()
+        assert emb.mask_features.dtype == torch.float32  # the cache and the decoder stay float32
+        out[precision] = emb.mask_features
+    scale = out["float32"].abs().max()
+    assert (out["bfloat16"] - out["float32"]).abs().max() < 0.05 * scale  # bfloat16 keeps ~3 digits
+    assert not torch.equal(out["bfloat16"], out["float32"])  # and it did run in bfloat16

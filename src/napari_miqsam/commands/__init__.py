@@ -11,6 +11,13 @@ def add_model_spacing_argument(parser: argparse.ArgumentParser) -> None:
                         help="model-grid spacing in mm, one number or Z Y X (default: the weights' inference spacing)")
 
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision``, shared by the commands that build a Predictor (inference/precision.py)."""
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+                        help="the encoder's number format (default auto: bfloat16 on a CPU that computes it "
+                        "natively, about twice as fast there and within noise of float32; else float32)")
+
+
 def add_predict_options(parser: argparse.ArgumentParser, *, kind_gate: bool = True, refine: bool = True) -> None:
     """The flags of ``inference.options.PredictOptions`` (read back by ``PredictOptions.from_cli``):
     ``--kind-gate``, ``--no-refine`` (a command passes False for one it has not) and ``--no-grow``;

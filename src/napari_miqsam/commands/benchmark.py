@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import add_model_spacing_argument, add_predict_options
+from . import add_model_spacing_argument, add_precision_argument, add_predict_options
 
 HELP = "measure embedding / click / threshold time and peak memory on phantoms; prints a table"
 
@@ -35,13 +35,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--weights", type=Path, default=None, help="weights file (default: shipped)")
     add_model_spacing_argument(p)
+    add_precision_argument(p)
     p.add_argument("--repeats", type=int, default=5, help="clicks timed per volume (median reported)")
     p.add_argument("--quick", action="store_true", help="only the two smallest volumes")
     add_predict_options(p)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
 
 
-def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None, options=None) -> None:
+def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None, options=None,
+             precision="auto") -> None:
     import resource
 
     import numpy as np
@@ -52,7 +54,7 @@ def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None
     from ..inference.predictor import Predictor
 
     case = make_phantom(1234, shape=shape, spacing=spacing)
-    predictor = Predictor.from_weights(weights, device=device, spacing=model_spacing)
+    predictor = Predictor.from_weights(weights, device=device, spacing=model_spacing, precision=precision)
     ids, n = instances_of(case.labels, 2)
     if n == 0:
         ids, n = instances_of(case.labels, (2, 3))
@@ -88,7 +90,8 @@ def _measure(shape, spacing, weights, device, repeats, queue, model_spacing=None
                "embed_s_per_mvoxel": round(set_image_s / (grid_voxels / 1e6), 3),
                "set_image_s": round(set_image_s, 3), "predict_ms": round(statistics.median(predict_ms), 1),
                "threshold_ms": round(statistics.median(threshold_ms), 2), "peak_rss_mb": round(rss, 1),
-               "instances": len(preds[0]), "device": str(predictor.device), "threads": torch.get_num_threads()})
+               "instances": len(preds[0]), "device": str(predictor.device),
+               "embed_dtype": str(predictor.embed_dtype).replace("torch.", ""), "threads": torch.get_num_threads()})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     for shape, spacing in volumes:
         queue = ctx.Queue()
         proc = ctx.Process(target=_measure, args=(shape, spacing, args.weights, args.device, max(5, args.repeats), queue,
-                                                       args.model_spacing, options))
+                                                       args.model_spacing, options, args.precision))
         proc.start()
         proc.join()
         if proc.exitcode != 0 or queue.empty():
@@ -114,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'x'.join(map(str, shape))}: set_image {r['set_image_s']:.2f} s, predict {r['predict_ms']:.0f} ms, "
               f"threshold {r['threshold_ms']:.1f} ms, peak {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
     out = {"device": results[0]["device"], "threads": results[0]["threads"], "torch": torch.__version__,
+           "precision": args.precision, "embed_dtype": results[0]["embed_dtype"],
            "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor(),
            "results": results}
     print("| shape (z, y, x) | spacing mm | model spacing mm | model grid | windows | window input | window volume / grid | "

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from ..inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
-from . import add_model_spacing_argument, add_predict_options
+from . import add_model_spacing_argument, add_precision_argument, add_predict_options
 
 HELP = "Evaluate one-click lesion segmentation (model vs region growing vs threshold+CC) on labelled data."
 
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=None,
                         help="sliding-window side in model voxels (default: the weights' config; smaller forces tiling)")
     add_model_spacing_argument(parser)
+    add_precision_argument(parser)
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N cases")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (under torchrun each rank uses its LOCAL_RANK GPU)")
     parser.add_argument("--min-size", type=int, default=10,
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
 
         predictor = Predictor.from_weights(
             str(args.weights) if args.weights is not None else None, device=args.device,
-            window=args.window, spacing=args.model_spacing,
+            window=args.window, spacing=args.model_spacing, precision=args.precision,
         )
         if not getattr(predictor, "trained", True) and rank == 0:
             print("warning: the weights are UNTRAINED; the model's numbers are meaningless",
@@ -191,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         result["refine"] = options.refine and predictor.model.refiner is not None
         result["grow"] = options.grow
         result["model_spacing"] = list(predictor.model_spacing)
+        result["embed_dtype"] = str(predictor.embed_dtype).replace("torch.", "")
     print(format_markdown_table(result), end="")
     if args.json is not None:
         write_json_atomic(args.json, result, overwrite=True)

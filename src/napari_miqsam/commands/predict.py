@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError, WriteError
 from ..inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
-from . import add_model_spacing_argument, add_predict_options
+from . import add_model_spacing_argument, add_precision_argument, add_predict_options
 
 HELP = "segment every lesion of the clicked kind in a NIfTI/TIFF volume; writes labels + CSV"
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".tif", ".tiff")
@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: read it)")
     add_predict_options(p)
     add_model_spacing_argument(p)
+    add_precision_argument(p)
     p.add_argument("--weights", type=Path, default=None, help=".safetensors weights (default: shipped)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--channel", type=int, default=None, help="channel of a multichannel (4D) volume")
@@ -124,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if args.min_volume < 0:
         raise InputError(f"--min-volume must be >= 0, got {args.min_volume}")
     PredictOptions.from_cli(args)  # a bad flag is refused before the weights load
-    predictor = Predictor.from_weights(args.weights, device=args.device, spacing=args.model_spacing)
+    predictor = Predictor.from_weights(args.weights, device=args.device, spacing=args.model_spacing,
+                                       precision=args.precision)
     options = PredictOptions.from_cli(
         args, kind=kind_index(args.kind, predictor.cfg.kinds if predictor.cfg.kind_prior else 0, predictor.kind_names))
     if not predictor.trained:

@@ -40,7 +40,9 @@ def instance_scores(ids: np.ndarray, n: int, score_map: np.ndarray) -> np.ndarra
     """Mean confidence (of the winning query in its window) over each instance's cells, (n,)."""
     if n == 0:
         return np.zeros(0)
-    return np.asarray(ndimage.mean(score_map, labels=ids, index=np.arange(1, n + 1)), dtype=float)
+    flat = ids.ravel()
+    total = np.bincount(flat, weights=score_map.ravel(), minlength=n + 1)[1:n + 1]
+    return total / np.maximum(np.bincount(flat, minlength=n + 1)[1:n + 1], 1)
 
 
 def select(ids: np.ndarray, scores: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
@@ -89,8 +91,9 @@ def kind_consistency(ids: np.ndarray, n: int, kind_probs: np.ndarray, clicked: n
     """
     if n == 0:
         return np.zeros(0)
-    index = np.arange(1, n + 1)
-    mass = np.stack([np.asarray(ndimage.sum(k, labels=ids, index=index), dtype=float) for k in kind_probs], axis=1)
+    # each piece's kind mass: one bincount per kind (ndimage.sum with an index took 4x as long)
+    flat = ids.ravel()
+    mass = np.stack([np.bincount(flat, weights=k.ravel(), minlength=n + 1)[1:n + 1] for k in kind_probs], axis=1)
     q = mass / np.maximum(mass.sum(1, keepdims=True), 1e-8)  # (n, K)
     clicked = np.asarray(clicked, dtype=int)
     if clicked.size:

@@ -43,9 +43,11 @@ from .postprocess import (
     split_instances,
     to_original_grid,
 )
+from .precision import embed_dtype
 from .prediction import Prediction, named_kinds
 from .preprocess import GridMap, as_volume, check_spacing, normalise_intensity
 from .resample import interpolate_separable, resample_to_model
+from .threads import one_blas_thread
 from .tiling import Window, plan_windows
 
 Progress = Callable[[int, int], None]
@@ -130,12 +132,15 @@ class Predictor:
     def __init__(self, model: MIQSAM3D, *, trained: bool = True, device: str = "auto",
                  cache_dtype: torch.dtype = torch.float32, metadata: dict | None = None,
                  window: int | None = None, overlap: int | None = None,
-                 spacing: float | Sequence[float] | None = None):
+                 spacing: float | Sequence[float] | None = None, precision: str = "auto"):
         """``window`` / ``overlap`` (model voxels) override the config's largest sliding window
         (``max_window``) and the windows' overlap; ``spacing`` (mm, one number or (z, y, x)) the
         model grid's spacing (default: the config's, the spacing the weights were trained at; see
-        :func:`inference_spacing`)."""
+        :func:`inference_spacing`); ``precision`` the encoder's number format ('auto': bfloat16 on
+        a CPU that computes it natively, else float32; 'float32'; 'bfloat16'; inference/precision.py)."""
         self.device = resolve_device(device)
+        self.precision = precision
+        self.embed_dtype = embed_dtype(precision, self.device)
         self.model = model.to(self.device).eval()
         self.cfg: MIQSAMConfig = model.cfg
         if window is not None or overlap is not None:
@@ -234,6 +239,7 @@ class Predictor:
     def reset_image(self) -> None:
         self._windows, self._grid, self._padded, self._model_vol = [], None, None, None
 
+    @one_blas_thread
     def set_image(self, volume: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
                   modality: str = "auto", channel: int | None = None,
                   progress: Progress | None = None, cancel: Cancel | None = None) -> None:
@@ -282,7 +288,10 @@ class Predictor:
         target = [-(-n // m) * m for n in valid]
         x = F.pad(crop, [0, target[2] - valid[2], 0, target[1] - valid[1], 0, target[0] - valid[0]], value=-1.0)
         with torch.inference_mode():
-            emb = self.model.embed(x[None, None].to(self.device))
+            with torch.autocast(self.device.type, dtype=self.embed_dtype, enabled=self.embed_dtype != torch.float32):
+                emb = self.model.embed(x[None, None].to(self.device))
+            if self.embed_dtype != torch.float32:  # the decoder and everything after it: float32
+                emb = emb.to(torch.float32)
             self.embed_calls += 1
             cw = CachedWindow(win, emb.to(self.cache_dtype) if self.cache_dtype != torch.float32 else emb, valid)
             cw.context = self.model.decoder.context(cw.float32())
@@ -313,6 +322,7 @@ class Predictor:
                 return i
         return 0
 
+    @one_blas_thread
     def predict(self, positive: Sequence[Sequence[float]], negative: Sequence[Sequence[float]] = (), *,
                 options: PredictOptions | None = None, progress: Progress | None = None,
                 cancel: Cancel | None = None) -> Prediction:

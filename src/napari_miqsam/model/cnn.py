@@ -14,6 +14,22 @@ def norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, channels), channels)
 
 
+class PointwiseConv3d(nn.Conv3d):
+    """A 1x1x1 ``nn.Conv3d`` (same parameters, same state-dict keys) computed as one matrix product
+    over the voxels: on 2 CPU cores oneDNN's 1x1x1 convolution of a 76^3 stride-2 map took 3-8x the
+    time of the product."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        w = self.weight.view(1, self.out_channels, c).expand(b, -1, -1)
+        v = x.reshape(b, c, -1)
+        y = torch.bmm(w, v) if self.bias is None else torch.baddbmm(self.bias.view(1, -1, 1), w, v)
+        return y.view(b, self.out_channels, *x.shape[2:])
+
+
 class ResBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
@@ -41,7 +57,7 @@ class CNNBranch(nn.Module):
         self.stage4 = nn.Sequential(*[ResBlock(c4) for _ in range(blocks[1])])
         self.down8 = nn.Sequential(nn.Conv3d(c4, c8, 2, stride=2), norm(c8), nn.GELU())
         self.stage8 = nn.Sequential(*[ResBlock(c8) for _ in range(blocks[2])])
-        self.saliency = nn.Conv3d(c8, 1, 1)
+        self.saliency = PointwiseConv3d(c8, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         f2 = self.stage2(self.stem(x))

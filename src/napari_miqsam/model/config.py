@@ -33,6 +33,13 @@ class MIQSAMConfig:
     vit_depth: int = 2
     vit_heads: int = 4
     mlp_ratio: float = 3.0
+    # Keys and values of the ViT's self-attention averaged over kv_pool^3 cells of tokens (model/vit.py):
+    # each token still attends to the whole window, to 1/8 as many keys at 2. 1 = every token (exact;
+    # the default, so weights files written before the option read as they were made). The ``cpu``
+    # preset and the shipped weights use 2: on 2 CPU cores a 152^3 window embeds in 0.33 s instead of
+    # 0.66 s, and the stage 9 weights (trained with 1) scored within noise of 1 on phantom:40:0 and
+    # ood:40:0 (docs/results.md, issue #33).
+    kv_pool: int = 1
     # Pixel decoder output (mask features at stride 2).
     mask_dim: int = 16
     # Residual conv blocks on the stride-2 features before the mask projection (pixel_decoder.MaskBlock):
@@ -65,10 +72,14 @@ class MIQSAMConfig:
     position_extent: int = 128
     # Sliding windows (model voxels, inference only). A volume is covered by the fewest windows of at
     # most ``max_window`` a side that overlap by ``overlap``, sized to the volume (inference/tiling.py),
-    # so their total volume stays close to the volume's own. 160 from measurement (shipped weights, 2
+    # so their total volume stays close to the volume's own. 160 from measurement (exact attention, 2
     # CPU cores): one window's embedding costs about the same per voxel from 96 to 144 voxels a
     # side, 1.3x at 160 (the ViT's attention grows with the square of the tokens) and 2x at 176, and a
-    # 148^3 grid (128^3 at 1.5 mm onto the 1.3 mm grid) still fits one window.
+    # 148^3 grid (128^3 at 1.5 mm onto the 1.3 mm grid) still fits one window. With pooled keys
+    # (kv_pool 2, the ``cpu`` preset) the attention no longer dominates and 168 is used: a 315-voxel
+    # side (512 voxels at 0.8 mm) then takes 2 windows instead of 3 (512x512x200: 12 windows instead
+    # of 27, the embedding 7.7 -> 6.2 s); cubic windows above ~160 cost 1.4x per voxel (the stride-2
+    # maps outgrow the CPU's cache), so the limit is not raised further.
     max_window: int = 160
     overlap: int = 16
     # The one fixed window size of weights made before ``max_window`` (kept so their metadata reads
@@ -113,7 +124,7 @@ PRESETS: dict[str, MIQSAMConfig] = {
         mask_dim=8, num_queries=8, fourier_bands=4, decoder_layers=2, decoder_heads=2,
         spacing=(1.0, 1.0, 1.0), position_extent=64, window=64, max_window=64, overlap=8,
     ),
-    "cpu": MIQSAMConfig(name="cpu"),
+    "cpu": MIQSAMConfig(name="cpu", kv_pool=2, max_window=168),
     "paper": MIQSAMConfig(
         name="paper", cnn_channels=(32, 64, 128), cnn_blocks=(1, 2, 2), vit_dim=384,
         vit_depth=8, vit_heads=6, mlp_ratio=4.0, mask_dim=32, num_queries=16,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .cnn import CNNBranch
+from .cnn import CNNBranch, PointwiseConv3d
 from .config import MIQSAMConfig
 from .pixel_decoder import PixelDecoder
 from .positional import fourier_features, grid_coords
@@ -53,12 +53,12 @@ class HybridEncoder(nn.Module):
         self.pos = nn.Linear(6 * cfg.fourier_bands, cfg.vit_dim)
         self.cnn_to_tokens = nn.Linear(cfg.cnn_channels[2], cfg.vit_dim)
         self.blocks = nn.ModuleList(
-            GatedViTBlock(cfg.vit_dim, cfg.vit_heads, cfg.mlp_ratio, cfg.gating) for _ in range(cfg.vit_depth)
+            GatedViTBlock(cfg.vit_dim, cfg.vit_heads, cfg.mlp_ratio, cfg.gating, cfg.kv_pool) for _ in range(cfg.vit_depth)
         )
         self.norm = nn.LayerNorm(cfg.vit_dim)
         self.pixel_decoder = PixelDecoder(cfg.vit_dim, cfg.cnn_channels, cfg.mask_dim, cfg.mask_blocks)
         # lesion-kind head on the mask features (background + kinds), see model/kind.py
-        self.kind_head = nn.Conv3d(cfg.mask_dim, cfg.kinds + 1, 1) if cfg.kind_prior else None
+        self.kind_head = PointwiseConv3d(cfg.mask_dim, cfg.kinds + 1) if cfg.kind_prior else None
 
     def forward(self, x: torch.Tensor) -> Embedding:
         """x: (B, C_in, D, H, W) normalised volume, D, H, W multiples of 8."""
@@ -71,7 +71,7 @@ class HybridEncoder(nn.Module):
         cnn_tokens = self.cnn_to_tokens(f8.flatten(2).transpose(1, 2))
         log_s = nn.functional.logsigmoid(sal_logits.flatten(1)) if self.cfg.gating else None
         for block in self.blocks:
-            vit = block(vit, cnn_tokens, log_s)
+            vit = block(vit, cnn_tokens, log_s, grid)
         if not self.cfg.gating:  # plain ViT: the branches are simply summed
             vit = vit + cnn_tokens
         tokens = self.norm(vit)

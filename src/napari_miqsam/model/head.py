@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .cnn import PointwiseConv3d
+
 
 @dataclass
 class LayerOutput:
@@ -70,7 +72,7 @@ class InstanceHead(nn.Module):
         self.mask_embed = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, mask_dim))
         self.score = nn.Linear(dim, 1)
         if competition:
-            self.bg = nn.Conv3d(mask_dim, 1, 1)
+            self.bg = PointwiseConv3d(mask_dim, 1)
 
     def background(self, mask_features: torch.Tensor) -> torch.Tensor | None:
         return self.bg(mask_features) if self.competition else None

@@ -6,14 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cnn import norm
+from .cnn import PointwiseConv3d, norm
 
 
 class UpBlock(nn.Module):
     def __init__(self, in_ch: int, skip_ch: int, out_ch: int):
         super().__init__()
-        self.reduce = nn.Conv3d(in_ch, out_ch, 1)
-        self.skip = nn.Conv3d(skip_ch, out_ch, 1)
+        self.reduce = PointwiseConv3d(in_ch, out_ch)
+        self.skip = PointwiseConv3d(skip_ch, out_ch)
         self.conv = nn.Sequential(nn.Conv3d(out_ch, out_ch, 3, padding=1, bias=False), norm(out_ch), nn.GELU())
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,7 @@ class PixelDecoder(nn.Module):
         self.up4 = UpBlock(dim, c4, max(mask_dim, c4))
         self.up2 = UpBlock(max(mask_dim, c4), c2, max(mask_dim, c2))
         self.blocks = nn.Sequential(*[MaskBlock(max(mask_dim, c2)) for _ in range(blocks)])
-        self.out = nn.Conv3d(max(mask_dim, c2), mask_dim, 1)
+        self.out = PointwiseConv3d(max(mask_dim, c2), mask_dim)
 
     def forward(self, fused8: torch.Tensor, f4: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
         """fused8: (B, dim, d, h, w) -> mask features (B, mask_dim, 4d, 4h, 4w) at stride 2."""

@@ -62,6 +62,24 @@ def update_metadata(path: str | Path, extra: dict) -> Path:
     return save_weights(model, path, trained=meta.get("trained") == "true", extra={**keep, **extra})
 
 
+def update_config(path: str | Path, **fields) -> Path:
+    """Rewrite a weights file with config fields that change how the network runs but none of its
+    tensors (e.g. ``kv_pool``, ``max_window``); every tensor and metadata key is kept (atomic).
+    Raises WeightsError when the new config does not hold the same tensors."""
+    from dataclasses import replace
+
+    model, meta = load_weights(path)
+    new = MIQSAM3D(replace(model.cfg, **fields))
+    try:
+        result = new.load_state_dict(model.state_dict(), strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        raise WeightsError(f"{sorted(fields)} change the tensors of {path}; train instead of rewriting") from exc
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(f"{sorted(fields)} change the tensors of {path}; train instead of rewriting")
+    keep = {k: v for k, v in meta.items() if k not in ("config", "trained", "format")}
+    return save_weights(new, path, trained=meta.get("trained") == "true", extra=keep)
+
+
 def load_weights(path: str | Path, device: str = "cpu") -> tuple[MIQSAM3D, dict]:
     """Build the model described by the file's metadata and load its parameters (never unpickles).
 
