@@ -7,7 +7,9 @@ refiner on the next one), and every torch operator then waited for cores the idl
 were spinning on: measured (``miqsam benchmark``, 2 cores) a 256x256x128 click took 410 ms instead
 of 271 ms and a 128^3 click 130 instead of 88 ms. The numpy products here are small (per-instance
 boxes), so one thread costs them nothing. ``threadpoolctl`` (the joblib / scikit-learn project's
-library) sets the limit at run time and restores it after; the caller's own numpy is untouched.
+library) sets the limit at run time and restores it after. The limit is per process: numpy work that
+another thread does meanwhile (napari's, while the widget's worker embeds) also runs on one BLAS
+thread until the call returns.
 """
 
 from __future__ import annotations
