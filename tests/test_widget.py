@@ -308,6 +308,29 @@ def test_commit_keeps_existing_voxels_and_is_undoable(phantom_widget, qtbot, not
     assert not [n for n in notifications() if n[0] == "error"]
 
 
+def test_commit_with_no_layer_chosen_makes_one_on_the_image_grid(phantom_widget, qtbot, notifications):
+    """The commit picker starts on "a new Labels layer": Commit makes one (the image's grid and
+    geometry), copies the instances into it, and picks it for the next commit."""
+    viewer, widget = phantom_widget
+    segment(qtbot, widget, tumour_voxel(viewer))
+    assert widget.target_layer() is None and widget.target_combo.currentText() == "a new Labels layer"
+    before = {ly.name for ly in viewer.layers}
+    widget.commit()
+    made = [ly for ly in viewer.layers if ly.name not in before]
+    assert len(made) == 1 and made[0].name == "phantom CT lesions"
+    new = made[0]
+    out = np.asarray(widget.output_layer.data)
+    assert np.any(out)
+    np.testing.assert_array_equal(np.asarray(new.data) != 0, out != 0)
+    image = viewer.layers["phantom CT"]
+    np.testing.assert_allclose(new.scale, image.scale)
+    np.testing.assert_allclose(new.affine.affine_matrix, image.affine.affine_matrix)
+    assert widget.target_layer() is new  # the next commit goes to the same layer
+    widget.commit()
+    assert len(viewer.layers) == len(before) + 1
+    assert not [n for n in notifications() if n[0] == "error"]
+
+
 def test_save_selected_layers_writes_the_instances_as_nifti_in_the_image_geometry(phantom_widget, qtbot, tmp_path):
     """README step 9: File > Save Selected Layers... with a .nii.gz name (napari picks the writer)."""
     import nibabel as nib

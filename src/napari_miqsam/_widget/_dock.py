@@ -173,7 +173,8 @@ class MiqsamWidget(QWidget):
         commit_box = QGroupBox("Commit instances to")
         commit_form = QFormLayout(commit_box)
         self.target_combo = QComboBox()
-        self.target_combo.setToolTip("Labels layer that receives the instances; its voxels are kept.")
+        self.target_combo.setToolTip("Labels layer that receives the instances; its voxels are kept. "
+                                     "\"A new Labels layer\": Commit makes one on the image's grid.")
         self.commit_value_combo = QComboBox()
         self.commit_value_combo.addItem("a new label per instance", "new")
         self.commit_value_combo.addItem("the target's selected label", "selected")
@@ -284,9 +285,14 @@ class MiqsamWidget(QWidget):
         if output is None or not np.any(np.asarray(output.data)):
             show_info("There are no instances to commit yet.")
             return
-        if target is None or target is output:
+        if target is output:
             show_warning("Choose a Labels layer to commit the instances to.")
             return
+        made = target is None
+        if made:  # "a new Labels layer": made on the image's grid, removing it undoes the commit
+            image = self.image_layer()
+            target = self.output.new_target(f"{image.name} lesions" if image is not None else "lesions")
+            self.target_combo.setCurrentText(target.name)
         selected = self.commit_value_combo.currentData() == "selected"
         try:
             n, written = self.output.commit_into(target, int(target.selected_label) if selected else None)
@@ -296,7 +302,8 @@ class MiqsamWidget(QWidget):
         if written == 0:
             show_info(f"Nothing new to commit: '{target.name}' already labels those voxels.")
         else:
-            show_info(f"Committed {n} instance(s), {written} voxels, to '{target.name}' (Ctrl+Z there undoes it).")
+            where = f"a new layer '{target.name}'" if made else f"'{target.name}'"
+            show_info(f"Committed {n} instance(s), {written} voxels, to {where} (Ctrl+Z there undoes it).")
 
     def delete_instance(self, instance_id: int) -> None:
         """Remove one instance from the output layer (one undo step)."""

@@ -27,17 +27,27 @@ def unsupported(image: Image) -> str | None:
     return unsupported_volume(image.name, image.data.shape, image.rgb)
 
 
-def fill(combo: QComboBox, names: list[str], preferred: str, allow_none: bool = False) -> None:
-    """Offer ``names`` in ``combo``, keeping its choice if it is still there (no signals)."""
-    current = combo.currentText()
+NONE = "none"  # item data of the "no layer" entry of a picker
+NEW_TARGET = "a new Labels layer"  # the commit picker's "no layer" entry: Commit makes one
+
+
+def fill(combo: QComboBox, names: list[str], preferred: str, allow_none: bool = False, none_text: str = "") -> None:
+    """Offer ``names`` in ``combo``, keeping its choice if it is still there (no signals); with
+    ``allow_none`` a first entry ``none_text`` stands for no layer."""
+    current = combo.currentText() if combo.currentData() != NONE else None
     combo.blockSignals(True)
     try:
         combo.clear()
         if allow_none:
-            combo.addItem("")
+            combo.addItem(none_text, NONE)
         combo.addItems(names)
         choice = current if current in names else preferred
-        combo.setCurrentText(choice if choice in names else (names[-1] if names and not allow_none else ""))
+        if choice in names:
+            combo.setCurrentText(choice)
+        elif names and not allow_none:
+            combo.setCurrentText(names[-1])
+        else:
+            combo.setCurrentIndex(0)
     finally:
         combo.blockSignals(False)
 
@@ -78,6 +88,9 @@ class ViewerLayers:
         return self.named(self.prompts_combo.currentText(), Points)
 
     def target(self) -> Labels | None:
+        """The chosen commit target; None for the "new layer" entry."""
+        if self.target_combo.currentData() == NONE:
+            return None
         return self.named(self.target_combo.currentText(), Labels)
 
     # ------------------------------------------------------------ events
@@ -135,7 +148,7 @@ class ViewerLayers:
         )
         fill(self.image_combo, images, preferred_image)
         fill(self.prompts_combo, points, PROMPTS_NAME if PROMPTS_NAME in points else "", allow_none=True)
-        fill(self.target_combo, labels, "", allow_none=True)
+        fill(self.target_combo, labels, "", allow_none=True, none_text=NEW_TARGET)
         self.prompts_chosen()
         if self.image() is not self._prompted() and not self._queued:
             # once napari has finished the layer event that is being handled

@@ -140,6 +140,19 @@ class OutputLayer:
         if self.layer is not None:
             self._layer.features = features(rows)
 
+    def new_target(self, name: str) -> Labels:
+        """A new empty Labels layer on the output's grid and geometry (NIfTI metadata included),
+        added to the viewer above the output, for a commit with no target chosen."""
+        out = self._layer
+        geometry = {k: getattr(out, k) for k in ("scale", "translate", "rotate", "shear")}
+        layer = Labels(np.zeros(out.data.shape, dtype=np.uint16), name=name, metadata=dict(out.metadata),
+                       affine=out.affine.affine_matrix, **geometry)
+        active = self.viewer.layers.selection.active
+        self.viewer.layers.insert(self.viewer.layers.index(out) + 1, layer)
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+        return layer
+
     def commit_into(self, target: Labels, value: int | None) -> tuple[int, int]:
         """Copy the shown instances into ``target`` where it is still 0, one undo step of
         ``target`` (``value``: None, a new label per instance; an int, that label everywhere).
