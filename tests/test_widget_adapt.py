@@ -61,6 +61,12 @@ def test_commit_add_adapt_then_the_new_weights_load_and_segment(weights_dir, tin
     shipped = file_sha256(DEFAULT_WEIGHTS)
     assert panel.dataset_dir == tmp_path / "default_dataset"  # the default, before the user picks one
     assert panel.minutes_spin.value() == 5 and panel.train_combo.currentData() == "decoder"
+    assert panel.kind_spin.text() == "kind 2 (tumour)"  # the KiTS label values are named
+    panel.kind_spin.setValue(3)
+    assert panel.kind_spin.text() == "kind 3 (cyst)"
+    panel.kind_spin.setValue(4)
+    assert panel.kind_spin.text() == "kind 4"
+    panel.kind_spin.setValue(2)
     # segment and commit into a Labels layer of the user's
     widget.threshold_slider.setValue(0)
     segment(qtbot, widget, tumour_voxel(viewer))

@@ -37,6 +37,8 @@ from ._layers import unsupported
 from ._runner import volume
 from ._session import Session
 
+KITS_KIND_NAMES = {2: " (tumour)", 3: " (cyst)"}  # label values of the KiTS layout the data set uses
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MINUTES = 5
@@ -130,6 +132,8 @@ class AdaptPanel(QGroupBox):
         self.kind_spin = QSpinBox()
         self.kind_spin.setRange(2, 255)
         self.kind_spin.setPrefix("kind ")
+        self.kind_spin.valueChanged.connect(self._name_kind)
+        self._name_kind(self.kind_spin.value())
         self.kind_spin.setToolTip("The label value the instances get in the data set (KiTS: 2 tumour, 3 cyst; "
                                   "your own lesion kinds from 2 on; 1 is the organ).")
         self.add_button = QPushButton("Add to data set")
@@ -168,6 +172,10 @@ class AdaptPanel(QGroupBox):
         self.adapt_cancel_button.clicked.connect(self.cancel)
 
     # ------------------------------------------------------------ data set
+    def _name_kind(self, value: int) -> None:
+        """Name the KiTS label values the data set layout gives a meaning (2 tumour, 3 cyst)."""
+        self.kind_spin.setSuffix(KITS_KIND_NAMES.get(int(value), ""))
+
     @property
     def dataset_dir(self) -> Path:
         return Path(self.session.dataset_dir).expanduser()
