@@ -30,14 +30,13 @@ from qtpy.QtWidgets import (
     QComboBox, QFileDialog, QFormLayout, QGroupBox, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QWidget,
 )
 
+from napari_miqsam.data.phantom.case import CLASS_NAMES
 from napari_miqsam.errors import CancelledError, MiqsamError
 
 from ._forms import side_by_side
 from ._layers import unsupported
 from ._runner import volume
 from ._session import Session
-
-KITS_KIND_NAMES = {2: " (tumour)", 3: " (cyst)"}  # label values of the KiTS layout the data set uses
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +172,10 @@ class AdaptPanel(QGroupBox):
 
     # ------------------------------------------------------------ data set
     def _name_kind(self, value: int) -> None:
-        """Name the KiTS label values the data set layout gives a meaning (2 tumour, 3 cyst)."""
-        self.kind_spin.setSuffix(KITS_KIND_NAMES.get(int(value), ""))
+        """Name the KiTS label values the data set layout gives a meaning (2 tumour, 3 cyst); the
+        spin box starts at 2, past background and organ."""
+        name = CLASS_NAMES.get(int(value))
+        self.kind_spin.setSuffix(f" ({name})" if name else "")
 
     @property
     def dataset_dir(self) -> Path:

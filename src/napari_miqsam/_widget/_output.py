@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels
 
+from ._grid import placement
 from ._history import merge_labels, replace_labels
 from ._session import label_counts
 
@@ -71,26 +72,15 @@ class OutputLayer:
         """The layer, made on ``image``'s grid (inserted below ``before``) if there is none;
         True with it when its history was started over (a new layer, or another grid)."""
         output = self.layer
-        geometry: dict[str, Any] = {}
-        if image is not None:
-            geometry = {
-                "scale": image.scale,
-                "translate": image.translate,
-                "rotate": image.rotate,
-                "shear": image.shear,
-                "affine": image.affine.affine_matrix,
-            }
+        geometry = placement(image) if image is not None else {}
         metadata = {k: image.metadata[k] for k in GEOMETRY_KEYS if image is not None and k in image.metadata}
         if output is None:
             output = Labels(np.zeros(shape, dtype=np.uint16), name=OUTPUT_NAME, metadata=metadata, **geometry)
             self._install_history_hooks(output)
-            active = self.viewer.layers.selection.active
             index = self.viewer.layers.index(before) if before in self.viewer.layers else len(self.viewer.layers)
             self._layer = output  # before inserting, so the widget's insert handler knows it as ours
             self._preview_base = None
-            self.viewer.layers.insert(index, output)
-            if active is not None and active in self.viewer.layers:
-                self.viewer.layers.selection.active = active
+            self._insert(index, output)
             return output, True
         if tuple(output.data.shape) != tuple(shape):
             # Another image (another grid): start the layer over; its history cannot span grids.
@@ -144,14 +134,17 @@ class OutputLayer:
         """A new empty Labels layer on the output's grid and geometry (NIfTI metadata included),
         added to the viewer above the output, for a commit with no target chosen."""
         out = self._layer
-        geometry = {k: getattr(out, k) for k in ("scale", "translate", "rotate", "shear")}
         layer = Labels(np.zeros(out.data.shape, dtype=np.uint16), name=name, metadata=dict(out.metadata),
-                       affine=out.affine.affine_matrix, **geometry)
+                       **placement(out))
+        self._insert(self.viewer.layers.index(out) + 1, layer)
+        return layer
+
+    def _insert(self, index: int, layer: Labels) -> None:
+        """Insert ``layer`` at ``index`` without taking the selection from the active layer."""
         active = self.viewer.layers.selection.active
-        self.viewer.layers.insert(self.viewer.layers.index(out) + 1, layer)
+        self.viewer.layers.insert(index, layer)
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
-        return layer
 
     def commit_into(self, target: Labels, value: int | None) -> tuple[int, int]:
         """Copy the shown instances into ``target`` where it is still 0, one undo step of

@@ -11,6 +11,8 @@ from napari.layers import Image, Points
 
 from napari_miqsam.errors import MiqsamError
 
+from ._grid import placement
+
 PROMPTS_NAME = "MIQ-SAM3D prompts"
 POSITIVE, NEGATIVE = "positive", "negative"
 PROMPT_COLORS = {POSITIVE: "lime", NEGATIVE: "red"}
@@ -24,11 +26,7 @@ def make_prompt_layer(image: Image, negative: bool = False) -> Points:
         np.empty((0, 3)),
         ndim=3,
         name=PROMPTS_NAME,
-        scale=image.scale,
-        translate=image.translate,
-        rotate=image.rotate,
-        shear=image.shear,
-        affine=image.affine.affine_matrix,
+        **placement(image),
         features={"prompt": np.array([], dtype=object)},
         feature_defaults={"prompt": NEGATIVE if negative else POSITIVE},
         face_color="prompt",
