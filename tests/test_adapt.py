@@ -283,6 +283,23 @@ def test_bad_data_and_a_second_adapt_get_clear_errors(tmp_path, tiny_base, two_v
         assert lock.held and (tmp_path / "busy.safetensors.lock").read_text() == str(os.getpid())
 
 
+def test_the_default_budget_is_a_number_of_steps_per_volume_trained_on(tmp_path, tiny_base, two_volumes):
+    from napari_miqsam.training.adapt import STEPS_PER_VOLUME, default_steps
+
+    assert default_steps(1) == STEPS_PER_VOLUME and default_steps(4) == 4 * STEPS_PER_VOLUME
+    seen = []
+    res = adapt(two_volumes, tiny_base, tmp_path / "auto.safetensors", patch=32, clicks=1, log=lambda *a: None,
+                progress=lambda step, total, minutes: seen.append((step, total)))  # no steps, no minutes
+    assert res.steps == STEPS_PER_VOLUME and len(res.cases) == 1 and len(res.held_out) == 1  # one trained on
+    assert seen[-1] == (STEPS_PER_VOLUME, STEPS_PER_VOLUME)  # the total is known from the first step
+    card = json.loads(res.card.read_text())
+    assert card["steps"] == card["budget_steps"] == STEPS_PER_VOLUME and card["budget_minutes"] == 0
+    for bad in (dict(minutes=-1.0), dict(steps=-3), dict(minutes=float("nan"))):
+        with pytest.raises(InputError, match="must be >= 0"):
+            adapt(two_volumes, tiny_base, tmp_path / "bad.safetensors", **{**FAST, **bad})
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
 def test_cli_adapt_end_to_end_on_one_volume(tmp_path, tiny_base, capsys):
     img, lab, sp, aff = phantom(5)
     write_image(tmp_path / "scan.nii.gz", img, spacing=sp, affine=aff)

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 
 from napari_miqsam.data.phantom.case import CLASS_NAMES
 from napari_miqsam.errors import CancelledError, MiqsamError
+from napari_miqsam.training.adapt import STEPS_PER_VOLUME  # a constant: the module imports torch only inside adapt()
 
 from ._forms import side_by_side
 from ._layers import unsupported
@@ -40,7 +41,7 @@ from ._session import Session
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MINUTES = 5
+AUTO_STEPS = 0  # the steps box's "auto": training.adapt.STEPS_PER_VOLUME per labelled volume
 #: (label, ``adapt(train=...)``); the first is the default: the encoder frozen, cheaper steps, safer with few volumes.
 TRAIN_CHOICES = (("decoder only", "decoder"), ("whole network", "all"))
 POLL_MS = 200
@@ -112,7 +113,6 @@ class AdaptPanel(QGroupBox):
         if session.dataset_dir is None:
             session.dataset_dir = str(user_dataset_dir())
         self.job: Any | None = None
-        self._budget: tuple[int | None, float] = (None, 0.0)  # (step limit, minutes) of the running job
         self._task: Any | None = None
         self.add_worker: Any | None = None
         self._build_ui()
@@ -139,17 +139,21 @@ class AdaptPanel(QGroupBox):
         self.add_button.setToolTip("Add the committed instances (the commit layer; without one, the shown "
                                    "instances) and the image to the data set; the same image again updates its case.")
         form.addRow("Lesions", side_by_side(self.kind_spin, self.add_button))
-        self.minutes_spin = QSpinBox()
-        self.minutes_spin.setRange(1, 24 * 60)
-        self.minutes_spin.setValue(DEFAULT_MINUTES)
-        self.minutes_spin.setSuffix(" min")
-        self.minutes_spin.setToolTip("Training time (scoring the held-out volume before and after comes on top).")
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(AUTO_STEPS, 100_000)
+        self.steps_spin.setSingleStep(10)
+        self.steps_spin.setSpecialValueText(f"auto ({STEPS_PER_VOLUME} steps a volume)")
+        self.steps_spin.setSuffix(" steps")
+        self.steps_spin.setValue(AUTO_STEPS)
+        self.steps_spin.setToolTip(f"Training steps; auto: {STEPS_PER_VOLUME} per labelled volume trained on. More "
+                                   "steps over-fit a few volumes (measured: docs/results.md, adaptation curve). "
+                                   "Scoring the held-out volume before and after comes on top.")
         self.train_combo = QComboBox()
         for text, value in TRAIN_CHOICES:
             self.train_combo.addItem(text, value)
         self.train_combo.setToolTip("decoder only: the encoder stays frozen (faster steps, safe with few volumes). "
                                     "whole network: the encoder learns too.")
-        form.addRow("Adapt", side_by_side(self.minutes_spin, self.train_combo))
+        form.addRow("Adapt", side_by_side(self.steps_spin, self.train_combo))
         self.adapt_button = QPushButton("Adapt to my data")
         self.adapt_button.setToolTip("Fine-tune the selected weights on the data set in a separate process; the "
                                      "new weights are a new file in your weights folder, added to Weights.")
@@ -257,7 +261,7 @@ class AdaptPanel(QGroupBox):
         return self.job is not None
 
     def start(self, **overrides: Any) -> Any | None:
-        """Adapt the selected weights to the data set for the chosen minutes (``overrides``: more
+        """Adapt the selected weights to the data set for the chosen steps (``overrides``: more
         ``training.adapt.adapt`` arguments, e.g. ``steps=2`` in tests); the started ``AdaptJob``,
         or None when it was refused (one runs already, no labelled volume)."""
         if self.job is not None:
@@ -276,10 +280,10 @@ class AdaptPanel(QGroupBox):
             show_warning(f"{data} holds no labelled volume yet: commit instances and 'Add to data set' first.")
             return None
         base = self.weights_combo.currentData() or "default"
-        kwargs = dict(data=str(data), base=str(base), out=str(new_weights_path()), minutes=float(self.minutes_spin.value()),
-                      train=self.train_combo.currentData(), **overrides)
+        kwargs = dict(data=str(data), base=str(base), out=str(new_weights_path()), steps=self.steps_spin.value(),
+                      train=self.train_combo.currentData())
+        kwargs.update(overrides)
         self.job = AdaptJob(**kwargs).start()
-        self._budget = (kwargs.get("steps") or None, kwargs["minutes"])
         self._register_task(self.job)
         self.adapt_cancel_button.setEnabled(True)
         self.adapt_progress.setRange(0, 0)  # busy until the first step
@@ -313,12 +317,11 @@ class AdaptPanel(QGroupBox):
             self._done()
 
     def _on_progress(self, step: int, total: int | None, minutes: float) -> None:
-        steps, budget = self._budget
-        fraction = max(step / total if total else 0.0, minutes / budget if budget else 0.0)
+        fraction = step / total if total else 0.0
         self.adapt_progress.setRange(0, PROGRESS_STEPS)
         self.adapt_progress.setValue(round(min(fraction, 1.0) * PROGRESS_STEPS))
         limit = f" of {total}" if total else ""
-        self.adapt_status.setText(f"Adapting: step {step}{limit}, {minutes:.1f} of {budget:g} min…")
+        self.adapt_status.setText(f"Adapting: step {step}{limit}, {_duration(minutes)}…")
 
     def _on_adapted(self, result: Any) -> None:
         path = Path(result.weights)

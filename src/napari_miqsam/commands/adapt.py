@@ -1,4 +1,4 @@
-"""``miqsam adapt DATA --weights BASE --minutes M -o NEW.safetensors``: fine-tune on your own labelled volumes."""
+"""``miqsam adapt DATA --weights BASE [--steps N] -o NEW.safetensors``: fine-tune on your own labelled volumes."""
 
 from __future__ import annotations
 
@@ -6,17 +6,19 @@ import argparse
 from pathlib import Path
 
 HELP = ("fine-tune weights on your own labelled volumes (a data set folder, e.g. from `miqsam collect`) for a few "
-        "minutes on the CPU, into a new weights file; scores old and new weights on a held-out volume")
+        "steps per volume on the CPU, into a new weights file; scores old and new weights on a held-out volume")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..training.adapt import ADAPT_DEFAULTS, TRAIN_MODES
+    from ..training.adapt import ADAPT_DEFAULTS, STEPS_PER_VOLUME, TRAIN_MODES
 
     parser.add_argument("data", type=Path, help="data set folder (KiTS layout from `miqsam collect`; LiTS and MSD also read)")
     parser.add_argument("--weights", default="default", metavar="BASE",
                         help="weights to start from (default: the shipped ones); never overwritten")
-    parser.add_argument("--minutes", type=float, default=5.0, help="training time budget (default %(default)s; 0: --steps alone)")
-    parser.add_argument("--steps", type=int, default=0, help="stop after this many steps if sooner (default: the time budget alone)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help=f"training steps (default: {STEPS_PER_VOLUME} per labelled volume trained on; more over-fits "
+                             "a few volumes: docs/results.md, adaptation curve)")
+    parser.add_argument("--minutes", type=float, default=0.0, help="stop after this many minutes if sooner (default: no time limit)")
     parser.add_argument("-o", "--out", type=Path, default=None, metavar="NEW.safetensors",
                         help="the new weights file (default: a fresh name in the user weights folder); a JSON card goes beside it")
     parser.add_argument("--train", default="decoder", choices=TRAIN_MODES,

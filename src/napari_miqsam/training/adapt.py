@@ -1,8 +1,9 @@
 """Adapt: a short fine-tune of existing weights on the user's own labelled volumes, on a CPU.
 
-``adapt(data, base, out, minutes)`` runs the training loop (``loop.train``) from ``base`` on the
-data set folder ``data`` (``data.user_dataset`` collects one; any LiTS / KiTS / MSD folder works),
-with clicks simulated on the user's lesions as in training, for a time budget. By default only the
+``adapt(data, base, out)`` runs the training loop (``loop.train``) from ``base`` on the data set
+folder ``data`` (``data.user_dataset`` collects one; any LiTS / KiTS / MSD folder works), with clicks
+simulated on the user's lesions as in training, for a number of steps (by default
+:data:`STEPS_PER_VOLUME` per labelled volume; an optional time limit can end it sooner). By default only the
 prompt side learns (query generator, decoder, instance heads: ``train="decoder"``): the encoder
 stays frozen, so a step skips its backward pass and a few labelled volumes cannot overwrite what it
 learnt from thousands of phantoms; ``train="all"`` trains the encoder too. The mask refiner stays
@@ -40,14 +41,22 @@ from typing import Callable
 
 from ..errors import CancelledError, InputError, ReadError, WeightsError, WriteError
 
-__all__ = ["ADAPT_DEFAULTS", "TRAIN_MODES", "AdaptResult", "adapt", "available_cores", "check_output"]
+__all__ = ["ADAPT_DEFAULTS", "STEPS_PER_VOLUME", "TRAIN_MODES", "AdaptResult", "adapt", "available_cores",
+           "check_output", "default_steps"]
 
 #: What ``train`` may be: the prompt side only (encoder frozen), or the whole network.
 TRAIN_MODES = ("decoder", "all")
 #: Training settings of an adaptation: those of the base's last fine-tuning stages (one 128-voxel
 #: patch per step, learning rate 1e-4 after a short warm-up; weights/miqsam_cpu.json).
 ADAPT_DEFAULTS = {"batch": 1, "patch": 128, "lr": 1e-4, "warmup": 10, "pool": 16}
-NO_STEP_LIMIT = 10**9  # a time budget alone ends training
+#: The default budget: this many steps per labelled volume trained on (``steps=0``). A step count, not
+#: minutes, because the curve (docs/results.md, "Adaptation curve") is one of steps: on out-of-family
+#: phantoms 48 whole-network steps on 4 volumes (12 a volume) raised Dice 0.50 -> 0.59, longer runs gave
+#: some of it back, and 794 decoder steps on one volume (what the old default of 5 minutes had become on
+#: 2 cores) lowered Dice 0.50 -> 0.37 and F1 0.44 -> 0.32. A time budget would also mean ten times more
+#: steps on a GPU than on a laptop.
+STEPS_PER_VOLUME = 12
+NO_STEP_LIMIT = 10**9  # checkpoint_every: never (the weights are written once, at the end)
 HEADLINE = "instance_f1"
 
 ProgressFn = Callable[[int, "int | None", float], None]
@@ -81,6 +90,11 @@ class AdaptResult:
     def summary(self) -> str:
         """One line for a person, e.g. ``instance F1 0.41 -> 0.63 on 1 held-out volume``."""
         return held_out_summary(self.before, self.after, len(self.held_out), len(self.cases) + len(self.held_out))
+
+
+def default_steps(trained_volumes: int) -> int:
+    """The default budget for ``trained_volumes`` labelled volumes: :data:`STEPS_PER_VOLUME` each."""
+    return STEPS_PER_VOLUME * max(1, int(trained_volumes))
 
 
 def held_out_summary(before: dict | None, after: dict | None, n_held: int, n_cases: int) -> str:
@@ -222,7 +236,7 @@ def adapt(
     data: str | Path,
     base: str | Path,
     out: str | Path,
-    minutes: float = 5.0,
+    minutes: float = 0.0,
     train: str = "decoder",
     progress: ProgressFn | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -245,12 +259,13 @@ def adapt(
         data: a data set folder (KiTS layout from ``data.user_dataset``, or LiTS / MSD).
         base: the weights to start from (``"default"``: the shipped ones); their config is used.
         out: the new ``.safetensors`` file (``user_weights.new_weights_path()`` for a fresh name).
-        minutes: time budget of the training (0: ``steps`` alone); preparing the cases and the
-            held-out scoring come on top.
+        minutes: a time limit on the training (0: none); preparing the cases and the held-out
+            scoring come on top.
         train: ``"decoder"`` (encoder frozen) or ``"all"``.
         progress: ``progress(step, total_steps_or_None, minutes_elapsed)`` after every step.
         cancel: checked before and after every step; True stops and writes no weights file.
-        steps: step limit (0: the time budget alone).
+        steps: the number of steps (0: :func:`default_steps` of the volumes trained on, 12 each);
+            training ends after them or at the time limit, whichever comes first.
         held_out: volumes held out for the before/after check, at most all but one (0: none).
         threads: torch CPU threads (0: every available core); device: ``"cpu"``, ``"cuda"``, ``"auto"``.
         clicks: simulated clicks per held-out (volume, lesion kind) in the check.
@@ -274,8 +289,9 @@ def adapt(
 
     if train not in TRAIN_MODES:
         raise InputError(f"train must be one of {', '.join(TRAIN_MODES)}, got {train!r}")
-    if not (minutes > 0 or steps > 0) or minutes < 0 or steps < 0:
-        raise InputError(f"give a time budget (minutes > 0) or a number of steps, got minutes={minutes}, steps={steps}")
+    if not (math.isfinite(minutes) and minutes >= 0) or steps < 0:
+        raise InputError(f"minutes and steps must be >= 0 (0: no time limit; the default number of steps), "
+                         f"got minutes={minutes}, steps={steps}")
     if held_out < 0 or clicks < 1:
         raise InputError(f"held_out must be >= 0 and clicks >= 1, got {held_out} and {clicks}")
     cancelled = cancel or (lambda: False)
@@ -303,6 +319,7 @@ def adapt(
     n_held = min(held_out, len(refs) - 1) if len(refs) >= 2 else 0
     held = refs[len(refs) - n_held:] if n_held else []
     trained = [r.name for r in refs[:len(refs) - n_held]]
+    steps = int(steps) or default_steps(len(trained))
     base_sha = file_sha256(base)
     old_threads = torch.get_num_threads()
     run_dir = out.parent / f".{out.stem}.adapt-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -318,7 +335,7 @@ def adapt(
                 log(held_out_summary(None, None, 0, len(refs)))
             if cancelled():
                 raise CancelledError("adaptation cancelled before training; no weights were written")
-            total = steps or None
+            total = steps
 
             def on_step(step: int, elapsed: float) -> None:
                 if progress is not None:
@@ -328,14 +345,13 @@ def adapt(
 
             opt = TrainOptions(
                 config=config, ablation=overrides, data=str(data), out=str(run_dir), init=str(base),
-                steps=steps or NO_STEP_LIMIT, minutes=float(minutes), batch=batch, patch=patch, lr=lr,
-                warmup=min(ADAPT_DEFAULTS["warmup"], max(1, steps // 5)) if steps else ADAPT_DEFAULTS["warmup"],
+                steps=steps, minutes=float(minutes), batch=batch, patch=patch, lr=lr,
+                warmup=min(ADAPT_DEFAULTS["warmup"], max(1, steps // 5)),
                 pool=min(ADAPT_DEFAULTS["pool"], len(trained)), seed=seed, device=device,
                 threads=threads or available_cores(), checkpoint_every=NO_STEP_LIMIT,
                 freeze_encoder=train == "decoder", exclude_cases=tuple(r.name for r in held))
             log(f"adapting {base.name} ({train}{' with the encoder frozen' if train == 'decoder' else ''}) on "
-                f"{len(trained)} volume(s) for " + (f"{minutes:g} min" if minutes else "") +
-                (" or " if minutes and steps else "") + (f"{steps} steps" if steps else ""))
+                f"{len(trained)} volume(s) for {steps} steps" + (f" or {minutes:g} min, whichever ends first" if minutes else ""))
             # the loop's last line names its temporary file: say "trained" instead
             result = train_loop(opt, log=lambda m: log("trained" + m[m.find(" after "):] if m.startswith("wrote ") else m),
                                 on_step=on_step)
@@ -344,7 +360,7 @@ def adapt(
                 "name": out.stem, "weights": out.name, "made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "base": {"path": str(base), "sha256": base_sha}, "data": str(data.resolve()),
                 "cases": trained, "held_out_cases": [r.name for r in held], "train": train,
-                "steps": result.steps, "minutes": round(result.minutes, 2), "budget_minutes": minutes,
+                "steps": result.steps, "minutes": round(result.minutes, 2), "budget_minutes": minutes, "budget_steps": steps,
                 "settings": {"batch": batch, "patch": patch, "lr": lr, "threads": opt.threads, "device": device,
                              "seed": seed, "lesion_labels": list(classes)},
             }

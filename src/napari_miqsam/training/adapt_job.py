@@ -3,8 +3,8 @@
 The process is spawned (a fresh interpreter: no fork of a Qt application) and reports through a
 queue; the GUI polls it from a timer::
 
-    job = AdaptJob(data=..., base=..., out=..., minutes=5).start()
-    for event in job.poll():   # ("log", line) | ("progress", step, total_or_None, minutes)
+    job = AdaptJob(data=..., base=..., out=..., train="decoder").start()
+    for event in job.poll():   # ("log", line) | ("progress", step, total_steps, minutes)
         ...                    # | ("done", AdaptResult) | ("error", exception)
     job.cancel()               # checked by the training every step: no weights file is left
 
