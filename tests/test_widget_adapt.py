@@ -60,7 +60,7 @@ def test_commit_add_adapt_then_the_new_weights_load_and_segment(weights_dir, tin
     panel = widget.adapt_panel
     shipped = file_sha256(DEFAULT_WEIGHTS)
     assert panel.dataset_dir == tmp_path / "default_dataset"  # the default, before the user picks one
-    assert panel.steps_spin.value() == 0 and panel.steps_spin.text().startswith("auto (12 steps")  # 12 a volume
+    assert panel.steps_spin.value() == 0 and panel.steps_spin.text() == "auto" and "12 per labelled volume" in panel.steps_spin.toolTip()
     assert panel.train_combo.currentData() == "decoder"
     assert panel.kind_spin.text() == "kind 2 (tumour)"  # the KiTS label values are named
     panel.kind_spin.setValue(3)

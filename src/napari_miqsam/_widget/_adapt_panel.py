@@ -142,7 +142,7 @@ class AdaptPanel(QGroupBox):
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(AUTO_STEPS, 100_000)
         self.steps_spin.setSingleStep(10)
-        self.steps_spin.setSpecialValueText(f"auto ({STEPS_PER_VOLUME} steps a volume)")
+        self.steps_spin.setSpecialValueText("auto")  # the tooltip says what auto is; a longer text is cut off
         self.steps_spin.setSuffix(" steps")
         self.steps_spin.setValue(AUTO_STEPS)
         self.steps_spin.setToolTip(f"Training steps; auto: {STEPS_PER_VOLUME} per labelled volume trained on. More "
