@@ -56,7 +56,7 @@ ADAPT_DEFAULTS = {"batch": 1, "patch": 128, "lr": 1e-4, "warmup": 10, "pool": 16
 #: 2 cores) lowered Dice 0.50 -> 0.37 and F1 0.44 -> 0.32. A time budget would also mean ten times more
 #: steps on a GPU than on a laptop.
 STEPS_PER_VOLUME = 12
-NO_STEP_LIMIT = 10**9  # checkpoint_every: never (the weights are written once, at the end)
+NEVER = 10**9  # checkpoint_every: no checkpoint (the weights are written once, at the end)
 HEADLINE = "instance_f1"
 
 ProgressFn = Callable[[int, "int | None", float], None]
@@ -262,7 +262,7 @@ def adapt(
         minutes: a time limit on the training (0: none); preparing the cases and the held-out
             scoring come on top.
         train: ``"decoder"`` (encoder frozen) or ``"all"``.
-        progress: ``progress(step, total_steps_or_None, minutes_elapsed)`` after every step.
+        progress: ``progress(step, total_steps, minutes_elapsed)`` after every step.
         cancel: checked before and after every step; True stops and writes no weights file.
         steps: the number of steps (0: :func:`default_steps` of the volumes trained on, 12 each);
             training ends after them or at the time limit, whichever comes first.
@@ -335,11 +335,10 @@ def adapt(
                 log(held_out_summary(None, None, 0, len(refs)))
             if cancelled():
                 raise CancelledError("adaptation cancelled before training; no weights were written")
-            total = steps
 
             def on_step(step: int, elapsed: float) -> None:
                 if progress is not None:
-                    progress(step, total, elapsed / 60)
+                    progress(step, steps, elapsed / 60)
                 if cancelled():
                     raise CancelledError(f"adaptation cancelled after {step} steps; no weights were written")
 
@@ -348,7 +347,7 @@ def adapt(
                 steps=steps, minutes=float(minutes), batch=batch, patch=patch, lr=lr,
                 warmup=min(ADAPT_DEFAULTS["warmup"], max(1, steps // 5)),
                 pool=min(ADAPT_DEFAULTS["pool"], len(trained)), seed=seed, device=device,
-                threads=threads or available_cores(), checkpoint_every=NO_STEP_LIMIT,
+                threads=threads or available_cores(), checkpoint_every=NEVER,
                 freeze_encoder=train == "decoder", exclude_cases=tuple(r.name for r in held))
             log(f"adapting {base.name} ({train}{' with the encoder frozen' if train == 'decoder' else ''}) on "
                 f"{len(trained)} volume(s) for {steps} steps" + (f" or {minutes:g} min, whichever ends first" if minutes else ""))
