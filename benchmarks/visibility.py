@@ -1,9 +1,11 @@
 """How visible the lesions of a phantom set are, and the instance F1 that visibility allows.
 
-    python benchmarks/visibility.py --cases 40 --start 0 [--json out.json]
+    python benchmarks/visibility.py --cases 40 --start 0 [--family ood] [--json out.json]
 
 No model runs. For every lesion of the 40 evaluation phantoms (seeds 0-39, the cases of
-``miqsam evaluate phantom:40:0``): its detectability d' for an observer that knows its exact shape
+``miqsam evaluate phantom:40:0``; with ``--family ood`` the second, separately written
+generator's, the cases of ``miqsam evaluate ood:40:0``; with ``--family real`` the real LiTS case
+of ``miqsam fetch-real-ct``, one case, a yardstick only): its detectability d' for an observer that knows its exact shape
 (``napari_miqsam.evaluation.detectability``: ring-minus-inside contrast against the same statistic
 at up to 200 lesion-free places in the organ). Then, per evaluation row (case, lesion class), the
 expected instance F1 of a *searcher* that knows each lesion's shape, finds the clicked lesion, and
@@ -21,8 +23,11 @@ from dataclasses import asdict
 
 import numpy as np
 
+from napari_miqsam.data.datasets import list_cases
 from napari_miqsam.data.instances import instances_of
+from napari_miqsam.data.ood_phantom import make_ood_phantom
 from napari_miqsam.data.phantom import CYST, TUMOUR, make_phantom
+from napari_miqsam.data.real_ct import fetch_real_ct
 from napari_miqsam.evaluation.detectability import expected_row_f1, lesion_visibility, search_recall
 
 DIAMETERS = (("< 6 mm", 0, 6), ("6-8 mm", 6, 8), ("8-12 mm", 8, 12), ("12-20 mm", 12, 20), (">= 20 mm", 20, np.inf))
@@ -33,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--cases", type=int, default=40)
     p.add_argument("--start", type=int, default=0, help="first phantom seed (0: the evaluation set)")
+    p.add_argument("--family", choices=("phantom", "ood", "real"), default="phantom",
+                   help="phantom: the training generator's evaluation cases (phantom:N:START); ood: the second, "
+                        "separately written generator's (ood:N:START); real: the LiTS case of miqsam fetch-real-ct")
     p.add_argument("--false-positives", default="0.1,0.5", help="comma-separated expected false alarms per search")
     p.add_argument("--json", default=None, help="write every lesion's row here")
     p.add_argument("--against", default=None,
@@ -41,20 +49,28 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     fps = [float(v) for v in args.false_positives.split(",")]
     lesions, rows = [], []
+    if args.family == "real":
+        args.start, args.cases = 0, 1
     for i in range(args.start, args.start + args.cases):
-        case = make_phantom(i)
+        if args.family == "real":
+            case = list_cases(fetch_real_ct())[0].load()
+        else:
+            case = make_ood_phantom(i) if args.family == "ood" else make_phantom(i)
         for cls in (TUMOUR, CYST):
             ids, n = instances_of(case.labels, cls, MIN_SIZE)
             if not n:
                 continue
             vis = lesion_visibility(case.image, case.labels, ids, case.spacing, seed=i)
             recalls = {f: [search_recall(v, f) for v in vis] for f in fps}
-            lesions += [dict(asdict(v), case=i, cls=cls, noise_sigma=case.meta["noise_sigma"],
+            lesions += [dict(asdict(v), case=i, cls=cls, noise_sigma=case.meta.get("noise_sigma"),
                              **{f"recall_fp{f}": recalls[f][k] for f in fps}) for k, v in enumerate(vis)]
             rows.append({"case": i, "cls": cls, **{f"f1_fp{f}": expected_row_f1(recalls[f], f) for f in fps}})
-    print(f"{len(lesions)} lesions in {len(rows)} rows (case, class) of phantom seeds {args.start}-{args.start + args.cases - 1}")
+    print(f"{len(lesions)} lesions in {len(rows)} rows (case, class) of {args.family} seeds {args.start}-{args.start + args.cases - 1}")
     for cls, name in ((TUMOUR, "tumours"), (CYST, "cysts")):
         ls = [r for r in lesions if r["cls"] == cls]
+        if not ls:  # the real case has no cysts
+            print(f"{name}: none")
+            continue
         print(f"{name}: {len(ls)}; median d' {np.nanmedian([r['d_prime'] for r in ls]):.1f}")
         print("  diameter   | n  | median d' | d' < 2 | d' < 3 | d' < 5 | not measured (large, or on the organ surface)")
         for label, lo, hi in DIAMETERS:
@@ -72,9 +88,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  expected recall of a shape-knowing searcher, {f} false alarms per search: {rec:.3f}")
     for f in fps:
         key = f"f1_fp{f}"
-        by = {c: np.mean([r[key] for r in rows if r["cls"] == c]) for c in (TUMOUR, CYST)}
-        print(f"expected instance F1 over rows, {f} false alarms per search: {np.mean([r[key] for r in rows]):.3f} "
-              f"(tumour {by[TUMOUR]:.3f}, cyst {by[CYST]:.3f})")
+        by = ", ".join(f"{name} {np.mean([r[key] for r in rows if r['cls'] == c]):.3f}"
+                       for c, name in ((TUMOUR, "tumour"), (CYST, "cyst")) if any(r["cls"] == c for r in rows))
+        print(f"expected instance F1 over rows, {f} false alarms per search: {np.mean([r[key] for r in rows]):.3f} ({by})")
     if args.against:
         compare(rows, args.against, fps[0])
     if args.json:

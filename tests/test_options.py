@@ -19,7 +19,7 @@ from test_predictor import LocalDecoder, LocalModel
 
 def test_defaults_are_the_shipped_settings_and_frozen():
     o = PredictOptions()
-    assert (o.kind_gate, o.grow, o.refine, o.kind, o.snap_radius, o.mask_level) == (0.5, True, True, None, 1, 0.0)
+    assert (o.kind_gate, o.grow, o.refine, o.kind, o.snap_radius, o.mask_level, o.rescue) == (0.5, True, True, None, 1, 0.0, 0.0)
     assert (KIND_GATE, SNAP_RADIUS, MASK_LEVEL) == (0.5, 1, 0.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.grow = False  # type: ignore[misc]
@@ -48,10 +48,13 @@ def test_from_widget_maps_the_check_boxes():
 def test_from_cli_reads_the_same_flags_on_every_command(command):
     parser = build_parser()
     assert PredictOptions.from_cli(parser.parse_args(command)) == PredictOptions()
-    args = parser.parse_args([*command, "--kind-gate", "0.3", "--no-grow", "--no-refine"])
-    assert PredictOptions.from_cli(args, kind=1) == PredictOptions(kind_gate=0.3, grow=False, refine=False, kind=1)
+    args = parser.parse_args([*command, "--kind-gate", "0.3", "--rescue", "1.6", "--no-grow", "--no-refine"])
+    assert PredictOptions.from_cli(args, kind=1) == PredictOptions(kind_gate=0.3, grow=False, refine=False, kind=1,
+                                                                   rescue=1.6)
     with pytest.raises(InputError, match="--kind-gate must lie in"):
         PredictOptions.from_cli(parser.parse_args([*command, "--kind-gate", "2"]))
+    with pytest.raises(InputError, match="--rescue must be"):
+        PredictOptions.from_cli(parser.parse_args([*command, "--rescue", "0.5"]))
 
 
 def test_removed_flag_and_attributes_say_why(capsys):

@@ -20,14 +20,18 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_predict_options(parser: argparse.ArgumentParser, *, kind_gate: bool = True, refine: bool = True) -> None:
     """The flags of ``inference.options.PredictOptions`` (read back by ``PredictOptions.from_cli``):
-    ``--kind-gate``, ``--no-refine`` (a command passes False for one it has not) and ``--no-grow``;
+    ``--kind-gate``, ``--rescue``, ``--no-refine`` (a command passes False for one it has not) and ``--no-grow``;
     and the removed ``--kind-scoring``, kept as a clear error."""
-    from ..inference.options import KIND_GATE
+    from ..inference.options import CONTRAST_RATIO, KIND_GATE, RESCUE
 
     if kind_gate:
         parser.add_argument("--kind-gate", type=float, default=None, metavar="G",
                             help=f"kind gate, only the clicked kind (the widget's check box): drop instances whose lesion-kind "
                             f"agreement with the clicked one is below G, in [0, 1] (default {KIND_GATE:g}; 0: keep every kind)")
+        parser.add_argument("--rescue", type=float, default=None, metavar="R",
+                            help=f"keep an instance the kind gate would drop when its contrast to its surroundings has the "
+                            f"clicked lesion's sign and lies within a factor R of it, e.g. {CONTRAST_RATIO:g} (default {RESCUE:g}: never; "
+                            f"it helps where the kind head splits one kind of lesion in two, docs/experiments.md)")
     if refine:
         parser.add_argument("--no-refine", action="store_true",
                             help="upsample the stride-2 masks instead of redrawing them with the weights' mask refiner "

@@ -189,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
     result["weights"] = str(args.weights) if args.weights is not None else "default"
     if predictor is not None:
         result["kind_gate"] = options.kind_gate
+        result["rescue"] = options.rescue
         result["refine"] = options.refine and predictor.model.refiner is not None
         result["grow"] = options.grow
         result["model_spacing"] = list(predictor.model_spacing)

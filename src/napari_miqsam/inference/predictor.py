@@ -45,6 +45,7 @@ from .postprocess import (
     to_original_grid,
 )
 from .precision import embed_dtype
+from .rescue import contrast_matches
 from .prediction import Prediction, named_kinds
 from .preprocess import GridMap, as_volume, check_spacing, normalise_intensity
 from .resample import interpolate_separable, resample_to_model
@@ -381,6 +382,9 @@ class Predictor:
             agree = kind_consistency(ids, n, kind_probs, clicked, pi[0].float().cpu().numpy())
             keep = agree >= options.kind_gate
             keep[clicked - 1] = True
+            if options.rescue and not keep.all():
+                dropped = np.nonzero(~keep)[0] + 1
+                keep[dropped - 1] = contrast_matches(ids, self._stride_image(), clicked, dropped, options.rescue)
             if not keep.all():
                 ids, n, scores = select(ids, scores, np.nonzero(keep)[0])
         ids, n, scores = keep_best(ids, n, scores, MAX_INSTANCES)
@@ -389,6 +393,11 @@ class Predictor:
         # the kind read at the click, reported only where the kinds are named classes (not clusters)
         looked_for = None if pi is None or self.cfg.relative_kinds else tuple(float(v) for v in pi[0].float().cpu())
         return Prediction(grid.shape, grid.spacing, instances, pos, neg, kind=looked_for, kind_names=self.kind_names)
+
+    def _stride_image(self) -> np.ndarray:
+        """The model-grid image averaged over each stride-2 cell: the grid of the slot maps."""
+        with torch.inference_mode():
+            return F.avg_pool3d(self._model_vol[None, None].float(), STRIDE)[0, 0].numpy()
 
     def _mask_logits(self, fg: np.ndarray, ids: np.ndarray, options: PredictOptions) -> Refine | None:
         """logits(k, lo, hi): instance k's stride-1 logits over stride-2 cells [lo, hi), refined
