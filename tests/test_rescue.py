@@ -85,6 +85,9 @@ def test_the_predictor_keeps_what_the_gate_drops_only_when_asked_and_alike():
 
     assert found(kind_gate=0.0) == [0, 2, 3]  # no gate: all three
     assert found() == [0]  # the gate alone (the default): the right-hand pieces are another kind
+    pred = p.predict([(8, 8, 8)])
+    assert len(pred.gated) == 2 and pred.hidden_by_kind_gate(0.0, 0.0) == 2  # and the user is told so
+    assert pred.hidden_by_kind_gate(0.0, 1e6) == 0 and p.predict([(8, 8, 8)], options=PredictOptions(rescue=5.0)).gated == ()
     assert found(rescue=1.6) == [0, 2]  # rescued: the alike one, not the much brighter one
     assert found(rescue=5.0) == [0, 2, 3]
     assert found(kind_gate=0.0, rescue=1.6) == [0, 2, 3]  # the rescue only acts on what the gate drops

@@ -8,6 +8,8 @@ import math
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -225,6 +227,18 @@ def test_threshold_and_min_volume_give_labels_and_rows_without_a_model(session):
     _, rows = session.labels(0.0, 30.0)
     assert session.summary(0.0, 30.0) == "2 instances with confidence ≥ 0.00 and volume ≥ 30 mm³."
     assert session.row(3)["voxels"] == 8 and session.row(2) is None
+
+
+def test_the_summary_says_how_many_the_kind_gate_hid_at_the_thresholds_shown(session):
+    gated = replace(three_instances(), gated=((0.9, 100.0), (0.5, 100.0), (0.9, 10.0)))
+    session.accept(gated)
+    session.labels(0.85, 0.0)
+    assert session.summary(0.85, 0.0) == ("1 instance with confidence ≥ 0.85. The kind gate hid 2 more read as "
+                                          "another kind (untick it to see them).")
+    session.labels(0.4, 30.0)
+    assert session.summary(0.4, 30.0).endswith("The kind gate hid 2 more read as another kind (untick it to see them).")
+    session.labels(0.95, 0.0)
+    assert "kind gate" not in session.summary(0.95, 0.0)
 
 
 def test_deleted_instances_stay_hidden_at_every_threshold_until_a_new_result(session):

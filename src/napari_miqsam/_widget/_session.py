@@ -372,7 +372,9 @@ class Session:
         volume = f" and volume ≥ {min_volume:g} mm³" if min_volume > 0 else ""
         kind = self.prediction.kind_summary() if self.prediction is not None else None
         looked_for = f" Click read as {kind}." if kind else ""
-        return f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {threshold:.2f}{volume}.{looked_for}"
+        hidden = self.prediction.hidden_by_kind_gate(threshold, min_volume) if self.prediction is not None else 0
+        gate = (f" The kind gate hid {hidden} more read as another kind (untick it to see them)." if hidden else "")
+        return f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {threshold:.2f}{volume}.{looked_for}{gate}"
 
     def row(self, instance_id: int) -> dict | None:
         return next((r for r in self.rows if int(r["id"]) == int(instance_id)), None)

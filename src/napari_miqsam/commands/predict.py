@@ -94,7 +94,9 @@ def predict_file(predictor, image: Path, output: Path, args, options=None) -> in
     write_csv(csv_out, rows, args.overwrite)
     kind = prediction.kind_summary()
     read = f"; click read as {kind}" if kind else ""
-    print(f"{image.name}: {len(rows)} instance(s) at threshold {args.threshold}{read} -> {output} (+ {csv_out.name})")
+    hidden = prediction.hidden_by_kind_gate(args.threshold, args.min_volume)
+    gate = f"; the kind gate hid {hidden} more read as another kind (--kind-gate 0 keeps them)" if hidden else ""
+    print(f"{image.name}: {len(rows)} instance(s) at threshold {args.threshold}{read}{gate} -> {output} (+ {csv_out.name})")
     return len(rows)
 
 

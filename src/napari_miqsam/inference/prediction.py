@@ -94,7 +94,8 @@ class Prediction:
     stable while a user moves the threshold. ``kind``: the lesion-kind distribution the prediction
     looked for (read by the model at the clicks, or given), one probability per kind of the
     weights; None for weights without a kind head. ``kind_names``: the weights' names of those
-    kinds (``Predictor.kind_names``); empty: :func:`named_kinds`'s fallback.
+    kinds (``Predictor.kind_names``); empty: :func:`named_kinds`'s fallback. ``gated``: (score,
+    volume mm³) of each piece the kind gate dropped as another kind (:meth:`hidden_by_kind_gate`).
     """
 
     shape: tuple[int, int, int]
@@ -104,6 +105,7 @@ class Prediction:
     negative: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     kind: tuple[float, ...] | None = None
     kind_names: tuple[str, ...] = ()
+    gated: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         self.instances.sort(key=lambda inst: -inst.score)
@@ -120,6 +122,14 @@ class Prediction:
         names = self.kind_names if len(self.kind_names) == len(self.kind) else named_kinds(len(self.kind))
         name = names[k] if names else f"kind {k + 1} of {len(self.kind)}"
         return f"{name} ({self.kind[k]:.2f})"
+
+    def hidden_by_kind_gate(self, threshold: float = DEFAULT_THRESHOLD,
+                            min_volume: float = DEFAULT_MIN_VOLUME) -> int:
+        """How many pieces the kind gate dropped that would be shown without it at ``threshold``
+        and ``min_volume`` (their volume measured on the model's stride-2 grid): what a user
+        misses if the model splits one kind of lesion in two (on scans unlike its training data
+        it can: docs/experiments.md, "Exemplar-relative rescue")."""
+        return sum(1 for score, volume in self.gated if score >= threshold and volume >= min_volume)
 
     @property
     def scores(self) -> np.ndarray:

@@ -377,6 +377,7 @@ class Predictor:
         slot, fg, score_map, kind_probs = maps
         ids, n = split_instances(slot)
         scores = instance_scores(ids, n, score_map)
+        gated: tuple[tuple[float, float], ...] = ()
         if options.kind_gate > 0 and kind_probs is not None and n:
             clicked = pieces_at(ids, np.floor(pts_model[: len(pos)] / STRIDE))
             agree = kind_consistency(ids, n, kind_probs, clicked, pi[0].float().cpu().numpy())
@@ -386,13 +387,17 @@ class Predictor:
                 dropped = np.nonzero(~keep)[0] + 1
                 keep[dropped - 1] = contrast_matches(ids, self._stride_image(), clicked, dropped, options.rescue)
             if not keep.all():
+                cell_mm3 = float(np.prod(self.model_spacing)) * STRIDE ** 3
+                cells = np.bincount(ids.ravel(), minlength=n + 1)[1:]
+                gated = tuple((float(scores[k]), float(cells[k] * cell_mm3)) for k in np.nonzero(~keep)[0])
                 ids, n, scores = select(ids, scores, np.nonzero(keep)[0])
         ids, n, scores = keep_best(ids, n, scores, MAX_INSTANCES)
         instances = to_original_grid(ids, n, fg, scores, grid, STRIDE, negative=neg,
                                      refine=self._mask_logits(fg, ids, options), mask_level=options.mask_level)
         # the kind read at the click, reported only where the kinds are named classes (not clusters)
         looked_for = None if pi is None or self.cfg.relative_kinds else tuple(float(v) for v in pi[0].float().cpu())
-        return Prediction(grid.shape, grid.spacing, instances, pos, neg, kind=looked_for, kind_names=self.kind_names)
+        return Prediction(grid.shape, grid.spacing, instances, pos, neg, kind=looked_for, kind_names=self.kind_names,
+                          gated=gated)
 
     def _stride_image(self) -> np.ndarray:
         """The model-grid image averaged over each stride-2 cell: the grid of the slot maps."""
