@@ -178,3 +178,17 @@ def test_simulate_click_modes():
         simulate_click(np.zeros((3, 3, 3), bool), "center", rng)
     with pytest.raises(InputError):
         simulate_click(one, "random", rng)
+
+
+def test_varied_tumours_are_also_round_sharp_and_homogeneous_and_the_default_is_untouched():
+    """``varied=True`` (training only) draws tumours that are round, sharp-edged or homogeneous too;
+    the cysts keep their look and the default phantoms stay what the golden tests pin."""
+    rows = [les for seed in range(6) for les in make_phantom(seed, shape=(48, 64, 64), varied=True).meta["lesions"]]
+    tumours = [r for r in rows if r["class"] == TUMOUR]
+    assert tumours and all(0.0 <= r["soft_mm"] <= 3.0 and 0.0 <= r["texture_hu"] <= 8.0 for r in tumours)
+    assert any(r["round"] for r in tumours) and not all(r["round"] for r in tumours)
+    assert min(r["soft_mm"] for r in tumours) < 1.0 and min(r["texture_hu"] for r in tumours) < 3.0  # new looks
+    assert all(0.0 <= r["hu"] <= 20.0 for r in rows if r["class"] == CYST)
+    plain = make_phantom(3, shape=(48, 64, 64))
+    assert np.array_equal(plain.image, make_phantom(3, shape=(48, 64, 64), varied=False).image)
+    assert "round" not in str(plain.meta["lesions"])

@@ -23,7 +23,7 @@ from ..model.weights import init_from, save_weights
 from .losses import LossWeights, set_criterion
 from .refine import refine_loss
 from .loader import ExampleStream, example_batches, in_process_batches
-from .sources import LABEL_SCAN_CASES, CasePool, case_loader, is_generated, kind_names, lesion_labels
+from .sources import LABEL_SCAN_CASES, PHANTOMS, CasePool, case_loader, is_generated, kind_names, lesion_labels
 
 
 @dataclass
@@ -182,7 +182,7 @@ def train(opt: TrainOptions, log=print, on_step=None) -> TrainResult:
         log(f"validating on {len(val_refs)} held-out cases ({', '.join(r.name for r in val_refs)}), not trained on"
             if val_refs else "too few cases to hold any out (fewer than five): validating on phantoms")
     classes = lesion_labels(opt.data, opt.format, cfg.kinds, load, min(LABEL_SCAN_CASES, n_cases))  # kinds 0, 1, ...
-    if opt.data != "phantom" and rank == 0:
+    if opt.data not in PHANTOMS and rank == 0:
         log(f"lesion label values trained as kinds 1..{len(classes)}: {', '.join(map(str, classes))}")
     rng = np.random.default_rng(opt.seed * 1000 + rank + step)
     patch = tuple(opt.patch_sizes) or opt.patch  # sides drawn per step, or the one side

@@ -16,8 +16,10 @@ TRAIN_SEED_OFFSET = 1_000_000  # phantom seeds used for training start here; eva
 
 #: Generated training data (``--data``): the phantoms (two fixed kinds, tumour and cyst), the
 #: randomized phantoms (``data.randomized``: 1-4 lesion kinds of random appearance per volume,
-#: randomized anatomy and acquisition) or both, alternating case by case.
-GENERATED = ("phantom", "randomized", "phantom+randomized")
+#: randomized anatomy and acquisition) or both, alternating case by case; ``phantom-varied``: the
+#: phantoms with tumours of varied look (round, sharp-edged or homogeneous too, ``data.phantom.lesions``).
+GENERATED = ("phantom", "randomized", "phantom+randomized", "phantom-varied")
+PHANTOMS = ("phantom", "phantom-varied")  # labelled as KiTS: 2 tumour, 3 cyst
 RANDOMIZED_CLASSES = (2, 3, 4, 5)  # the randomized phantoms' lesion kinds 1..4
 
 
@@ -28,9 +30,11 @@ def is_generated(data: str) -> bool:
 
 def _maker(name: str) -> Callable:
     """The generator of one kind of generated phantom: make(seed, shape=...) -> Case."""
-    if name == "phantom":
+    if name in ("phantom", "phantom-varied"):
+        from functools import partial
+
         from ..data.phantom import make_phantom
-        return make_phantom
+        return partial(make_phantom, varied=True) if name == "phantom-varied" else make_phantom
     from ..data.randomized import make_randomized_phantom
     return make_randomized_phantom
 
@@ -86,7 +90,7 @@ def lesion_labels(data: str, fmt: str = "auto", kinds: int = len(LESION_CLASSES)
     only its liver, label 1)."""
     from ..data.datasets import dataset_lesion_classes, lesion_classes_in
 
-    if is_generated(data) and data != "phantom":
+    if is_generated(data) and data not in PHANTOMS:
         return RANDOMIZED_CLASSES[:kinds]
     classes = dataset_lesion_classes(data, fmt)
     if classes is None and load is not None:

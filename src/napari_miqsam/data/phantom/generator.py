@@ -27,6 +27,7 @@ def make_phantom(
     spacing: Sequence[float] | None = None,
     *,
     name: str | None = None,
+    varied: bool = False,
 ) -> Case:
     """Generate one synthetic abdominal CT case.
 
@@ -36,6 +37,8 @@ def make_phantom(
         shape: (z, y, x) voxels; default: ``round(FOV_MM / spacing)``.
         spacing: (z, y, x) mm; default: drawn by :func:`sample_spacing`.
         name: case name (default ``phantom_<seed>``).
+        varied: tumours of varied look (round, sharp or homogeneous too; ``lesions.py``), for
+            training only (``--data phantom-varied``); False: the evaluation phantoms.
 
     Returns:
         A :class:`Case` with ``image`` float32 HU, ``labels`` uint8 (0/1/2/3), ``spacing``,
@@ -69,7 +72,7 @@ def make_phantom(
     labels = np.zeros(shape, np.uint8)
     if organ.box is not None:
         labels[organ.box][canvas.tissue[organ.box] == Tissue.ORGAN] = ORGAN
-    lesions = place_lesions(r_les, img, labels, grid, organ.box, att.organ_hu)
+    lesions = place_lesions(r_les, img, labels, grid, organ.box, att.organ_hu, varied)
     scan = acquire(img, grid, spacing, r_noise)
 
     meta = {

@@ -3,6 +3,10 @@
 Tumours: hypodense by 15-50 HU, lobulated, soft-edged, heterogeneous, sometimes a necrotic core or
 a bright rim. Cysts: 0-20 HU, round, sharp-edged. Diameters 4-60 mm (cysts up to 45 mm),
 log-uniform; every lesion is its own 26-connected component.
+
+``varied=True`` (training only, ``--data phantom-varied``): tumours also come round, sharp-edged and
+homogeneous, as small real metastases do (each tumour: round with probability 0.4, edge softness
+0-3 mm, texture 0-8 HU); cysts and everything else as above. The evaluation phantoms never use it.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ def place_lesions(
     grid: _Grid,
     organ_box: tuple[slice, ...] | None,
     organ_hu: float,
+    varied: bool = False,
 ) -> list[dict]:
-    """Place and paint tumours and cysts inside the organ (``labels == ORGAN``), in place.
+    """Place and paint tumours and cysts inside the organ (``labels == ORGAN``), in place
+    (``varied``: tumours of varied look, module docstring).
 
     Returns the lesion table, one dict per painted lesion (see :func:`paint_lesion`).
     """
@@ -69,7 +75,7 @@ def place_lesions(
     table: list[dict] = []
     cand_all = np.argwhere(dist > margin + d_min * 0.3)
     for cls, diam in plan:
-        shape_params = lesion_shape(rng, cls, diam / 2.0)
+        shape_params = lesion_shape(rng, cls, diam / 2.0, varied)
         ok = False
         for attempt in range(6):
             rb = shape_params["bound"]
@@ -77,7 +83,7 @@ def place_lesions(
             need = rb * (0.65 if cls == TUMOUR else 0.8) + margin
             cidx = np.argwhere(dist > need) if attempt else cand_all[dist[tuple(cand_all.T)] > need]
             if len(cidx) == 0:
-                shape_params = lesion_shape(rng, cls, max(d_min / 2, shape_params["r0"] * 0.7))
+                shape_params = lesion_shape(rng, cls, max(d_min / 2, shape_params["r0"] * 0.7), varied)
                 continue
             tries = rng.integers(0, len(cidx), size=min(24, len(cidx)))
             for t in tries:
@@ -90,10 +96,10 @@ def place_lesions(
                 break
             if ok:
                 break
-            shape_params = lesion_shape(rng, cls, max(d_min / 2, shape_params["r0"] * 0.7))
+            shape_params = lesion_shape(rng, cls, max(d_min / 2, shape_params["r0"] * 0.7), varied)
         if not ok:
             continue
-        info = paint_lesion(rng, img, labels, grid, c, cls, shape_params, organ_hu)
+        info = paint_lesion(rng, img, labels, grid, c, cls, shape_params, organ_hu, varied)
         if info is None:
             continue
         placed_c.append(c)
@@ -102,13 +108,14 @@ def place_lesions(
     return table
 
 
-def lesion_shape(rng: np.random.Generator, cls: int, r0: float) -> dict:
+def lesion_shape(rng: np.random.Generator, cls: int, r0: float, varied: bool = False) -> dict:
     """Random lesion geometry of nominal radius ``r0`` (canonical mm).
 
     A cyst is one near-spherical ellipsoid; a tumour one ellipsoid plus 0-3 smaller lobes, with a
-    surface perturbation. ``bound`` is the radius of a sphere that holds it all.
+    surface perturbation (``varied``: 40% of tumours are round, as a cyst). ``bound`` is the radius
+    of a sphere that holds it all.
     """
-    if cls == CYST:
+    if cls == CYST or (varied and rng.random() < 0.4):
         semi = [r0 * rng.uniform(0.9, 1.1) for _ in range(3)]
         lobes = [(np.zeros(3), semi, _rotation(rng))]
         pert = 0.0
@@ -133,15 +140,17 @@ def paint_lesion(
     cls: int,
     shp: dict,
     organ_hu: float,
+    varied: bool = False,
 ) -> dict | None:
-    """Paint one lesion of shape ``shp`` centred at ``c`` (mm), clipped to the organ, in place.
+    """Paint one lesion of shape ``shp`` centred at ``c`` (mm), clipped to the organ, in place
+    (``varied``: a tumour's edge softness 0-3 mm and texture 0-8 HU, not 1-3 mm and 3-8 HU).
 
     Returns its row of the lesion table (class, centre voxel, nominal and measured diameter in mm,
     noise-free HU, voxel count, and for tumours contrast / necrotic / rim), or None if nothing of
     it falls inside the organ.
     """
     rb = shp["bound"]
-    soft_mm = 0.0 if cls == CYST else float(rng.uniform(1.0, 3.0))
+    soft_mm = 0.0 if cls == CYST else float(rng.uniform(0.0 if varied else 1.0, 3.0))
     sl = grid.box(c, (rb + soft_mm,) * 3)
     if sl is None:
         return None
@@ -172,7 +181,8 @@ def paint_lesion(
         contrast = float(rng.uniform(15.0, 50.0))
         hu = organ_hu - contrast
         les = np.full(bshape, hu, np.float32)
-        les += np.float32(rng.uniform(3.0, 8.0)) * _smooth_noise(rng, bshape, np.full(3, 2.5) / step)
+        texture = float(rng.uniform(0.0 if varied else 3.0, 8.0))
+        les += np.float32(texture) * _smooth_noise(rng, bshape, np.full(3, 2.5) / step)
         necrotic = r0 > 10 and rng.random() < 0.45
         rim = rng.random() < 0.3
         if necrotic:
@@ -189,6 +199,8 @@ def paint_lesion(
         w[mask] = np.maximum(w[mask], 0.5)
         sub += w * (les - sub)
         detail = {"contrast_hu": contrast, "necrotic": bool(necrotic), "rim": bool(rim)}
+        if varied:  # the drawn look, so a test (and a reader) can see the variety
+            detail.update(round=len(shp["lobes"]) == 1 and shp["pert"] == 0.0, soft_mm=soft_mm, texture_hu=texture)
     labels[sl][mask] = cls
     centre_vox = grid.index_of(c)
     n_vox = int(mask.sum())
