@@ -22,7 +22,7 @@ from ..errors import InputError
 KIND_GATE = 0.5  # the best of 0-0.8 on validation phantoms (docs/experiments.md, "Inference settings")
 SNAP_RADIUS = 1  # cells; a click just off a lesion moves onto it (docs/experiments.md, "Click snapping")
 MASK_LEVEL = 0.0  # logit level of a mask's edge: probability 0.5 (docs/experiments.md, "The mask level")
-RESCUE = 0.0  # off: within noise out of family, fewer precise in family (docs/experiments.md, "Exemplar-relative rescue")
+RESCUE = 0.0  # off: within noise out of family, less precise in family (docs/experiments.md, "Exemplar-relative rescue")
 CONTRAST_RATIO = 1.6  # the rescue's ratio when it is asked for: the best of 1.3-2.5 on validation sets
 
 #: Predictor attributes and CLI flags that are gone, and why (an old script gets this as its error).

@@ -45,9 +45,9 @@ from .postprocess import (
     to_original_grid,
 )
 from .precision import embed_dtype
-from .rescue import contrast_matches
 from .prediction import Prediction, named_kinds
 from .preprocess import GridMap, as_volume, check_spacing, normalise_intensity
+from .rescue import contrast_matches
 from .resample import interpolate_separable, resample_to_model
 from .threads import one_blas_thread
 from .tiling import Window, plan_windows
@@ -384,8 +384,8 @@ class Predictor:
             keep = agree >= options.kind_gate
             keep[clicked - 1] = True
             if options.rescue and not keep.all():
-                dropped = np.nonzero(~keep)[0] + 1
-                keep[dropped - 1] = contrast_matches(ids, self._stride_image(), clicked, dropped, options.rescue)
+                dropped = np.nonzero(~keep)[0]
+                keep[dropped] = contrast_matches(ids, self._stride_image(), clicked, dropped + 1, options.rescue)
             if not keep.all():
                 cell_mm3 = float(np.prod(self.model_spacing)) * STRIDE ** 3
                 cells = np.bincount(ids.ravel(), minlength=n + 1)[1:]

@@ -1,6 +1,6 @@
 """Exemplar-relative rescue: a piece the kind gate would drop stays when it looks like the clicked one.
 
-    keep[dropped - 1] = contrast_matches(ids, image, clicked, dropped, ratio=CONTRAST_RATIO)
+    keep[dropped] = contrast_matches(ids, image, clicked, dropped + 1, ratio=CONTRAST_RATIO)  # 0-based dropped
 
 The kind head reads a lesion's kind against the two fixed kinds it was trained on (tumour, cyst). On
 scans it was not made from that split can run through one real class: on the LiTS case of

@@ -30,7 +30,7 @@ def is_generated(data: str) -> bool:
 
 def _maker(name: str) -> Callable:
     """The generator of one kind of generated phantom: make(seed, shape=...) -> Case."""
-    if name in ("phantom", "phantom-varied"):
+    if name in PHANTOMS:
         from functools import partial
 
         from ..data.phantom import make_phantom
