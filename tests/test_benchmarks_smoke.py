@@ -54,6 +54,13 @@ def test_training_examples(capsys):
     assert "examples/s" in capsys.readouterr().out
 
 
+def test_train_precision(capsys):
+    load("train_precision").main(["--config", "tiny", "--weights", "none", "--spacing", "4", "--patch", "16",
+                                  "--repeats", "1"])
+    printed = capsys.readouterr().out
+    assert "speed-up" in printed and "gradient cosine" in printed
+
+
 def test_refiner_conv(capsys):
     load("refiner_conv").main(["--config", "tiny", "--model-spacing", "4", "--sides", "16", "--repeat", "1",
                                "--clicks", "1", "--threads", "1"])

@@ -518,3 +518,30 @@ def test_variable_patch_sizes_draw_one_side_per_batch(monkeypatch):
     assert [o.patch_sizes for o in seen] == [(96, 128, 160), ()]
     assert main(["train", "--config", "tiny", "--steps", "1", "--patch-sizes", "96,100"]) != 0
     assert len(seen) == 2
+
+
+@pytest.mark.parametrize("native, amp", [(True, True), (False, True), (True, False)])
+def test_cpu_training_autocasts_to_bfloat16_only_where_the_cpu_has_it(tmp_path, monkeypatch, native, amp):
+    from napari_miqsam.inference import precision
+    from napari_miqsam.model.weights import load_weights, read_metadata
+    from napari_miqsam.training.loop import TrainOptions, train
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)  # emulated bf16 still runs, slower
+    seen = []
+    real_autocast = torch.autocast
+
+    def spy(device_type, *a, enabled=True, **kw):
+        seen.append((device_type, enabled))
+        return real_autocast(device_type, *a, enabled=enabled, **kw)
+
+    monkeypatch.setattr(torch, "autocast", spy)
+    logs = []
+    result = train(TrainOptions(config="tiny", data="phantom", out=str(tmp_path), steps=2, batch=1, patch=32, pool=1,
+                                cases=2, warmup=1, device="cpu", phantom_shape=(32, 64, 64), amp=amp), log=logs.append)
+    want = native and amp
+    assert seen and all(d == "cpu" and e == want for d, e in seen)
+    assert any(("bfloat16 autocast" if want else "float32") in m for m in logs)
+    assert read_metadata(result.weights)["precision"] == ("bfloat16 autocast" if want else "float32")
+    model, _ = load_weights(result.weights)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay float32

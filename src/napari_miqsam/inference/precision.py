@@ -9,6 +9,10 @@ cores, docs/results.md, issue #33): 512x512x200 embedding 7.2 -> 5.2 s, 128^3 0.
 ``miqsam compare`` against float32 within noise on phantom:40:0 and ood:40:0 (Dice differences
 under 0.01 with intervals under +-0.01). On a CPU without native bfloat16 it would be emulated and
 slower, so ``auto`` keeps float32 there, and on GPUs (not measured yet).
+
+Training asks the same question (:func:`native_bf16`): it autocasts the whole step to bfloat16 on
+CUDA and on a CPU with native bfloat16, 1.4x the steps per second of float32 on 2 cores here
+(docs/training.md, ``benchmarks/train_precision.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ def cpu_has_native_bf16() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without the check
         return False
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU, or a CPU with AVX512-BF16 / AMX.
+    Training autocasts to bfloat16 there (``miqsam train --no-amp`` keeps float32)."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
 
 
 def embed_dtype(precision: str, device: torch.device) -> torch.dtype:

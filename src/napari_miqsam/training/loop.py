@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from ..distributed import context as distributed_context
 from ..distributed import init as init_distributed
+from ..inference.precision import native_bf16
 from ..model.config import get_config
 from ..model.miqsam import MIQSAM3D
 from ..model.weights import init_from, save_weights
@@ -62,7 +63,7 @@ class TrainOptions:
     instance_weight: float = 0.0  # weight of the per-instance likelihood term (losses.LossWeights.instance)
     kind_weight: float = LossWeights.kind  # weight of the encoder's lesion-kind loss (losses.LossWeights.kind)
     workers: int = 0  # processes preparing examples (loader.py); 0: sampled in the training process
-    amp: bool = True  # bf16 autocast on CUDA (--no-amp for GPUs without bf16); CPU runs in float32
+    amp: bool = True  # bf16 autocast where the device computes it natively: CUDA, a CPU with AVX512-BF16 / AMX
     minutes: float = 0.0  # time budget: stop at `steps` or after this many minutes, whichever comes first
     new_lr_mult: float = 1.0  # with --init: the learning rate of the tensors the init file lacks, times this
     freeze_encoder: bool = False  # encoder (CNN, ViT, pixel decoder, kind head) frozen: the query generator and decoder learn
@@ -196,7 +197,9 @@ def train(opt: TrainOptions, log=print, on_step=None) -> TrainResult:
         batches = in_process_batches(pool, patch, opt.batch, rng, opt.refresh_every, step)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-    use_amp = device.type == "cuda" and opt.amp
+    use_amp = opt.amp and native_bf16(device)  # on a CPU without native bfloat16 it would be emulated: float32
+    if rank == 0:
+        log(f"training in {'bfloat16 autocast' if use_amp else 'float32'} on {device.type}")
     t0 = time.perf_counter() - elapsed
     from tqdm import tqdm
 
@@ -257,6 +260,7 @@ def train(opt: TrainOptions, log=print, on_step=None) -> TrainResult:
         save_weights(model, path, trained=True, extra={
             "steps": str(step), "train_minutes": f"{elapsed / 60:.1f}", "data": opt.data,
             "options": json.dumps(asdict(opt)), "world_size": str(world), "hardware": hardware,
+            "precision": "bfloat16 autocast" if use_amp else "float32",
             **({"kind_names": kind_names(opt.data, opt.format, cfg.kinds, classes)}
                if cfg.kind_prior and not cfg.relative_kinds else {})})  # relative kinds are clusters, not names
         peak = f", peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
