@@ -123,3 +123,32 @@ def test_cli_compare(tmp_path, capsys):
     assert "cannot read" in capsys.readouterr().err
     assert main(["compare", str(files[0])]) == 2
     assert main(["compare", *map(str, files), "--json", str(out)]) == 2  # exists, no --overwrite
+
+
+def test_cli_pools_results_of_different_cases(tmp_path, capsys):
+    """A1+A2 vs B1+B2: the rows of both draws, their cases kept apart although both number them from 0."""
+    from napari_miqsam.cli import main
+
+    def draw(seed, shift, prefix):
+        r = _synthetic(n_cases=6, seed=seed)
+        for row in r["cases"]:
+            row["case"] = f"{prefix}{row['index']}"
+            row["methods"]["model"]["dice"] += shift
+        return r
+
+    paths = {}
+    for name, seed, shift, prefix in (("a1", 0, 0.0, "x"), ("a2", 1, 0.0, "y"), ("b1", 0, 0.1, "x"), ("b2", 1, 0.1, "y")):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(draw(seed, shift, prefix)))
+    out = tmp_path / "cmp.json"
+    assert main(["compare", f"{paths['a1']}+{paths['a2']}", f"{paths['b1']}+{paths['b2']}", "--resamples", "200",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "b1+b2 vs a1+a2: 24 paired rows over 12 cases" in text
+    dice = json.loads(out.read_text())[0]["metrics"]["dice"]
+    assert dice["difference"] == pytest.approx(0.1) and dice["verdict"] == "better"
+    # pooled in a different order on each side: the rows do not pair, and it says so
+    assert main(["compare", f"{paths['a1']}+{paths['a2']}", f"{paths['b2']}+{paths['b1']}"]) == 2
+    assert "different rows" in capsys.readouterr().err
+    assert main(["compare", f"{paths['a1']}+{tmp_path / 'missing.json'}", str(paths["b1"])]) == 2
+    assert "cannot read" in capsys.readouterr().err

@@ -1,4 +1,8 @@
-"""``miqsam compare A.json B.json [C.json ...]``: is B better than A, beyond the noise of the cases?"""
+"""``miqsam compare A.json B.json [C.json ...]``: is B better than A, beyond the noise of the cases?
+
+``A1.json+A2.json B1.json+B2.json`` pools results of different cases (e.g. ``ood:40:0`` and
+``ood:40:40``) on each side: the rows of the k-th file keep their cases apart (case index + k x 100000),
+so pool both sides in the same order."""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ HELP = ("Compare `miqsam evaluate --json` results scored on the same cases and c
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", type=Path, nargs="+", metavar="RESULT.json",
-                        help="evaluate results (same DATA, --clicks and --seed); each after the first is compared with the first")
+                        help="evaluate results (same DATA, --clicks and --seed); each after the first is compared with "
+                        "the first. A+B pools two results of different cases (e.g. ood:40:0+ood:40:40) into one")
     parser.add_argument("--method", default="model", help="which method's rows to compare (default: model)")
     parser.add_argument("--by-class", action="store_true",
                         help="also compare the rows of each lesion class alone (phantoms: 2 tumour, 3 cyst)")
@@ -34,6 +39,30 @@ def _load(path: Path) -> dict:
         raise InputError(f"{path}: not a JSON file ({exc.msg}, line {exc.lineno})") from None
 
 
+POOL_OFFSET = 100_000  # case index added per pooled file: cases of different files stay different clusters
+
+
+def _load_pooled(path: Path) -> dict:
+    """One result, or the rows of ``A.json+B.json+...`` pooled (each file's case indices offset)."""
+    from ..errors import InputError
+
+    if path.exists() or "+" not in str(path):
+        return _load(path)
+    parts = [Path(name) for name in str(path).split("+")]
+    pooled = None
+    for k, part in enumerate(parts):
+        result = _load(part)
+        if not isinstance(result, dict) or not isinstance(result.get("cases"), list):
+            raise InputError(f"{part}: no per-case rows to pool; write it with `miqsam evaluate ... --json`")
+        rows = [{**r, "index": int(r["index"]) + k * POOL_OFFSET} for r in result["cases"]]
+        pooled = {**result, "cases": rows} if pooled is None else {**pooled, "cases": pooled["cases"] + rows}
+    return pooled
+
+
+def _label(path: Path) -> str:
+    return path.stem if path.exists() else "+".join(Path(p).stem for p in str(path).split("+"))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError, WriteError
     from ..evaluation.compare import compare, format_comparison
@@ -47,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--confidence must lie in [0.5, 1), got {args.confidence}")
     if args.json is not None and args.json.exists() and not args.overwrite:
         raise WriteError(f"{args.json}: the file exists; use --overwrite")
-    first = _load(args.results[0])
+    first = _load_pooled(args.results[0])
     out = []
     for path in args.results[1:]:
-        second = _load(path)
+        second = _load_pooled(path)
         rows = first.get("cases") if isinstance(first, dict) else None  # compare() refuses a result without rows
         classes = sorted({int(r["class"]) for r in rows}) if args.by_class and isinstance(rows, list) else []
         for cls in [None, *classes]:  # all rows, then each lesion class alone
@@ -59,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                                  confidence=args.confidence, lesion_class=cls)
             except InputError as exc:
                 raise InputError(f"{args.results[0]} vs {path}: {exc}") from None
-            print(format_comparison(result, args.results[0].stem, path.stem), end="\n\n")
+            print(format_comparison(result, _label(args.results[0]), _label(path)), end="\n\n")
             out.append({"first": str(args.results[0]), "second": str(path), **result})
     if args.json is not None:
         write_json_atomic(args.json, out, overwrite=True)
