@@ -105,3 +105,10 @@ def test_adaptation_curve(tmp_path):
                             minutes=[0.05], modes=["decoder"], base=str(base), step_seconds={"decoder": 1.5},
                             patch=32, clicks=1, threads=1, log=lambda *a: 1 / 0)  # done runs are skipped
     assert set(again["runs"]) == set(state["runs"]) and again["runs"]["2vol_0.05min_decoder"]["steps"] == 2
+
+
+def test_nuclei_probe(tmp_path, capsys):
+    load("nuclei_probe").main(["--out", str(tmp_path / "nuclei"), "--labelled", "2", "--test", "1", "--steps", "1",
+                               "--clicks", "1", "--threads", "1", "--shape", "24,48,48"])
+    printed = capsys.readouterr().out
+    assert "| shipped |" in printed and "| all 1 steps |" in printed and "paired rows" in printed
