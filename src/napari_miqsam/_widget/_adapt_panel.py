@@ -135,7 +135,8 @@ class AdaptPanel(QGroupBox):
         self._name_kind(self.kind_spin.value())
         longest = max((f"kind {v} ({n})" for v, n in CLASS_NAMES.items() if v >= self.kind_spin.minimum()),
                       key=len, default="kind 255")
-        self.kind_spin.setMinimumWidth(self.kind_spin.fontMetrics().horizontalAdvance(longest) + 80)  # napari draws - and + on either side
+        # napari's style draws the - and + buttons on either side of the text: room for both
+        self.kind_spin.setMinimumWidth(self.kind_spin.fontMetrics().horizontalAdvance(longest) + 80)
         self.kind_spin.setToolTip("The label value the instances get in the data set (KiTS: 2 tumour, 3 cyst; "
                                   "your own lesion kinds from 2 on; 1 is the organ).")
         self.add_button = QPushButton("Add to data set")
