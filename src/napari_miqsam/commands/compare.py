@@ -49,14 +49,12 @@ def _load_pooled(path: Path) -> dict:
     if path.exists() or "+" not in str(path):
         return _load(path)
     parts = [Path(name) for name in str(path).split("+")]
-    pooled = None
-    for k, part in enumerate(parts):
-        result = _load(part)
+    results = [_load(part) for part in parts]
+    for part, result in zip(parts, results):
         if not isinstance(result, dict) or not isinstance(result.get("cases"), list):
             raise InputError(f"{part}: no per-case rows to pool; write it with `miqsam evaluate ... --json`")
-        rows = [{**r, "index": int(r["index"]) + k * POOL_OFFSET} for r in result["cases"]]
-        pooled = {**result, "cases": rows} if pooled is None else {**pooled, "cases": pooled["cases"] + rows}
-    return pooled
+    rows = [{**r, "index": int(r["index"]) + k * POOL_OFFSET} for k, result in enumerate(results) for r in result["cases"]]
+    return {**results[0], "cases": rows}
 
 
 def _label(path: Path) -> str:
