@@ -147,8 +147,30 @@ def test_cli_pools_results_of_different_cases(tmp_path, capsys):
     assert "b1+b2 vs a1+a2: 24 paired rows over 12 cases" in text
     dice = json.loads(out.read_text())[0]["metrics"]["dice"]
     assert dice["difference"] == pytest.approx(0.1) and dice["verdict"] == "better"
-    # pooled in a different order on each side: the rows do not pair, and it says so
-    assert main(["compare", f"{paths['a1']}+{paths['a2']}", f"{paths['b2']}+{paths['b1']}"]) == 2
-    assert "different rows" in capsys.readouterr().err
+    # rows pair by case name, so the order of the pooled files does not matter
+    swapped = tmp_path / "swapped.json"
+    assert main(["compare", f"{paths['a1']}+{paths['a2']}", f"{paths['b2']}+{paths['b1']}", "--resamples", "200",
+                 "--json", str(swapped)]) == 0
+    assert json.loads(swapped.read_text())[0]["metrics"]["dice"] == dice
+    capsys.readouterr()
+    # the same result pooled twice would count its rows twice: refused
+    assert main(["compare", f"{paths['a1']}+{paths['a1']}", f"{paths['b1']}+{paths['b1']}"]) == 2
+    assert "twice" in capsys.readouterr().err
     assert main(["compare", f"{paths['a1']}+{tmp_path / 'missing.json'}", str(paths["b1"])]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_two_click_draws_of_the_same_cases_are_one_cluster_per_case(tmp_path, capsys):
+    """--seed 0 and --seed 1 files of the same cases pool into one case each: 6 cases, not 12."""
+    from napari_miqsam.cli import main
+
+    paths = {}
+    for name, seed, shift in (("a0", 0, 0.0), ("a1", 1, 0.0), ("b0", 0, 0.05), ("b1", 1, 0.05)):
+        r = _synthetic(n_cases=6, seed=seed)
+        for row in r["cases"]:
+            row["case"], row["seed"] = f"case_{row['index']:03d}", seed
+            row["methods"]["model"]["dice"] += shift
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(r))
+    assert main(["compare", f"{paths['a0']}+{paths['a1']}", f"{paths['b0']}+{paths['b1']}", "--resamples", "200"]) == 0
+    assert "paired rows over 6 cases" in capsys.readouterr().out

@@ -1,8 +1,8 @@
 """``miqsam compare A.json B.json [C.json ...]``: is B better than A, beyond the noise of the cases?
 
-``A1.json+A2.json B1.json+B2.json`` pools results of different cases (e.g. ``ood:40:0`` and
-``ood:40:40``) on each side: the rows of the k-th file keep their cases apart (case index + k x 100000),
-so pool both sides in the same order."""
+``A1.json+A2.json B1.json+B2.json`` pools results on each side: other cases (e.g. ``ood:40:0`` and
+``ood:40:40``) or other click draws of the same cases (``--seed 0`` and ``--seed 1``). Rows pair and
+cluster by case name, so the files may be given in any order."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ HELP = ("Compare `miqsam evaluate --json` results scored on the same cases and c
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", type=Path, nargs="+", metavar="RESULT.json",
                         help="evaluate results (same DATA, --clicks and --seed); each after the first is compared with "
-                        "the first. A+B pools two results of different cases (e.g. ood:40:0+ood:40:40) into one")
+                        "the first. A+B pools two results of other cases or click draws (e.g. ood:40:0+ood:40:40) into one")
     parser.add_argument("--method", default="model", help="which method's rows to compare (default: model)")
     parser.add_argument("--by-class", action="store_true",
                         help="also compare the rows of each lesion class alone (phantoms: 2 tumour, 3 cyst)")
@@ -39,11 +39,8 @@ def _load(path: Path) -> dict:
         raise InputError(f"{path}: not a JSON file ({exc.msg}, line {exc.lineno})") from None
 
 
-POOL_OFFSET = 100_000  # case index added per pooled file: cases of different files stay different clusters
-
-
 def _load_pooled(path: Path) -> dict:
-    """One result, or the rows of ``A.json+B.json+...`` pooled (each file's case indices offset)."""
+    """One result, or the rows of ``A.json+B.json+...`` put together."""
     from ..errors import InputError
 
     if path.exists() or "+" not in str(path):
@@ -53,8 +50,7 @@ def _load_pooled(path: Path) -> dict:
     for part, result in zip(parts, results):
         if not isinstance(result, dict) or not isinstance(result.get("cases"), list):
             raise InputError(f"{part}: no per-case rows to pool; write it with `miqsam evaluate ... --json`")
-    rows = [{**r, "index": int(r["index"]) + k * POOL_OFFSET} for k, result in enumerate(results) for r in result["cases"]]
-    return {**results[0], "cases": rows}
+    return {**results[0], "cases": [r for result in results for r in result["cases"]]}
 
 
 def _label(path: Path) -> str:

@@ -4,9 +4,11 @@ Two weights (or settings) scored on the same cases with the same click draws giv
 (case, class, draw, target strategy) row each, with the same clicked points (a result written before
 ``--target`` existed has only ``random`` rows). Their difference is far less noisy than
 the difference of two means read off two tables, but rows of one case are not independent (one
-phantom's lesions, several draws), so the uncertainty is a *cluster* bootstrap: cases are resampled
-with replacement, every row of a drawn case comes along, and the statistic is the mean difference
-over the rows drawn (``scipy.stats.bootstrap``, paired, percentile interval).
+phantom's lesions, several draws), so the uncertainty is a *cluster* bootstrap: cases (by name) are
+resampled with replacement, every row of a drawn case comes along, and the statistic is the mean
+difference over the rows drawn (``scipy.stats.bootstrap``, paired, percentile interval). Rows are
+paired and clustered by case name, so the rows of several results (other cases, or other click
+draws of the same cases) can simply be put together on each side, in any order.
 
     result = compare(json.load(open("a.json")), json.load(open("b.json")))
     print(format_comparison(result))
@@ -39,21 +41,27 @@ ROW_TOLERANCE = 5e-4
 LOWER_IS_BETTER: frozenset[str] = frozenset({"wrong_class_rate", "dice_std_over_clicks"})
 
 
+def _case(row: dict) -> str:
+    """The row's case: its name (a result written before rows were named: its index)."""
+    return str(row.get("case") or f"#{row['index']}")
+
+
 def _key(row: dict) -> tuple:
-    return row.get("case"), row["index"], row["class"], row.get("seed", 0), row.get("target", "random")
+    return _case(row), row["class"], row.get("seed", 0), row.get("target", "random")
 
 
 def _points(row: dict) -> list:
     return [list(p["point"]) for p in row.get("points", [])]
 
 
-def paired_rows(a: dict, b: dict, method: str = "model", lesion_class: int | None = None) -> list[tuple[int, dict, dict]]:
-    """``(case index, a's metrics, b's metrics)`` for every row both results scored with ``method``
+def paired_rows(a: dict, b: dict, method: str = "model", lesion_class: int | None = None) -> list[tuple[str, dict, dict]]:
+    """``(case name, a's metrics, b's metrics)`` for every row both results scored with ``method``
     (only the rows of ``lesion_class`` if given).
 
     Refuses results that are not paired: different rows (cases, classes, draws or ``--target``
-    strategies) or different clicked points on a row (another ``--seed`` or ``--clicks``), since their difference would mix the draw's
-    noise into the comparison.
+    strategies), different clicked points on a row (another ``--seed`` or ``--clicks``), since their
+    difference would mix the draw's noise into the comparison, or one row twice (the same result
+    pooled twice).
     """
     results = {"first": a, "second": b}
     for name, result in results.items():
@@ -61,28 +69,34 @@ def paired_rows(a: dict, b: dict, method: str = "model", lesion_class: int | Non
             raise InputError(f"the {name} result has no per-case rows; write it with `miqsam evaluate ... --json`")
     rows = {}
     for name, result in results.items():
-        rows[name] = {_key(r): r for r in result["cases"] if method in r.get("methods", {})}
+        rows[name] = {}
+        for r in result["cases"]:
+            if method in r.get("methods", {}):
+                if _key(r) in rows[name]:
+                    raise InputError(f"the {name} result has row {_key(r)} twice: pool results of different "
+                                     "cases or click draws, each once")
+                rows[name][_key(r)] = r
         if not rows[name]:
             scored = sorted({m for r in result["cases"] for m in r.get("methods", {})})
             raise InputError(f"the {name} result has no rows scored with {method!r} "
                              f"(it has: {', '.join(scored) or 'none'}; choose with --method)")
     ka, kb = set(rows["first"]), set(rows["second"])
-    if lesion_class is not None and not any(k[2] == lesion_class for k in ka):
-        raise InputError(f"no row of lesion class {lesion_class} (the results have {sorted({k[2] for k in ka})})")
+    if lesion_class is not None and not any(k[1] == lesion_class for k in ka):
+        raise InputError(f"no row of lesion class {lesion_class} (the results have {sorted({k[1] for k in ka})})")
     if ka != kb:
         only = sorted(ka ^ kb, key=str)[:3]
         raise InputError(
             f"the two results score different rows ({len(ka)} and {len(kb)}, {len(ka ^ kb)} in one only, e.g. "
             f"{only}): evaluate both on the same DATA, --seed, --target and --limit")
     out = []
-    for key in sorted(ka, key=lambda k: (k[1], k[2], k[3], k[4])):
-        if lesion_class is not None and key[2] != lesion_class:
+    for key in sorted(ka):
+        if lesion_class is not None and key[1] != lesion_class:
             continue
         ra, rb = rows["first"][key], rows["second"][key]
         if _points(ra) != _points(rb):
             raise InputError(f"row {key} was clicked at different points in the two results "
                              f"({_points(ra)} vs {_points(rb)}): evaluate both with the same --clicks and --seed")
-        out.append((int(ra["index"]), ra["methods"][method], rb["methods"][method]))
+        out.append((key[0], ra["methods"][method], rb["methods"][method]))
     return out
 
 
