@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 COLS = ("dice", "nsd_1mm", "nsd_2mm", "instance_recall", "instance_precision", "instance_f1", "wrong_class_rate",
-        "dice_std_over_clicks")
+        "clicked_found", "dice_std_over_clicks")
 
 
 def row(name: str, m: dict) -> str:

@@ -12,7 +12,7 @@ from napari_miqsam.data.instances import instances_of
 from napari_miqsam.data.phantom import make_phantom
 from napari_miqsam.errors import InputError
 from napari_miqsam.evaluation.evaluate import (
-    METRICS, evaluate, format_markdown_table, merge_results, score,
+    METRICS, clicked_iou, evaluate, format_markdown_table, merge_results, score,
 )
 
 
@@ -85,6 +85,7 @@ def test_oracle_scores_perfect(cases):
     assert res["model"]["instance_f1"] == 1.0
     assert res["model"]["nsd_1mm"] == 1.0
     assert res["model"]["wrong_class_rate"] == 0.0
+    assert res["model"]["clicked_found"] == 1.0
     assert res["model"]["dice_std_over_clicks"] == 0.0
     assert oracle.calls["set_image"] == 3  # one embedding per case
     assert oracle.calls["predict"] == 3 * res["n_rows"]
@@ -100,6 +101,27 @@ def test_empty_predictor_scores_zero(cases):
     assert res["model"]["dice"] == 0.0
     assert res["model"]["instance_f1"] == 0.0
     assert res["model"]["nsd_2mm"] == 0.0
+    assert res["model"]["clicked_found"] == 0.0
+
+
+def test_clicked_found_asks_for_the_clicked_lesion_itself():
+    """The clicked lesion counts as found only when the instance covering most of it matches it
+    (IoU >= 0.5): another lesion found elsewhere, or a piece of it, does not."""
+    labels = np.zeros((8, 8, 16), np.uint8)
+    labels[2:6, 2:6, 2:6] = 2  # clicked lesion, 64 voxels
+    labels[2:6, 2:6, 10:14] = 2  # another lesion
+    clicked = np.zeros(labels.shape, bool)
+    clicked[2:6, 2:6, 2:6] = True
+    other = np.zeros(labels.shape, np.int32)
+    other[2:6, 2:6, 10:14] = 1
+    assert score(other, labels, 2, (1, 1, 1), clicked=clicked)["clicked_found"] == 0.0
+    assert score(other, labels, 2, (1, 1, 1))["instance_recall"] == 0.5
+    piece = other.copy()
+    piece[2:4, 2:6, 2:6] = 2  # half of it: IoU 0.5
+    assert clicked_iou(piece, clicked) == 0.5 and score(piece, labels, 2, (1, 1, 1), clicked=clicked)["clicked_found"] == 1.0
+    piece[2:4, 2:6, 2:4] = 0  # a quarter: IoU 0.25
+    assert score(piece, labels, 2, (1, 1, 1), clicked=clicked)["clicked_found"] == 0.0
+    assert np.isnan(score(piece, labels, 2, (1, 1, 1))["clicked_found"])
 
 
 def test_baselines_run_and_table(cases):

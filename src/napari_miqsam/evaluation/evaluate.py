@@ -43,7 +43,7 @@ from .baselines import denoise, grow_with_window, threshold_cc
 from ..inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
 from .metrics import dice, instance_scores, nsd, wrong_class_rate
 
-__all__ = ["METHODS", "METRICS", "TARGETS", "evaluate", "format_markdown_table", "merge_results", "pick_target",
+__all__ = ["METHODS", "METRICS", "TARGETS", "clicked_iou", "evaluate", "format_markdown_table", "merge_results", "pick_target",
            "score"]
 
 #: Per-click metrics, averaged over clicks then over (case, class) rows.
@@ -55,6 +55,7 @@ METRICS: tuple[str, ...] = (
     "instance_precision",
     "instance_f1",
     "wrong_class_rate",
+    "clicked_found",
 )
 #: Row-level metrics (one value per (case, class)).
 ROW_METRICS: tuple[str, ...] = METRICS + ("dice_std_over_clicks",)
@@ -71,6 +72,7 @@ def score(
     gt_instances: np.ndarray | None = None,
     min_size: int = 0,
     iou: float = 0.5,
+    clicked: np.ndarray | None = None,
 ) -> dict[str, float]:
     """All per-click metrics of one predicted instance volume against class ``cls``.
 
@@ -81,6 +83,8 @@ def score(
         spacing: (z, y, x) mm.
         gt_instances: ``instances_of(labels, cls, min_size)[0]`` if already computed.
         min_size: predicted instances smaller than this are ignored in the instance scores.
+        clicked: bool (z, y, x), the clicked lesion: ``clicked_found`` is 1.0 when the predicted
+            instance covering most of it matches it (IoU >= ``iou``), else 0.0 (NaN without it).
     """
     pred = np.asarray(pred_labels)
     if pred.dtype == bool:
@@ -104,7 +108,19 @@ def score(
         "instance_precision": s["precision"],
         "instance_f1": s["f1"],
         "wrong_class_rate": wrong_class_rate(pred_mask, labels, cls),
+        "clicked_found": float("nan") if clicked is None else float(clicked_iou(pred, clicked) >= iou),
     }
+
+
+def clicked_iou(pred_labels: np.ndarray, clicked: np.ndarray) -> float:
+    """IoU of the clicked lesion (bool mask) with the predicted instance covering most of it (0: none does)."""
+    under = pred_labels[clicked]
+    under = under[under > 0]
+    if not under.size:
+        return 0.0
+    ids, counts = np.unique(under, return_counts=True)
+    best = int(np.argmax(counts))
+    return float(counts[best] / (np.count_nonzero(clicked) + np.count_nonzero(pred_labels == ids[best]) - counts[best]))
 
 
 def _load(case: Any) -> Case:
@@ -344,15 +360,15 @@ def _evaluate_case(
                     lab, _table = prediction.labels(*shown)
                     predict_s.append(time.perf_counter() - t0)
                     per.setdefault("model", []).append(
-                        score(np.asarray(lab), labels, cls, spacing, inst, min_size, iou))
+                        score(np.asarray(lab), labels, cls, spacing, inst, min_size, iou, tmask))
                 if baselines:
                     rg, window = grow_with_window(image, point, spacing, smoothed=smoothed)
                     per.setdefault("region_grow", []).append(
-                        score(rg, labels, cls, spacing, inst, min_size, iou))
+                        score(rg, labels, cls, spacing, inst, min_size, iou, tmask))
                     tc = threshold_cc(image, point, spacing, smoothed=smoothed, seed_mask=rg,
                                       window=window)
                     per.setdefault("threshold_cc", []).append(
-                        score(tc, labels, cls, spacing, inst, min_size, iou))
+                        score(tc, labels, cls, spacing, inst, min_size, iou, tmask))
             methods = {}
             for m, scores in per.items():
                 agg = {k: float(np.mean([s[k] for s in scores])) for k in METRICS}
@@ -406,6 +422,7 @@ _LABELS = {
     "instance_precision": "Inst. precision",
     "instance_f1": "Inst. F1",
     "wrong_class_rate": "Wrong-class",
+    "clicked_found": "Clicked found",
     "dice_std_over_clicks": "Dice std (clicks)",
 }
 
