@@ -374,7 +374,10 @@ class Session:
         looked_for = f" Click read as {kind}." if kind else ""
         hidden = self.prediction.hidden_by_kind_gate(threshold, min_volume) if self.prediction is not None else 0
         gate = (f" The kind gate hid {hidden} more read as another kind (untick it to see them)." if hidden else "")
-        return f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {threshold:.2f}{volume}.{looked_for}{gate}"
+        empty = self.prediction.empty_clicks() if self.prediction is not None else 0
+        missed = (f" Nothing shown under {empty} of your clicks: the model read {'that spot' if empty == 1 else 'those spots'} "
+                  "as background (README: When a click finds nothing)." if empty else "")
+        return f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {threshold:.2f}{volume}.{looked_for}{gate}{missed}"
 
     def row(self, instance_id: int) -> dict | None:
         return next((r for r in self.rows if int(r["id"]) == int(instance_id)), None)

@@ -96,7 +96,9 @@ def predict_file(predictor, image: Path, output: Path, args, options=None) -> in
     read = f"; click read as {kind}" if kind else ""
     hidden = prediction.hidden_by_kind_gate(args.threshold, args.min_volume)
     gate = f"; the kind gate hid {hidden} more read as another kind (--kind-gate 0 keeps them)" if hidden else ""
-    print(f"{image.name}: {len(rows)} instance(s) at threshold {args.threshold}{read}{gate} -> {output} (+ {csv_out.name})")
+    empty = prediction.empty_clicks()
+    missed = f"; nothing under {empty} of the positive clicks (read as background: README, When a click finds nothing)" if empty else ""
+    print(f"{image.name}: {len(rows)} instance(s) at threshold {args.threshold}{read}{gate}{missed} -> {output} (+ {csv_out.name})")
     return len(rows)
 
 

@@ -141,17 +141,25 @@ class Prediction:
         voxel = float(np.prod(self.spacing))
         return np.array([inst.voxels * voxel for inst in self.instances], dtype=float)
 
+    def _holds(self) -> np.ndarray:
+        """(instances, positive clicks) bool: the instance contains the click (rounded to the nearest voxel)."""
+        pts = np.round(np.asarray(self.positive, dtype=float)).astype(int).reshape(-1, 3)
+        out = np.zeros((len(self.instances), len(pts)), dtype=bool)
+        for k, inst in enumerate(self.instances):
+            for j, p in enumerate(pts):
+                local = tuple(int(p[a]) - inst.bbox[a].start for a in range(3))
+                out[k, j] = all(0 <= local[a] < inst.mask.shape[a] for a in range(3)) and bool(inst.mask[local])
+        return out
+
     def clicked(self) -> np.ndarray:
         """(n,) bool: the instance contains a positive click (rounded to the nearest voxel)."""
-        pts = np.round(np.asarray(self.positive, dtype=float)).astype(int).reshape(-1, 3)
-        out = np.zeros(len(self.instances), dtype=bool)
-        for k, inst in enumerate(self.instances):
-            for p in pts:
-                local = tuple(int(p[a]) - inst.bbox[a].start for a in range(3))
-                if all(0 <= local[a] < inst.mask.shape[a] for a in range(3)) and inst.mask[local]:
-                    out[k] = True
-                    break
-        return out
+        return self._holds().any(axis=1)
+
+    def empty_clicks(self) -> int:
+        """How many positive clicks lie in no instance at all (at any threshold): the model read
+        the clicked spot as background. Out of family this happens to about half of the clicks
+        (README, "When a click finds nothing")."""
+        return int(np.count_nonzero(~self._holds().any(axis=0)))
 
     def shown(self, threshold: float = DEFAULT_THRESHOLD, min_volume: float = DEFAULT_MIN_VOLUME) -> list[int]:
         """Indices of the instances shown: score >= threshold and (volume >= min_volume or clicked)."""
