@@ -111,15 +111,16 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("data", help="phantom:N:SEED, ood:N:SEED or a data set folder")
     ap.add_argument("--corrections", type=int, default=3)
-    ap.add_argument("--weights", default=None)
+    ap.add_argument("--weights", default=None, help="a .safetensors file (default: the shipped weights)")
+    ap.add_argument("--config", default=None, help="an untrained model of this config instead (tests)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    predictor = Predictor.from_weights(args.weights, device="cpu")
+    args = ap.parse_args(argv)
+    predictor = (Predictor.from_config(args.config) if args.config else Predictor.from_weights(args.weights, device="cpu"))
     t0, rows = time.time(), []
     for ref in resolve_cases(args.data, limit=args.limit):
         rows += run_case(predictor, _load(ref), args.corrections)

@@ -112,3 +112,27 @@ def test_nuclei_probe(tmp_path, capsys):
                                "--clicks", "1", "--threads", "1", "--shape", "24,48,48"])
     printed = capsys.readouterr().out
     assert "| shipped |" in printed and "| all 1 steps |" in printed and "paired rows" in printed
+
+
+def test_correction_clicks(tmp_path, capsys):
+    import numpy as np
+
+    cc = load("correction_clicks")
+    inst = np.zeros((12, 12, 24), np.int32)
+    inst[2:6, 2:6, 2:6], inst[2:8, 2:8, 12:18] = 1, 2  # lesion 2 is the larger
+    answer = np.zeros_like(inst)
+    answer[2:6, 2:6, 2:6] = 1  # lesion 1 found, lesion 2 missed
+    rng = np.random.default_rng(0)
+    kind, point = cc._next_click(answer, inst, 2, {1}, rng, (1, 1, 1))
+    assert kind == "positive" and inst[point] == 2
+    assert cc._next_click(answer, inst, 2, {1, 2}, rng, (1, 1, 1)) is None  # every miss already clicked
+    answer[8:12, 8:12, 20:24] = 3  # a false instance, larger than any unclicked miss
+    kind, point = cc._next_click(answer, inst, 2, {1, 2}, rng, (1, 1, 1))
+    assert kind == "negative" and answer[point] == 3
+    united = cc._united([answer, np.where(inst == 2, 1, 0)], [point])  # the second answer's id 1 becomes 4
+    assert set(np.unique(united)) == {0, 1, 4}  # the instance under the negative click (3) is dropped
+    out = tmp_path / "c.json"
+    cc.main(["phantom:1:0", "--config", "tiny", "--corrections", "1", "--json", str(out)])
+    assert "| 2 |" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and all(len(r["joint"]) == len(r["union"]) == 2 for r in rows)
