@@ -101,6 +101,20 @@ def test_sample_example_targets_all_instances_of_the_clicked_class():
     assert sal.shape == (1, 5, 5, 5) and 0 < sal.mean() < 1
 
 
+def test_extra_positive_clicks_land_on_lesions_of_the_clicked_kind():
+    case = toy_case()  # two tumours (class 2) and a cyst
+    counts = set()
+    for seed in range(20):
+        ex = sample_example(case, 40, np.random.default_rng(seed), neg_prob=0.0, extra_pos_prob=1.0, extra_pos_max=3)
+        pos = ex.points[ex.labels == 1].round().long()
+        counts.add(len(pos))
+        for z, y, x in pos.tolist():  # every positive click lies on a target (a lesion of the clicked kind)
+            assert any(ex.targets[k, z // 2, y // 2, x // 2] > 0 for k in range(len(ex.targets)))
+    assert counts == {1, 4}  # a cyst click (one cyst: no other target) or all three extra clicks on tumours
+    for seed in range(20):  # the default: at most one extra click
+        assert (sample_example(case, 40, np.random.default_rng(seed), extra_pos_prob=1.0).labels == 1).sum() <= 2
+
+
 def test_a_patch_larger_than_the_case_takes_the_case_whole_and_flips_follow_each_axis():
     case = toy_case()  # 40^3
     wide = PreparedCase(np.pad(case.image, ((0, 0), (0, 0), (0, 20)), constant_values=-1.0),
@@ -463,6 +477,9 @@ def test_kind_weight_scales_the_kind_term_and_reaches_the_loop(monkeypatch):
     assert main(["train", "--config", "tiny", "--steps", "1", "--kind-weight", "4"]) == 0
     assert main(["train", "--config", "tiny", "--steps", "1"]) == 0
     assert [o.kind_weight for o in seen] == [4.0, LossWeights.kind]
+    assert main(["train", "--config", "tiny", "--steps", "1", "--extra-clicks", "3", "--extra-click-prob", "0.5"]) == 0
+    assert (seen[-1].extra_clicks, seen[-1].extra_click_prob) == (3, 0.5) and (seen[0].extra_clicks, seen[0].extra_click_prob) == (1, 0.2)
+    assert main(["train", "--config", "tiny", "--steps", "1", "--extra-click-prob", "1.5"]) == 2
 
 
 def test_blocks_added_to_init_weights_train_at_their_own_rate(tmp_path):

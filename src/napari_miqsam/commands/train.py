@@ -51,6 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the encoder (CNN, ViT, pixel decoder, kind head) as --init has it; train the query generator and decoder")
     p.add_argument("--scale-jitter", type=float, default=d.scale_jitter,
                    help="scale augmentation: each case on a model grid of the config's spacing times [1/(1+J), 1+J] (0: off)")
+    p.add_argument("--extra-clicks", type=int, default=d.extra_clicks,
+                   help=f"at most this many more positive clicks per example, on other lesions of the kind (default {d.extra_clicks})")
+    p.add_argument("--extra-click-prob", type=float, default=d.extra_click_prob,
+                   help=f"the probability of each extra positive click (default {d.extra_click_prob})")
     p.add_argument("--instance-weight", type=float, default=d.instance_weight,
                    help="weight of a per-lesion likelihood term, so small lesions weigh as much as large ones (0: off)")
     p.add_argument("--kind-weight", type=float, default=d.kind_weight,
@@ -75,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.val_every < 0 or (args.val_every and args.val_cases < 1):
         raise InputError(f"--val-every must be >= 0 and --val-cases >= 1, got {args.val_every} and {args.val_cases}")
+    if args.extra_clicks < 0 or not 0.0 <= args.extra_click_prob <= 1.0:
+        raise InputError(f"--extra-clicks must be >= 0 and --extra-click-prob in [0, 1], got {args.extra_clicks} "
+                         f"and {args.extra_click_prob}")
 
     try:
         sides = tuple(int(v) for v in args.patch_sizes.split(",") if v.strip())
@@ -91,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         init=str(DEFAULT_WEIGHTS) if args.init == "default" else args.init,
         device=args.device, threads=args.threads, ablation=json.loads(args.ablation),
         refine_only=args.refine_only, refine_pieces=args.refine_pieces, scale_jitter=args.scale_jitter,
+        extra_clicks=args.extra_clicks, extra_click_prob=args.extra_click_prob,
         instance_weight=args.instance_weight, kind_weight=args.kind_weight, workers=args.workers, minutes=args.minutes,
         amp=args.amp, new_lr_mult=args.new_lr_mult, freeze_encoder=args.freeze_encoder,
     )

@@ -197,8 +197,13 @@ def kind_target(classes: np.ndarray, lesion_classes=LESION_CLASSES, instances: n
 
 
 def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg_prob: float = 0.3,
-                   extra_pos_prob: float = 0.2) -> Example | None:
-    """One lesion-centred training example, or None if the case has no lesion."""
+                   extra_pos_prob: float = 0.2, extra_pos_max: int = 1) -> Example | None:
+    """One lesion-centred training example, or None if the case has no lesion.
+
+    Besides the click on the sampled lesion: up to ``extra_pos_max`` more positive clicks on
+    lesions of its kind in the patch, each drawn with probability ``extra_pos_prob`` while the
+    previous one was (a user clicking the lesions the first answer missed), and with probability
+    ``neg_prob`` a negative click on a lesion of another kind."""
     present = sorted(set(case.instance_class[1:].tolist()))
     if not present:
         return None
@@ -228,7 +233,9 @@ def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg
     target_ids = [i for i in present_ids if case.instance_class[i] == cls]
     other_ids = [i for i in present_ids if case.instance_class[i] != cls]
     points, labels = [click_p], [1]
-    if len(target_ids) > 1 and rng.random() < extra_pos_prob:
+    for _ in range(extra_pos_max):
+        if not (len(target_ids) > 1 and rng.random() < extra_pos_prob):
+            break
         j = target_ids[rng.integers(len(target_ids))]
         points.append(_click(inst_p == j, rng)); labels.append(1)
     if other_ids and rng.random() < neg_prob:
