@@ -245,13 +245,13 @@ def test_the_summary_says_when_a_click_found_nothing(session):
     """A positive click in no instance (at any threshold) is said so; one in a hidden instance is not."""
     session.accept(three_instances(positive=((21, 6, 6), (14, 14, 14))))  # the second click: nothing there
     session.labels(0.0, 0.0)
-    assert session.summary(0.0, 0.0).endswith("Nothing shown under 1 of your clicks: the model read that spot as "
+    assert session.summary(0.0, 0.0).endswith("Nothing found under 1 of your clicks: the model read that spot as "
                                               "background (README: When a click finds nothing).")
     session.labels(0.85, 0.0)  # the first click's instance is hidden by the threshold, not missing
-    assert "Nothing shown under 1 of" in session.summary(0.85, 0.0)
+    assert "Nothing found under 1 of" in session.summary(0.85, 0.0)
     session.accept(three_instances())
     session.labels(0.85, 0.0)
-    assert "Nothing shown" not in session.summary(0.85, 0.0)
+    assert "Nothing found" not in session.summary(0.85, 0.0)
     assert three_instances(positive=((14, 14, 14), (15, 15, 15))).empty_clicks() == 2
     assert Prediction(SHAPE, SPACING, [], positive=np.array([(1, 1, 1)], float)).empty_clicks() == 1
 

@@ -375,7 +375,7 @@ class Session:
         hidden = self.prediction.hidden_by_kind_gate(threshold, min_volume) if self.prediction is not None else 0
         gate = (f" The kind gate hid {hidden} more read as another kind (untick it to see them)." if hidden else "")
         empty = self.prediction.empty_clicks() if self.prediction is not None else 0
-        missed = (f" Nothing shown under {empty} of your clicks: the model read {'that spot' if empty == 1 else 'those spots'} "
+        missed = (f" Nothing found under {empty} of your clicks: the model read {'that spot' if empty == 1 else 'those spots'} "
                   "as background (README: When a click finds nothing)." if empty else "")
         return f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {threshold:.2f}{volume}.{looked_for}{gate}{missed}"
 
