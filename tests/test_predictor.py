@@ -332,6 +332,16 @@ def test_kind_consistency_compares_each_piece_with_the_clicked_one():
     assert agree[0] > 0.9 and agree[1] > 0.7 and agree[2] < 0.2
     agree = kind_consistency(ids, 3, probs, np.array([3]))  # a click on the cyst
     assert agree[2] > 0.85 and agree[0] < 0.2
+    # a large tumour and a small cyst both clicked: another cyst is kept, as like the second click. (A
+    # prototype pooled over the clicked pieces' kind mass would be mostly tumour and drop it.)
+    two = np.zeros((4, 4, 16), np.int32)
+    two[:, :, 0:10], two[:, :, 11:12], two[:, :, 14:16] = 1, 2, 3  # tumour 160 cells, cysts 16 and 32
+    kinds = np.zeros((2, 4, 4, 16), np.float32)
+    kinds[:, :, :, 0:10] = np.array([0.9, 0.05])[:, None, None, None]
+    kinds[:, :, :, 11:16] = np.array([0.1, 0.8])[:, None, None, None]
+    agree = kind_consistency(two, 3, kinds, np.array([1, 2]))
+    assert agree[2] > 0.85 and agree[0] > 0.9
+    assert kind_consistency(two, 3, kinds, np.array([1]))[2] < 0.2  # one click on the tumour: the cyst goes
     fallback = kind_consistency(ids, 3, probs, np.array([], int), fallback=np.array([0.0, 1.0]))
     assert fallback[2] > 0.85 and fallback[0] < 0.1
     undecided = kind_consistency(ids, 3, probs, np.array([], int), fallback=np.array([0.5, 0.5]))

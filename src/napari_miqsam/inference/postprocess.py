@@ -83,11 +83,13 @@ def kind_consistency(ids: np.ndarray, n: int, kind_probs: np.ndarray, clicked: n
 
     kind_probs: (K, *ids.shape) P(kind_k | cell) from the kind head (lesion kinds only, not
     renormalised). A piece's kind distribution ``q`` is its kind mass summed over its cells and
-    normalised over the kinds; the prototype ``p`` is the same over the clicked pieces (``clicked``,
-    1-based ids), or ``fallback`` (the clicks' own kind distribution) when no piece is clicked.
-    Returns ``q . p / max(p)``: 1 for a piece wholly of the prototype's main kind, ~0 for one of
-    another kind when the prototype is clear, and never far below 1 when the prototype itself is
-    undecided (then the kind cannot be told and nothing should be dropped for it).
+    normalised over the kinds; each clicked piece (``clicked``, 1-based ids) is a prototype ``p``,
+    its own ``q``, or ``fallback`` (the clicks' own kind distribution) is the one prototype when no
+    piece is clicked. Returns the largest ``q . p / max(p)`` over the prototypes: 1 for a piece
+    wholly of a prototype's main kind, ~0 for one of another kind than every clear prototype, and
+    never far below 1 when a prototype is undecided (then the kind cannot be told and nothing
+    should be dropped for it). Several clicked pieces keep what is like any of them: a user who
+    clicks a second lesion asks for lesions like it too, not like the average of the two.
     """
     if n == 0:
         return np.zeros(0)
@@ -97,13 +99,14 @@ def kind_consistency(ids: np.ndarray, n: int, kind_probs: np.ndarray, clicked: n
     q = mass / np.maximum(mass.sum(1, keepdims=True), 1e-8)  # (n, K)
     clicked = np.asarray(clicked, dtype=int)
     if clicked.size:
-        proto = mass[clicked - 1].sum(0)
+        protos = q[clicked - 1]
     elif fallback is not None:
-        proto = np.asarray(fallback, dtype=float).reshape(-1)
+        protos = np.asarray(fallback, dtype=float).reshape(1, -1)
+        protos = protos / max(float(protos.sum()), 1e-8)
     else:
         return np.ones(n)
-    proto = proto / max(float(proto.sum()), 1e-8)
-    return np.clip(q @ proto / max(float(proto.max()), 1e-8), 0.0, 1.0)
+    agree = (q @ protos.T) / np.maximum(protos.max(1), 1e-8)  # (n, prototypes)
+    return np.clip(agree.max(1), 0.0, 1.0)
 
 
 #: refine(k, lo, hi) -> instance k's logits at stride 1 over stride-2 cells [lo, hi) (model/refine.py,
