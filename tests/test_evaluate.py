@@ -12,8 +12,9 @@ from napari_miqsam.data.instances import instances_of
 from napari_miqsam.data.phantom import make_phantom
 from napari_miqsam.errors import InputError
 from napari_miqsam.evaluation.evaluate import (
-    METRICS, clicked_iou, evaluate, format_markdown_table, merge_results, score,
+    METRICS, evaluate, format_markdown_table, merge_results, score,
 )
+from napari_miqsam.evaluation.metrics import iou_matrix
 
 
 class _Prediction:
@@ -105,8 +106,8 @@ def test_empty_predictor_scores_zero(cases):
 
 
 def test_clicked_found_asks_for_the_clicked_lesion_itself():
-    """The clicked lesion counts as found only when the instance covering most of it matches it
-    (IoU >= 0.5): another lesion found elsewhere, or a piece of it, does not."""
+    """The clicked lesion counts as found only when a predicted instance matches it (IoU >= 0.5):
+    another lesion found elsewhere, or a piece of it, does not."""
     labels = np.zeros((8, 8, 16), np.uint8)
     labels[2:6, 2:6, 2:6] = 2  # clicked lesion, 64 voxels
     labels[2:6, 2:6, 10:14] = 2  # another lesion
@@ -118,7 +119,7 @@ def test_clicked_found_asks_for_the_clicked_lesion_itself():
     assert score(other, labels, 2, (1, 1, 1))["instance_recall"] == 0.5
     piece = other.copy()
     piece[2:4, 2:6, 2:6] = 2  # half of it: IoU 0.5
-    assert clicked_iou(piece, clicked) == 0.5 and score(piece, labels, 2, (1, 1, 1), clicked=clicked)["clicked_found"] == 1.0
+    assert iou_matrix(piece, clicked).max() == 0.5 and score(piece, labels, 2, (1, 1, 1), clicked=clicked)["clicked_found"] == 1.0
     piece[2:4, 2:6, 2:4] = 0  # a quarter: IoU 0.25
     assert score(piece, labels, 2, (1, 1, 1), clicked=clicked)["clicked_found"] == 0.0
     assert np.isnan(score(piece, labels, 2, (1, 1, 1))["clicked_found"])
