@@ -192,3 +192,19 @@ def test_varied_tumours_are_also_round_sharp_and_homogeneous_and_the_default_is_
     plain = make_phantom(3, shape=(48, 64, 64))
     assert np.array_equal(plain.image, make_phantom(3, shape=(48, 64, 64), varied=False).image)
     assert "round" not in str(plain.meta["lesions"])
+
+
+def test_wide_phantoms_change_the_look_not_the_anatomy():
+    """``wide=True`` (training only, ``--data phantom-wide``) keeps the anatomy of ``varied`` (the
+    lesions land elsewhere: their look draws shift the stream) and widens the look: tumour edges up to 5 mm and texture up to 12 HU, extra organ texture, noise
+    5-40 HU with an in-plane grain."""
+    for seed in range(4):
+        varied = make_phantom(seed, shape=(48, 64, 64), varied=True)
+        wide = make_phantom(seed, shape=(48, 64, 64), wide=True)
+        assert np.array_equal(varied.labels > 0, wide.labels > 0)
+        assert not np.array_equal(varied.image, wide.image)
+        assert 5.0 <= wide.meta["noise_sigma"] <= 40.0
+    rows = [les for seed in range(8) for les in make_phantom(seed, shape=(48, 64, 64), wide=True).meta["lesions"]]
+    tumours = [r for r in rows if r["class"] == TUMOUR]
+    assert all(0.0 <= r["soft_mm"] <= 5.0 and 0.0 <= r["texture_hu"] <= 12.0 for r in tumours)
+    assert max(r["texture_hu"] for r in tumours) > 8.0  # beyond what varied draws

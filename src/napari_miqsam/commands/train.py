@@ -18,8 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=d.config, choices=["tiny", "cpu", "paper"], help="model preset")
     p.add_argument("--data", default=d.data, help="generated on the fly: 'phantom' (tumours and cysts), 'randomized' (1-4 lesion kinds of random "
                    "look per volume, randomized anatomy and acquisition; for relative kinds), 'phantom+randomized' "
-                   "(alternating) or 'phantom-varied' (the phantoms with tumours that are also round, sharp or "
-                   "homogeneous); or a dataset folder")
+                   "(alternating), 'phantom-varied' (the phantoms with tumours that are also round, sharp or "
+                   "homogeneous) or 'phantom-wide' (varied, with wider tumour edges and textures, organ texture and "
+                   "scanner noise); or a dataset folder")
     p.add_argument("--format", default=d.format, choices=["auto", "lits", "kits", "msd"], help="dataset layout")
     p.add_argument("--out", default=d.out, help="run folder: checkpoint.pt, log.jsonl, miqsam_<config>.safetensors")
     p.add_argument("--steps", type=int, default=d.steps)

@@ -305,7 +305,7 @@ def classes_of(format: str, labels: np.ndarray | None = None) -> list[int] | Non
 
 
 def _format_of(data: str | Path, format: str | None) -> str:
-    if str(data) in ("phantom", "phantom-varied"):  # the training generator's two data names
+    if str(data) in ("phantom", "phantom-varied", "phantom-wide"):  # the training generator's data names
         return "phantom"
     return detect_format(Path(data)) if format in (None, "auto") else format.lower()
 

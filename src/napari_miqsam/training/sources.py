@@ -17,9 +17,10 @@ TRAIN_SEED_OFFSET = 1_000_000  # phantom seeds used for training start here; eva
 #: Generated training data (``--data``): the phantoms (two fixed kinds, tumour and cyst), the
 #: randomized phantoms (``data.randomized``: 1-4 lesion kinds of random appearance per volume,
 #: randomized anatomy and acquisition) or both, alternating case by case; ``phantom-varied``: the
-#: phantoms with tumours of varied look (round, sharp-edged or homogeneous too, ``data.phantom.lesions``).
-GENERATED = ("phantom", "randomized", "phantom+randomized", "phantom-varied")
-PHANTOMS = ("phantom", "phantom-varied")  # labelled as KiTS: 2 tumour, 3 cyst
+#: phantoms with tumours of varied look (round, sharp-edged or homogeneous too, ``data.phantom.lesions``);
+#: ``phantom-wide``: varied, with wider tumour edges and textures, organ texture and scanner noise.
+GENERATED = ("phantom", "randomized", "phantom+randomized", "phantom-varied", "phantom-wide")
+PHANTOMS = ("phantom", "phantom-varied", "phantom-wide")  # labelled as KiTS: 2 tumour, 3 cyst
 RANDOMIZED_CLASSES = (2, 3, 4, 5)  # the randomized phantoms' lesion kinds 1..4
 
 
@@ -34,7 +35,8 @@ def _maker(name: str) -> Callable:
         from functools import partial
 
         from ..data.phantom import make_phantom
-        return partial(make_phantom, varied=True) if name == "phantom-varied" else make_phantom
+        looks = {"phantom-varied": {"varied": True}, "phantom-wide": {"wide": True}}
+        return partial(make_phantom, **looks[name]) if name in looks else make_phantom
     from ..data.randomized import make_randomized_phantom
     return make_randomized_phantom
 

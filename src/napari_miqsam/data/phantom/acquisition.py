@@ -51,11 +51,14 @@ def acquire(
     grid: _Grid,
     spacing: tuple[float, float, float],
     rng: np.random.Generator,
+    wide: bool = False,
 ) -> Acquisition:
     """Add a smooth intensity drift and noise to ``img`` (HU, in place), then blur and clip it.
 
     The noise is scaled by the blur's gain so that its std *after* the partial-volume blur is the
     drawn ``noise_sigma`` (8-25 HU); the blur is 0.42 voxel along z and 0.35-0.6 mm in-plane.
+    ``wide`` (training only): noise 5-40 HU, correlated in-plane over 0-1.2 mm (a reconstruction
+    kernel's grain) before the blur, which is 0.3-0.8 mm in-plane.
     """
     z_ax, y_ax, x_ax = grid.axes
     zn = z_ax / 60.0
@@ -64,11 +67,20 @@ def acquire(
     drift_zy = (rng.uniform(-6, 6) * zn[:, None] + rng.uniform(-6, 6) * yn[None, :]
                 + rng.uniform(-8, 2) * (yn[None, :] ** 2)).astype(np.float32)
     drift_x = (rng.uniform(-6, 6) * xn + rng.uniform(-8, 2) * xn ** 2).astype(np.float32)
-    sigma_mm_xy = float(rng.uniform(0.35, 0.6))
+    sigma_mm_xy = float(rng.uniform(0.3, 0.8) if wide else rng.uniform(0.35, 0.6))
     sig = (0.42, sigma_mm_xy / spacing[1], sigma_mm_xy / spacing[2])
-    noise_sigma = float(rng.uniform(8.0, 25.0))
+    noise_sigma = float(rng.uniform(5.0, 40.0) if wide else rng.uniform(8.0, 25.0))
     gain = _gauss_noise_gain(sig[0]) * _gauss_noise_gain(sig[1]) * _gauss_noise_gain(sig[2])
     noise = rng.standard_normal(img.shape, dtype=np.float32)
+    if wide:
+        grain_mm = float(rng.uniform(0.0, 1.2))
+        if grain_mm > 0.05:
+            for axis in (1, 2):
+                g = grain_mm / spacing[axis]
+                ndimage.gaussian_filter1d(noise, g, axis=axis, output=noise, mode="wrap")
+                # the blur below then takes the grain's std down by less than it takes white noise
+                gain *= _gauss_noise_gain(math.hypot(g, sig[axis])) / (_gauss_noise_gain(g) * _gauss_noise_gain(sig[axis]))
+            noise /= np.float32(noise.std() + 1e-6)
     noise *= np.float32(noise_sigma / gain)
     img += noise
     del noise

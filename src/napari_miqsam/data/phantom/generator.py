@@ -10,7 +10,7 @@ from ...errors import InputError
 from .acquisition import acquire, sample_spacing
 from .anatomy import Canvas, Tissue, paint_abdomen
 from .case import CYST, ORGAN, TUMOUR, Case
-from .geometry import _check_triplet, _Grid, affine_from_spacing
+from .geometry import _check_triplet, _Grid, _smooth_noise, affine_from_spacing
 from .lesions import place_lesions
 
 __all__ = ["FOV_MM", "SMALL_SHAPE", "make_phantom"]
@@ -28,6 +28,7 @@ def make_phantom(
     *,
     name: str | None = None,
     varied: bool = False,
+    wide: bool = False,
 ) -> Case:
     """Generate one synthetic abdominal CT case.
 
@@ -39,6 +40,9 @@ def make_phantom(
         name: case name (default ``phantom_<seed>``).
         varied: tumours of varied look (round, sharp or homogeneous too; ``lesions.py``), for
             training only (``--data phantom-varied``); False: the evaluation phantoms.
+        wide: ``varied`` and wider still, for training only (``--data phantom-wide``): tumour
+            edges 0-5 mm and texture 0-12 HU, an extra organ texture (0-8 HU at 1.5-6 mm), noise
+            5-40 HU with an in-plane grain of 0-1.2 mm (``acquisition.acquire``).
 
     Returns:
         A :class:`Case` with ``image`` float32 HU, ``labels`` uint8 (0/1/2/3), ``spacing``,
@@ -72,8 +76,10 @@ def make_phantom(
     labels = np.zeros(shape, np.uint8)
     if organ.box is not None:
         labels[organ.box][canvas.tissue[organ.box] == Tissue.ORGAN] = ORGAN
-    lesions = place_lesions(r_les, img, labels, grid, organ.box, att.organ_hu, varied)
-    scan = acquire(img, grid, spacing, r_noise)
+        if wide:
+            _extra_organ_texture(img, labels, organ.box, grid, np.random.default_rng([int(seed) & 0xFFFFFFFF, 6]))
+    lesions = place_lesions(r_les, img, labels, grid, organ.box, att.organ_hu, varied or wide, wide)
+    scan = acquire(img, grid, spacing, r_noise, wide)
 
     meta = {
         "generator": "napari_miqsam.data.phantom",
@@ -96,3 +102,12 @@ def make_phantom(
         name=name or f"phantom_{int(seed):05d}",
         meta=meta,
     )
+
+
+def _extra_organ_texture(img, labels, box, grid: _Grid, rng: np.random.Generator) -> None:
+    """Add a third organ texture (0-8 HU, features of 1.5-6 mm) inside the organ, in place."""
+    sub = img[box]
+    organ = labels[box] == ORGAN
+    cell = float(rng.uniform(1.5, 6.0))
+    tex = _smooth_noise(rng, sub.shape, np.full(3, cell) / np.asarray(grid.step))
+    sub[organ] += np.float32(rng.uniform(0.0, 8.0)) * tex[organ]

@@ -6,7 +6,8 @@ log-uniform; every lesion is its own 26-connected component.
 
 ``varied=True`` (training only, ``--data phantom-varied``): tumours also come round, sharp-edged and
 homogeneous, as small real metastases do (each tumour: round with probability 0.4, edge softness
-0-3 mm, texture 0-8 HU); cysts and everything else as above. The evaluation phantoms never use it.
+0-3 mm, texture 0-8 HU); cysts and everything else as above. ``wide=True`` (``--data phantom-wide``)
+widens that again: edge softness 0-5 mm, texture 0-12 HU. The evaluation phantoms use neither.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def place_lesions(
     organ_box: tuple[slice, ...] | None,
     organ_hu: float,
     varied: bool = False,
+    wide: bool = False,
 ) -> list[dict]:
     """Place and paint tumours and cysts inside the organ (``labels == ORGAN``), in place
     (``varied``: tumours of varied look, module docstring).
@@ -99,7 +101,7 @@ def place_lesions(
             shape_params = lesion_shape(rng, cls, max(d_min / 2, shape_params["r0"] * 0.7), varied)
         if not ok:
             continue
-        info = paint_lesion(rng, img, labels, grid, c, cls, shape_params, organ_hu, varied)
+        info = paint_lesion(rng, img, labels, grid, c, cls, shape_params, organ_hu, varied, wide)
         if info is None:
             continue
         placed_c.append(c)
@@ -141,6 +143,7 @@ def paint_lesion(
     shp: dict,
     organ_hu: float,
     varied: bool = False,
+    wide: bool = False,
 ) -> dict | None:
     """Paint one lesion of shape ``shp`` centred at ``c`` (mm), clipped to the organ, in place
     (``varied``: a tumour's edge softness 0-3 mm and texture 0-8 HU, not 1-3 mm and 3-8 HU).
@@ -150,7 +153,9 @@ def paint_lesion(
     it falls inside the organ.
     """
     rb = shp["bound"]
-    soft_mm = 0.0 if cls == CYST else float(rng.uniform(0.0 if varied else 1.0, 3.0))
+    soft_mm = 0.0 if cls == CYST else float(rng.uniform(0.0 if varied else 1.0, 5.0 if wide else 3.0))
+    if wide:  # a small lesion keeps its contrast at the centre
+        soft_mm = min(soft_mm, 0.6 * float(shp["r0"]))
     sl = grid.box(c, (rb + soft_mm,) * 3)
     if sl is None:
         return None
@@ -181,7 +186,7 @@ def paint_lesion(
         contrast = float(rng.uniform(15.0, 50.0))
         hu = organ_hu - contrast
         les = np.full(bshape, hu, np.float32)
-        texture = float(rng.uniform(0.0 if varied else 3.0, 8.0))
+        texture = float(rng.uniform(0.0 if varied else 3.0, 12.0 if wide else 8.0))
         les += np.float32(texture) * _smooth_noise(rng, bshape, np.full(3, 2.5) / step)
         necrotic = r0 > 10 and rng.random() < 0.45
         rim = rng.random() < 0.3
