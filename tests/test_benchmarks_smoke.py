@@ -136,3 +136,18 @@ def test_correction_clicks(tmp_path, capsys):
     assert "| 2 |" in capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     assert rows and all(len(r["joint"]) == len(r["union"]) == 2 for r in rows)
+
+
+def test_ood_factors(tmp_path, monkeypatch):
+    import napari_miqsam.data.ood_phantom as ood
+
+    monkeypatch.setattr(ood, "make_ood_phantom", ood.make_ood_phantom)  # the script rebinds it; undone after
+    of = load("ood_factors")
+    assert of.parse_factors("noise=0, grain=0.5") == {"noise": 0.0, "grain": 0.5}
+    with pytest.raises(SystemExit):
+        of.parse_factors("blur=0")
+    out = tmp_path / "f.json"
+    assert of.run(["--factors", "noise=0", "--", "evaluate", "ood:1:0", "--clicks", "1", "--no-baselines",
+                   "--quiet", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["n_cases"] == 1
+    assert ood.make_ood_phantom.keywords == {"factors": {"noise": 0.0}}

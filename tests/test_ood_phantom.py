@@ -103,3 +103,17 @@ def test_cli_evaluate_ood_baselines(tmp_path, capsys):
     assert "| region_grow |" in capsys.readouterr().out
     res = json.loads(out.read_text())
     assert res["data"] == "ood:1:0" and res["n_cases"] == 1 and "region_grow" in res["baselines"]
+
+
+def test_factors_scale_one_property_and_default_to_the_case_as_it_is(cases):
+    """``factors`` (diagnostics only) scale a drawn value and leave every other draw where it was."""
+    plain = make_ood_phantom(SEEDS[0], factors={})
+    np.testing.assert_array_equal(plain.image, cases[0].image)
+    quiet = make_ood_phantom(SEEDS[0], factors={"noise": 0.0})
+    np.testing.assert_array_equal(quiet.labels, cases[0].labels)  # the same patient and lesions
+    organ = cases[0].labels == 1
+    assert quiet.image[organ].std() < cases[0].image[organ].std()
+    with pytest.raises(ValueError):
+        make_ood_phantom(SEEDS[0], factors={"blur": 0.0})
+    with pytest.raises(ValueError):
+        make_ood_phantom(SEEDS[0], factors={"tumour_edge": 0.0})

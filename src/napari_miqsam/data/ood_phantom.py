@@ -46,7 +46,12 @@ from scipy import ndimage
 
 from .phantom import Case, affine_from_spacing
 
-__all__ = ["OOD_MODES", "make_ood_phantom"]
+__all__ = ["FACTORS", "OOD_MODES", "make_ood_phantom"]
+
+#: What ``make_ood_phantom(..., factors=...)`` can scale, for diagnostics only (which of the
+#: family's properties costs the model most; ``benchmarks/ood_factors.py``). Each is a multiplier
+#: of the drawn value; 1 (the default) leaves the case exactly as it is.
+FACTORS = ("noise", "grain", "psf", "organ_texture", "tumour_texture", "tumour_edge")
 
 #: The acquisition modes: name -> voxel spacing (z, y, x) mm; each case draws one, p = 1/2.
 OOD_MODES: dict[str, tuple[float, float, float]] = {
@@ -239,7 +244,7 @@ def _lesion_sd(rng, lesion: _Lesion, zz, uu, vv) -> np.ndarray:
     return sd.astype(np.float32)
 
 
-def make_ood_phantom(seed: int, name: str | None = None) -> Case:
+def make_ood_phantom(seed: int, name: str | None = None, factors: dict | None = None) -> Case:
     """One out-of-family validation case (see the module docstring); never use it in training.
 
     Returns a :class:`Case` with ``image`` float32 HU and ``labels`` uint8 on a (z, y, x) grid of
@@ -247,7 +252,14 @@ def make_ood_phantom(seed: int, name: str | None = None) -> Case:
     and ``meta`` with the mode, the contrast phase, tissue values and one entry per lesion
     (class, centre voxel (z, y, x) and mm from the volume centre, equivalent-sphere diameter mm
     of the labelled voxels and the drawn one, mean HU of the final image over the lesion).
+    ``factors`` (diagnostics only, :data:`FACTORS`) scale some drawn values; every draw stays.
     """
+    unknown = set(factors or {}) - set(FACTORS)
+    if unknown:
+        raise ValueError(f"unknown factors {sorted(unknown)}; known: {', '.join(FACTORS)}")
+    fac = {k: float((factors or {}).get(k, 1.0)) for k in FACTORS}
+    if fac["tumour_edge"] <= 0:
+        raise ValueError("factor tumour_edge must be > 0 (an edge has a width)")
     rng = np.random.default_rng(seed)
     mode = "iso_1mm" if rng.random() < 0.5 else "thick_2.5mm"
     spacing = OOD_MODES[mode]
@@ -444,6 +456,8 @@ def make_ood_phantom(seed: int, name: str | None = None) -> Case:
     obox = organ[sl]
     tex = _fractal(rng, box_shape, render_spacing) * rng.uniform(3, 7)
     tex += rng.uniform(2, 6) * _smooth_noise(rng, box_shape, render_spacing, 60.0)
+    if fac["organ_texture"] != 1.0:
+        tex *= fac["organ_texture"]
     liv = liver_hu + tex
 
     # vessels: portal tree from the hilum, hepatic veins towards the IVC
@@ -522,7 +536,7 @@ def make_ood_phantom(seed: int, name: str | None = None) -> Case:
     drawn = []
     for k, les in enumerate(lesions, start=1):
         # edge: the 10-90 % width of the boundary's logistic profile, mm
-        edge = rng.uniform(1.5, 5.0) if les.kind == _TUMOUR else rng.uniform(0.3, 0.8)
+        edge = rng.uniform(1.5, 5.0) * fac["tumour_edge"] if les.kind == _TUMOUR else rng.uniform(0.3, 0.8)
         edge = min(edge, 0.6 * les.radius)  # a small lesion keeps its contrast at the centre
         got = grid.box(les.centre, les.extent + edge + 1)
         lsl, lz_, lu, lv = got
@@ -536,7 +550,7 @@ def make_ood_phantom(seed: int, name: str | None = None) -> Case:
             kshape = rng.uniform(1.5, 4.0)
             g = rng.gamma(kshape, 1.0, size=[max(2, int(n * s / 5.0)) + 2 for n, s in zip(sd.shape, render_spacing)])
             g = _upsample(((g - kshape) / math.sqrt(kshape)).astype(np.float32), sd.shape)
-            val = local - delta + rng.uniform(4, 10) * g
+            val = local - delta + rng.uniform(4, 10) * fac["tumour_texture"] * g
             if rng.random() < 0.3:  # enhancing rim
                 rim = (sd > -rng.uniform(1.5, 3.0)) & (sd < 0.5)
                 val = np.where(rim, local - delta * rng.uniform(0.1, 0.4), val)
@@ -553,16 +567,16 @@ def make_ood_phantom(seed: int, name: str | None = None) -> Case:
         drawn.append(info)
 
     # acquisition: PSF (Gaussian, then the slice box), noise, drift, gain
-    sig_xy = rng.uniform(0.35, 0.7)
+    sig_xy = rng.uniform(0.35, 0.7) * fac["psf"]
     sig_z = rng.uniform(0.3, 0.6) * spacing[0] / sub
     img = ndimage.gaussian_filter(img, [sig_z / render_spacing[0], sig_xy / spacing[1], sig_xy / spacing[2]], truncate=3.0)
     if sub == 2:  # trapezoid integration of a box as wide as the slice
         img = 0.25 * img[0:-2:2] + 0.5 * img[1:-1:2] + 0.25 * img[2::2]
         inst = inst[1::2]
         organ = organ[1::2]
-    noise_sigma = float(rng.uniform(5, 25))
+    noise_sigma = float(rng.uniform(5, 25)) * fac["noise"]
     white = rng.standard_normal(shape, dtype=np.float32)
-    corr = rng.uniform(0.5, 0.9)
+    corr = rng.uniform(0.5, 0.9) * fac["grain"]
     noise = ndimage.gaussian_filter(white, [0, corr, corr], truncate=2.5)
     noise /= noise[:, ::4, ::4].std() + 1e-6
     del white
