@@ -40,3 +40,13 @@ def gather_to_rank0(obj):
     out = [None] * world if rank == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out
+
+
+def finish() -> None:
+    """Tear the process group down (a no-op without one). A rank that exits with it still up can
+    abort at interpreter exit ("terminate called without an active exception") while its gloo
+    threads are joinable, which turns a finished run's exit status into 134."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
