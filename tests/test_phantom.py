@@ -196,8 +196,8 @@ def test_varied_tumours_are_also_round_sharp_and_homogeneous_and_the_default_is_
 
 def test_wide_phantoms_change_the_look_not_the_anatomy():
     """``wide=True`` (training only, ``--data phantom-wide``) keeps the anatomy of ``varied`` (the
-    lesions land elsewhere: their look draws shift the stream) and widens the look: tumour edges up to 5 mm and texture up to 12 HU, extra organ texture, noise
-    5-40 HU with an in-plane grain."""
+    lesions land elsewhere: their look draws shift the stream) and widens the look: tumour edges up
+    to 5 mm and texture up to 12 HU, extra organ texture, noise 5-40 HU with an in-plane grain."""
     for seed in range(4):
         varied = make_phantom(seed, shape=(48, 64, 64), varied=True)
         wide = make_phantom(seed, shape=(48, 64, 64), wide=True)

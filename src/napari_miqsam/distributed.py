@@ -6,6 +6,7 @@ runs as a single process (rank 0 of 1) and these helpers are no-ops.
 
 from __future__ import annotations
 
+import atexit
 import os
 
 
@@ -27,6 +28,7 @@ def init(prefer_nccl: bool = True) -> bool:
         return False
     if not dist.is_initialized():
         dist.init_process_group("nccl" if prefer_nccl and torch.cuda.is_available() else "gloo")
+        atexit.register(finish)
     return True
 
 
@@ -43,9 +45,10 @@ def gather_to_rank0(obj):
 
 
 def finish() -> None:
-    """Tear the process group down (a no-op without one). A rank that exits with it still up can
-    abort at interpreter exit ("terminate called without an active exception") while its gloo
-    threads are joinable, which turns a finished run's exit status into 134."""
+    """Tear the process group down (a no-op without one); :func:`init` registers it to run at exit.
+    A rank that exits with the group still up can abort at interpreter exit ("terminate called
+    without an active exception") while its gloo threads are joinable, which turns a finished run's
+    exit status into 134."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

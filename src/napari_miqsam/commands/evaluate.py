@@ -179,10 +179,9 @@ def run(args: argparse.Namespace) -> int:
         options=options if predictor is not None else None,
     )
     if world > 1:
-        from ..distributed import finish, gather_to_rank0
+        from ..distributed import gather_to_rank0
 
         parts = gather_to_rank0(result)
-        finish()
         if rank != 0:
             return 0
         result = merge_results(parts)

@@ -456,8 +456,7 @@ def make_ood_phantom(seed: int, name: str | None = None, factors: dict | None = 
     obox = organ[sl]
     tex = _fractal(rng, box_shape, render_spacing) * rng.uniform(3, 7)
     tex += rng.uniform(2, 6) * _smooth_noise(rng, box_shape, render_spacing, 60.0)
-    if fac["organ_texture"] != 1.0:
-        tex *= fac["organ_texture"]
+    tex *= fac["organ_texture"]
     liv = liver_hu + tex
 
     # vessels: portal tree from the hilum, hepatic veins towards the IVC
