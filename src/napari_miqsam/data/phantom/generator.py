@@ -41,7 +41,8 @@ def make_phantom(
         varied: tumours of varied look (round, sharp or homogeneous too; ``lesions.py``), for
             training only (``--data phantom-varied``); False: the evaluation phantoms.
         wide: ``varied`` and wider still, for training only (``--data phantom-wide``): tumour
-            edges 0-5 mm and texture 0-12 HU, an extra organ texture (0-8 HU at 1.5-6 mm), noise
+            edges 0-5 mm and texture 0-12 HU, an extra organ texture (1-3 scales of 1.5-15 mm, 0-8 HU
+            each), noise
             5-40 HU with an in-plane grain of 0-1.2 mm (``acquisition.acquire``).
 
     Returns:
@@ -105,9 +106,12 @@ def make_phantom(
 
 
 def _extra_organ_texture(img, labels, box, grid: _Grid, rng: np.random.Generator) -> None:
-    """Add a third organ texture (0-8 HU, features of 1.5-6 mm) inside the organ, in place."""
+    """Add a multi-scale organ texture inside the organ, in place: 1-3 octaves of smooth noise,
+    each with features of 1.5-15 mm (log-uniform) and 0-8 HU, as parenchyma mottles at several
+    scales at once (perfusion, fat, fibrosis) rather than at the one scale of the base texture."""
     sub = img[box]
     organ = labels[box] == ORGAN
-    cell = float(rng.uniform(1.5, 6.0))
-    tex = _smooth_noise(rng, sub.shape, np.full(3, cell) / np.asarray(grid.step))
-    sub[organ] += np.float32(rng.uniform(0.0, 8.0)) * tex[organ]
+    for _ in range(int(rng.integers(1, 4))):
+        cell = float(np.exp(rng.uniform(np.log(1.5), np.log(15.0))))
+        tex = _smooth_noise(rng, sub.shape, np.full(3, cell) / np.asarray(grid.step))
+        sub[organ] += np.float32(rng.uniform(0.0, 8.0)) * tex[organ]
