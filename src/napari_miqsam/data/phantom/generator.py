@@ -56,7 +56,7 @@ def make_phantom(
     """
     # one independent stream per stage, so that e.g. the spacing never shifts the anatomy
     seq = np.random.SeedSequence(int(seed) & 0xFFFFFFFFFFFFFFFF)
-    r_geo, r_anat, r_les, r_tex, r_noise = (np.random.default_rng(s) for s in seq.spawn(5))
+    r_geo, r_anat, r_les, r_tex, r_noise, r_wide = (np.random.default_rng(s) for s in seq.spawn(6))
     if spacing is None:
         spacing = sample_spacing(r_geo)
     spacing = _check_triplet(spacing, "spacing", float)
@@ -78,7 +78,7 @@ def make_phantom(
     if organ.box is not None:
         labels[organ.box][canvas.tissue[organ.box] == Tissue.ORGAN] = ORGAN
         if wide:
-            _extra_organ_texture(img, labels, organ.box, grid, np.random.default_rng([int(seed) & 0xFFFFFFFF, 6]))
+            _extra_organ_texture(img, labels, organ.box, grid, r_wide)
     lesions = place_lesions(r_les, img, labels, grid, organ.box, att.organ_hu, varied or wide, wide)
     scan = acquire(img, grid, spacing, r_noise, wide)
 
