@@ -41,9 +41,8 @@ def make_phantom(
         varied: tumours of varied look (round, sharp or homogeneous too; ``lesions.py``), for
             training only (``--data phantom-varied``); False: the evaluation phantoms.
         wide: ``varied`` and wider still, for training only (``--data phantom-wide``): tumour
-            edges 0-5 mm and texture 0-12 HU, an extra organ texture (1-3 scales of 1.5-15 mm, 0-8 HU
-            each), noise
-            5-40 HU with an in-plane grain of 0-1.2 mm (``acquisition.acquire``).
+            edges 0-5 mm and texture 0-12 HU, an extra organ texture (1-3 scales of 1.5-15 mm,
+            0-8 HU each), noise 5-40 HU with an in-plane grain of 0-1.2 mm (``acquisition.acquire``).
 
     Returns:
         A :class:`Case` with ``image`` float32 HU, ``labels`` uint8 (0/1/2/3), ``spacing``,
