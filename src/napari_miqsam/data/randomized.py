@@ -57,6 +57,7 @@ from .phantom.geometry import (
     _curve,
     _ellipsoid_q,
     _Grid,
+    _log_uniform,
     _rotation,
     _smooth_noise,
     affine_from_spacing,
@@ -96,10 +97,6 @@ SIZE_GAP_FACTOR = 1.2
 # tissue codes of the internal painting map; host organ i is _HOST + i
 _AIR, _SFAT, _MUSCLE, _FILL, _BONE, _BOWEL, _VESSEL, _OTHER, _CUR = range(9)
 _HOST = 16
-
-
-def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
-    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
 def sample_randomized_spacing(rng: np.random.Generator) -> tuple[float, float, float]:

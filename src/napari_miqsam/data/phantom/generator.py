@@ -10,7 +10,7 @@ from ...errors import InputError
 from .acquisition import acquire, sample_spacing
 from .anatomy import Canvas, Tissue, paint_abdomen
 from .case import CYST, ORGAN, TUMOUR, Case
-from .geometry import _check_triplet, _Grid, _smooth_noise, affine_from_spacing
+from .geometry import _check_triplet, _Grid, _log_uniform, _smooth_noise, affine_from_spacing
 from .lesions import place_lesions
 
 __all__ = ["FOV_MM", "SMALL_SHAPE", "make_phantom"]
@@ -111,6 +111,6 @@ def _extra_organ_texture(img, labels, box, grid: _Grid, rng: np.random.Generator
     sub = img[box]
     organ = labels[box] == ORGAN
     for _ in range(int(rng.integers(1, 4))):
-        cell = float(np.exp(rng.uniform(np.log(1.5), np.log(15.0))))
+        cell = _log_uniform(rng, 1.5, 15.0)
         tex = _smooth_noise(rng, sub.shape, np.full(3, cell) / np.asarray(grid.step))
         sub[organ] += np.float32(rng.uniform(0.0, 8.0)) * tex[organ]

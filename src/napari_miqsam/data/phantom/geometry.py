@@ -119,6 +119,11 @@ def lobed_q(d: tuple, lobes) -> np.ndarray:
     return q
 
 
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """One draw whose logarithm is uniform on [log lo, log hi] (sizes, scales, contrasts)."""
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
 def _smooth_noise(
     rng: np.random.Generator, shape: Sequence[int], cell: Sequence[float]
 ) -> np.ndarray:
