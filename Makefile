@@ -40,8 +40,11 @@ evaluate-ood: install
 
 # One real CT (LiTS case 117, out of the training family; data/real_ct.py): the largest, the
 # median-sized and the smallest tumour clicked in turn. Downloads a 4.5 MB wheel once into the cache.
+# Then two lung CTs and two brain MRs, one finding each (data/pyradiomics_scans.py; a 34 MB download
+# once), with the region-growing baselines beside the model.
 evaluate-real: install
 	folder=$$($(VENV)/bin/miqsam fetch-real-ct) && $(VENV)/bin/miqsam evaluate "$$folder" --target largest,median,smallest --clicks 3 --seed 0 --no-baselines --json benchmarks/results/evaluate_real_ct.json --overwrite
+	for s in lung-ct brain-mr; do folder=$$($(VENV)/bin/miqsam fetch-real-ct --scans $$s) && $(VENV)/bin/miqsam evaluate "$$folder" --clicks 3 --seed 0 --json benchmarks/results/evaluate_real_$$(echo $$s | tr - _).json --overwrite || exit 1; done
 
 screenshot: install
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) scripts/screenshot.py
