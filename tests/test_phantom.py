@@ -181,30 +181,35 @@ def test_simulate_click_modes():
 
 
 def test_varied_tumours_are_also_round_sharp_and_homogeneous_and_the_default_is_untouched():
-    """``varied=True`` (training only) draws tumours that are round, sharp-edged or homogeneous too;
+    """``look="varied"`` (training only) draws tumours that are round, sharp-edged or homogeneous too;
     the cysts keep their look and the default phantoms stay what the golden tests pin."""
-    rows = [les for seed in range(6) for les in make_phantom(seed, shape=(48, 64, 64), varied=True).meta["lesions"]]
+    rows = [les for seed in range(6) for les in make_phantom(seed, shape=(48, 64, 64), look="varied").meta["lesions"]]
     tumours = [r for r in rows if r["class"] == TUMOUR]
     assert tumours and all(0.0 <= r["soft_mm"] <= 3.0 and 0.0 <= r["texture_hu"] <= 8.0 for r in tumours)
     assert any(r["round"] for r in tumours) and not all(r["round"] for r in tumours)
     assert min(r["soft_mm"] for r in tumours) < 1.0 and min(r["texture_hu"] for r in tumours) < 3.0  # new looks
     assert all(0.0 <= r["hu"] <= 20.0 for r in rows if r["class"] == CYST)
     plain = make_phantom(3, shape=(48, 64, 64))
-    assert np.array_equal(plain.image, make_phantom(3, shape=(48, 64, 64), varied=False).image)
+    assert np.array_equal(plain.image, make_phantom(3, shape=(48, 64, 64), look="default").image)
     assert "round" not in str(plain.meta["lesions"])
 
 
 def test_wide_phantoms_change_the_look_not_the_anatomy():
-    """``wide=True`` (training only, ``--data phantom-wide``) keeps the anatomy of ``varied`` (the
+    """``look="wide"`` (training only, ``--data phantom-wide``) keeps the anatomy of ``varied`` (the
     lesions land elsewhere: their look draws shift the stream) and widens the look: tumour edges up
     to 5 mm and texture up to 12 HU, extra organ texture, noise 5-40 HU with an in-plane grain."""
     for seed in range(4):
-        varied = make_phantom(seed, shape=(48, 64, 64), varied=True)
-        wide = make_phantom(seed, shape=(48, 64, 64), wide=True)
+        varied = make_phantom(seed, shape=(48, 64, 64), look="varied")
+        wide = make_phantom(seed, shape=(48, 64, 64), look="wide")
         assert np.array_equal(varied.labels > 0, wide.labels > 0)
         assert not np.array_equal(varied.image, wide.image)
         assert 5.0 <= wide.meta["noise_sigma"] <= 40.0
-    rows = [les for seed in range(8) for les in make_phantom(seed, shape=(48, 64, 64), wide=True).meta["lesions"]]
+    rows = [les for seed in range(8) for les in make_phantom(seed, shape=(48, 64, 64), look="wide").meta["lesions"]]
     tumours = [r for r in rows if r["class"] == TUMOUR]
     assert all(0.0 <= r["soft_mm"] <= 5.0 and 0.0 <= r["texture_hu"] <= 12.0 for r in tumours)
     assert max(r["texture_hu"] for r in tumours) > 8.0  # beyond what varied draws
+
+
+def test_an_unknown_look_is_refused():
+    with pytest.raises(InputError, match="look must be one of default, varied, wide"):
+        make_phantom(0, shape=(16, 16, 16), look="wild")

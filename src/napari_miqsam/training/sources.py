@@ -35,8 +35,7 @@ def _maker(name: str) -> Callable:
         from functools import partial
 
         from ..data.phantom import make_phantom
-        looks = {"phantom-varied": {"varied": True}, "phantom-wide": {"wide": True}}
-        return partial(make_phantom, **looks[name]) if name in looks else make_phantom
+        return partial(make_phantom, look=name.partition("-")[2] or "default")
     from ..data.randomized import make_randomized_phantom
     return make_randomized_phantom
 

@@ -17,6 +17,9 @@ __all__ = ["FOV_MM", "SMALL_SHAPE", "make_phantom"]
 
 #: Physical field of view (z, y, x) in mm of a default case.
 FOV_MM: tuple[float, float, float] = (120.0, 180.0, 180.0)
+#: The phantoms' looks (:func:`make_phantom`): the evaluation look and two wider ones for training.
+LOOKS = ("default", "varied", "wide")
+
 #: A small shape for tests and the napari sample data (fast: well under 0.3 s).
 SMALL_SHAPE: tuple[int, int, int] = (32, 64, 64)
 
@@ -27,8 +30,7 @@ def make_phantom(
     spacing: Sequence[float] | None = None,
     *,
     name: str | None = None,
-    varied: bool = False,
-    wide: bool = False,
+    look: str = "default",
 ) -> Case:
     """Generate one synthetic abdominal CT case.
 
@@ -38,11 +40,12 @@ def make_phantom(
         shape: (z, y, x) voxels; default: ``round(FOV_MM / spacing)``.
         spacing: (z, y, x) mm; default: drawn by :func:`sample_spacing`.
         name: case name (default ``phantom_<seed>``).
-        varied: tumours of varied look (round, sharp or homogeneous too; ``lesions.py``), for
-            training only (``--data phantom-varied``); False: the evaluation phantoms.
-        wide: ``varied`` and wider still, for training only (``--data phantom-wide``): tumour
-            edges 0-5 mm and texture 0-12 HU, an extra organ texture (1-3 scales of 1.5-15 mm,
-            0-8 HU each), noise 5-40 HU with an in-plane grain of 0-1.2 mm (``acquisition.acquire``).
+        look: one of :data:`LOOKS`. ``'default'``: the evaluation phantoms (and stage 9's
+            training data). For training only: ``'varied'`` (``--data phantom-varied``), tumours
+            of varied look (round, sharp or homogeneous too; ``lesions.py``); ``'wide'``
+            (``--data phantom-wide``), varied and wider still: tumour edges 0-5 mm and texture
+            0-12 HU, an extra organ texture (1-3 scales of 1.5-15 mm, 0-8 HU each), noise 5-40 HU
+            with an in-plane grain of 0-1.2 mm (``acquisition.acquire``).
 
     Returns:
         A :class:`Case` with ``image`` float32 HU, ``labels`` uint8 (0/1/2/3), ``spacing``,
@@ -53,6 +56,9 @@ def make_phantom(
     proportionally smaller patient (``meta['scale']``), so tiny test volumes still show every
     structure.
     """
+    if look not in LOOKS:
+        raise InputError(f"look must be one of {', '.join(LOOKS)}, got {look!r}")
+    wide = look == "wide"
     # one independent stream per stage, so that e.g. the spacing never shifts the anatomy
     seq = np.random.SeedSequence(int(seed) & 0xFFFFFFFFFFFFFFFF)
     r_geo, r_anat, r_les, r_tex, r_noise, r_wide = (np.random.default_rng(s) for s in seq.spawn(6))
@@ -78,7 +84,7 @@ def make_phantom(
         labels[organ.box][canvas.tissue[organ.box] == Tissue.ORGAN] = ORGAN
         if wide:
             _extra_organ_texture(img, labels, organ.box, grid, r_wide)
-    lesions = place_lesions(r_les, img, labels, grid, organ.box, att.organ_hu, varied or wide, wide)
+    lesions = place_lesions(r_les, img, labels, grid, organ.box, att.organ_hu, look != "default", wide)
     scan = acquire(img, grid, spacing, r_noise, wide)
 
     meta = {

@@ -4,9 +4,9 @@ Tumours: hypodense by 15-50 HU, lobulated, soft-edged, heterogeneous, sometimes 
 a bright rim. Cysts: 0-20 HU, round, sharp-edged. Diameters 4-60 mm (cysts up to 45 mm),
 log-uniform; every lesion is its own 26-connected component.
 
-``varied=True`` (training only, ``--data phantom-varied``): tumours also come round, sharp-edged and
+``varied=True`` (``make_phantom(look='varied')``, training only, ``--data phantom-varied``): tumours also come round, sharp-edged and
 homogeneous, as small real metastases do (each tumour: round with probability 0.4, edge softness
-0-3 mm, texture 0-8 HU); cysts and everything else as above. ``wide=True`` (``--data phantom-wide``)
+0-3 mm, texture 0-8 HU); cysts and everything else as above. ``wide=True`` (``look='wide'``, ``--data phantom-wide``)
 widens that again: edge softness 0-5 mm, texture 0-12 HU. The evaluation phantoms use neither.
 """
 
