@@ -67,6 +67,9 @@ def test_read_nrrd_orients_and_spaces(tmp_path):
     path.write_bytes(_nrrd_bytes(tmp_path, image, [[0.7, 0.1, 0], [0, 0.8, 0], [0, 0, 5.0]]))
     with pytest.raises(ReadError, match="oblique"):
         ps.read_nrrd(path)
+    path.write_bytes(_nrrd_bytes(tmp_path, image, np.diag([0.7, 0.8, 5.0]))[:-40])  # truncated
+    with pytest.raises(ReadError, match="cannot read"):
+        ps.read_nrrd(path)
     path.write_bytes(b"NRRD0004\nnonsense\n\n")
     with pytest.raises(ReadError, match="cannot read"):
         ps.read_nrrd(path)

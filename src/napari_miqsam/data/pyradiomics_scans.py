@@ -34,6 +34,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def read_nrrd(path: Path | str) -> tuple[np.ndarray, tuple[float, float, float]]
 
     try:
         data, header = nrrd.read(str(path), index_order="C")
-    except (OSError, nrrd.NRRDError, ValueError) as exc:
+    except (OSError, EOFError, zlib.error, nrrd.NRRDError, ValueError) as exc:  # zlib, EOF: a damaged gzip body
         raise ReadError(f"{path}: cannot read as NRRD ({exc})") from None
     if data.ndim != 3:
         raise ReadError(f"{path}: a {data.ndim}D NRRD file; a 3D volume is needed")
