@@ -562,3 +562,39 @@ def test_cpu_training_autocasts_to_bfloat16_only_where_the_cpu_has_it(tmp_path, 
     model, _ = load_weights(result.weights)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay float32
+
+
+def test_random_contrast_curves_are_monotone_and_keep_kinds_apart():
+    from napari_miqsam.training.sampling import random_contrast_curve
+
+    xs = np.linspace(-1, 1, 201)
+    reversed_ = 0
+    for seed in range(200):
+        x, y = random_contrast_curve(np.random.default_rng(seed))
+        assert x[0] == -1.0 and x[-1] == 1.0 and np.all(np.diff(x) >= 0)
+        out = np.interp(xs, x, y)
+        steps = np.diff(out)
+        assert np.all(steps > 0) or np.all(steps < 0)  # strictly monotone: no two intensities merge
+        reversed_ += bool(steps[0] < 0)
+        # a 20 HU contrast (0.1 after the +-200 HU window) keeps at least a tenth of it anywhere
+        assert np.abs(np.interp(xs[:-20] + 0.1, x, y) - np.interp(xs[:-20], x, y)).min() > 0.01
+        assert 1.0 - 1e-9 <= abs(out[-1] - out[0]) <= 2.4 + 1e-9
+    assert 60 < reversed_ < 140
+
+
+def test_augment_with_random_contrast_keeps_the_masks_and_stays_in_range():
+    case = toy_case()
+    ex = sample_example(case, 32, np.random.default_rng(0))
+
+    def run(**kw):
+        torch.manual_seed(0)  # the noise comes from torch's generator
+        return augment(ex, np.random.default_rng(5), **kw)
+
+    same = run(), run(random_contrast=0.0)
+    assert torch.equal(same[0].image, same[1].image)  # off: the rng stream (and the run) is what it was
+    changed = run(random_contrast=1.0)
+    assert not torch.equal(changed.image, same[0].image)
+    assert torch.equal(changed.targets, same[0].targets) and torch.equal(changed.points, same[0].points)
+    assert float(changed.image.abs().max()) <= 1.5
+    with pytest.raises(ValueError, match="probability"):
+        augment(ex, np.random.default_rng(5), random_contrast=1.5)

@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"at most this many more positive clicks per example, on other lesions of the kind (default {d.extra_clicks})")
     p.add_argument("--extra-click-prob", type=float, default=d.extra_click_prob,
                    help=f"the probability of each extra positive click (default {d.extra_click_prob})")
+    p.add_argument("--random-contrast", type=float, default=d.random_contrast, metavar="P",
+                   help="probability that an example's intensities pass a random monotone transfer curve, half of them "
+                   "reversed (SynthSeg-like contrast randomisation; 0: off)")
     p.add_argument("--instance-weight", type=float, default=d.instance_weight,
                    help="weight of a per-lesion likelihood term, so small lesions weigh as much as large ones (0: off)")
     p.add_argument("--kind-weight", type=float, default=d.kind_weight,
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         init=str(DEFAULT_WEIGHTS) if args.init == "default" else args.init,
         device=args.device, threads=args.threads, ablation=json.loads(args.ablation),
         refine_only=args.refine_only, refine_pieces=args.refine_pieces, scale_jitter=args.scale_jitter,
-        extra_clicks=args.extra_clicks, extra_click_prob=args.extra_click_prob,
+        extra_clicks=args.extra_clicks, extra_click_prob=args.extra_click_prob, random_contrast=args.random_contrast,
         instance_weight=args.instance_weight, kind_weight=args.kind_weight, workers=args.workers, minutes=args.minutes,
         amp=args.amp, new_lr_mult=args.new_lr_mult, freeze_encoder=args.freeze_encoder,
     )

@@ -33,7 +33,8 @@ class ExampleStream(IterableDataset):
 
     def __init__(self, n_cases: int, load: Callable[[int], tuple], cfg: MIQSAMConfig, patch: int | Sequence[int], pool: int,
                  draws_per_refresh: int, seed: int, rank: int = 0, world: int = 1, scale_jitter: float = 0.0,
-                 lesion_classes: Sequence[int] = LESION_CLASSES, batch: int = 1, clicks: dict | None = None):
+                 lesion_classes: Sequence[int] = LESION_CLASSES, batch: int = 1, clicks: dict | None = None,
+                 random_contrast: float = 0.0):
         super().__init__()
         if draws_per_refresh < 1:
             raise ValueError(f"draws_per_refresh must be >= 1, got {draws_per_refresh}")
@@ -42,6 +43,7 @@ class ExampleStream(IterableDataset):
         self.rank, self.world, self.scale_jitter = rank, world, scale_jitter
         self.lesion_classes = tuple(lesion_classes)
         self.clicks = dict(clicks or {})
+        self.random_contrast = random_contrast
 
     def shard(self) -> tuple[int, int, int]:
         """(this worker's shard, number of shards, workers in this process)."""
@@ -56,18 +58,19 @@ class ExampleStream(IterableDataset):
         pool = CasePool(self.n_cases, self.load, self.cfg, max(1, self.pool // workers), shard, shards,
                         seed=self.seed, scale_jitter=self.scale_jitter, lesion_classes=self.lesion_classes)
         rng = np.random.default_rng([self.seed, shard])
-        for drawn, ex in enumerate(examples(pool, self.patch, rng, self.batch, self.clicks), start=1):
+        for drawn, ex in enumerate(examples(pool, self.patch, rng, self.batch, self.clicks, self.random_contrast), start=1):
             yield ex
             if drawn % self.draws_per_refresh == 0:
                 pool.refresh()
 
 
 def examples(pool: CasePool, patch: int | Sequence[int], rng: np.random.Generator, per: int = 1,
-             clicks: dict | None = None) -> Iterator[Example]:
+             clicks: dict | None = None, random_contrast: float = 0.0) -> Iterator[Example]:
     """Endless augmented examples from ``pool`` (a case without a lesion is drawn again). ``patch``:
     a side, or sides of which one is drawn for every ``per`` consecutive examples (a batch: a
     worker's batches are its consecutive examples), see :func:`.sampling.draw_patch`. ``clicks``:
-    :func:`.sampling.sample_example`'s click keywords (``extra_pos_prob``, ``extra_pos_max``)."""
+    :func:`.sampling.sample_example`'s click keywords (``extra_pos_prob``, ``extra_pos_max``);
+    ``random_contrast``: :func:`.sampling.augment`'s probability of a random transfer curve."""
     made = 0
     while True:
         if made % per == 0:
@@ -75,7 +78,7 @@ def examples(pool: CasePool, patch: int | Sequence[int], rng: np.random.Generato
         ex = sample_example(pool.pick(), side, rng, **(clicks or {}))
         if ex is not None:
             made += 1
-            yield augment(ex, rng)
+            yield augment(ex, rng, random_contrast)
 
 
 def example_batches(stream: ExampleStream, batch: int, workers: int) -> Iterator[dict]:
@@ -92,11 +95,12 @@ def example_batches(stream: ExampleStream, batch: int, workers: int) -> Iterator
 
 
 def in_process_batches(pool: CasePool, patch: int | Sequence[int], batch: int, rng: np.random.Generator,
-                       refresh_every: int, step: int = 0, clicks: dict | None = None) -> Iterator[dict]:
+                       refresh_every: int, step: int = 0, clicks: dict | None = None,
+                       random_contrast: float = 0.0) -> Iterator[dict]:
     """Endless collated batches sampled in this process from ``pool`` (one patch side per batch, see
     :func:`examples`); a case is swapped every ``refresh_every`` batches (counted from training step
     ``step``, so a resumed run keeps the rhythm)."""
-    draw = examples(pool, patch, rng, batch, clicks)
+    draw = examples(pool, patch, rng, batch, clicks, random_contrast)
     while True:
         yield collate([next(draw) for _ in range(batch)])
         step += 1

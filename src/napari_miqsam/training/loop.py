@@ -62,6 +62,7 @@ class TrainOptions:
     scale_jitter: float = 0.0  # scale augmentation: model grid x [1/(1+J), 1+J] per case (sources.CasePool)
     extra_clicks: int = 1  # at most this many more positive clicks per example (sampling.sample_example)
     extra_click_prob: float = 0.2  # the probability of each of them
+    random_contrast: float = 0.0  # probability of a random monotone transfer curve per example (sampling.augment)
     instance_weight: float = 0.0  # weight of the per-instance likelihood term (losses.LossWeights.instance)
     kind_weight: float = LossWeights.kind  # weight of the encoder's lesion-kind loss (losses.LossWeights.kind)
     workers: int = 0  # processes preparing examples (loader.py); 0: sampled in the training process
@@ -192,12 +193,13 @@ def train(opt: TrainOptions, log=print, on_step=None) -> TrainResult:
     clicks = {"extra_pos_prob": opt.extra_click_prob, "extra_pos_max": opt.extra_clicks}
     if opt.workers > 0:  # examples prepared in worker processes (a GPU outruns one core's sampling)
         batches = example_batches(ExampleStream(n_cases, load, cfg, patch, opt.pool, opt.refresh_every * opt.batch,
-                                                opt.seed + step, rank, world, opt.scale_jitter, classes, opt.batch, clicks),
+                                                opt.seed + step, rank, world, opt.scale_jitter, classes, opt.batch, clicks,
+                                                opt.random_contrast),
                                   opt.batch, opt.workers)
     else:
         pool = CasePool(n_cases, load, cfg, opt.pool, rank, world, seed=opt.seed + step, scale_jitter=opt.scale_jitter,
                         lesion_classes=classes)
-        batches = in_process_batches(pool, patch, opt.batch, rng, opt.refresh_every, step, clicks)
+        batches = in_process_batches(pool, patch, opt.batch, rng, opt.refresh_every, step, clicks, opt.random_contrast)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     use_amp = opt.amp and native_bf16(device)  # on a CPU without native bfloat16 it would be emulated: float32

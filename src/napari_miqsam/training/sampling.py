@@ -248,14 +248,42 @@ def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg
                    torch.from_numpy(own))
 
 
-def augment(ex: Example, rng: np.random.Generator) -> Example:
-    """Random flips, intensity scale/shift, contrast (gamma-like) and noise; masks follow the flips."""
+def random_contrast_curve(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random monotone transfer curve on normalised intensities, as knots (x, y) for ``np.interp``.
+
+    SynthSeg's principle (Billot et al., Medical Image Analysis 2023) on a CT-shaped generator: the
+    network should not learn which tissue has which absolute intensity, only how a lesion stands
+    out from what surrounds it. 3-6 segments over [-1, 1], each with a slope between 0.3 and 1 of
+    the steepest (so no contrast is squeezed by more than about 3x against the others), an output
+    span of 1-2.4 centred in [-0.5, 0.5] (the ends may saturate at +-1, as tissue clipped by a CT
+    window or an MR's dark air does), and in half the draws reversed (bright becomes dark).
+    Monotone: lesions of one kind stay alike and kinds that differ stay apart.
+    """
+    n = int(rng.integers(3, 7))
+    x = np.concatenate([[-1.0], np.sort(rng.uniform(-1.0, 1.0, n - 1)), [1.0]])
+    rise = np.concatenate([[0.0], np.cumsum(np.diff(x) * rng.uniform(0.3, 1.0, n))])
+    span, centre = float(rng.uniform(1.0, 2.4)), float(rng.uniform(-0.5, 0.5))
+    y = centre + span * (rise / rise[-1] - 0.5)
+    if rng.random() < 0.5:
+        y = 2 * centre - y
+    return x, y
+
+
+def augment(ex: Example, rng: np.random.Generator, random_contrast: float = 0.0) -> Example:
+    """Random flips, intensity scale/shift, contrast (gamma-like) and noise; masks follow the flips.
+    ``random_contrast``: the probability of a :func:`random_contrast_curve` first (0 draws nothing
+    from ``rng`` for it, so runs without it stay reproducible)."""
+    if not 0.0 <= random_contrast <= 1.0:
+        raise ValueError(f"random_contrast is a probability in [0, 1], got {random_contrast}")
     img, pts, tg, sal, kinds, inst = ex.image, ex.points.clone(), ex.targets, ex.saliency, ex.kinds, ex.instances
     for axis in range(3):
         if rng.random() < 0.5:
             img, tg, sal, kinds = img.flip(axis + 1), tg.flip(axis + 1), sal.flip(axis + 1), kinds.flip(axis + 1)
             inst = inst.flip(axis) if inst is not None else None
             pts[:, axis] = img.shape[axis + 1] - 1 - pts[:, axis]
+    if random_contrast > 0 and rng.random() < random_contrast:
+        x, y = random_contrast_curve(rng)
+        img = torch.from_numpy(np.clip(np.interp(img.numpy(), x, y), -1.0, 1.0).astype(np.float32))
     img = img * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.12, 0.12))
     if rng.random() < 0.3:
         g = float(rng.uniform(0.8, 1.25))
