@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 # The CPU wheel of torch, installed before the package so pip does not pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: run test install system-deps benchmark evaluate evaluate-ood evaluate-real screenshot train-default clean
+.PHONY: run test install system-deps benchmark evaluate evaluate-ood evaluate-contrast evaluate-real screenshot train-default clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ evaluate: install
 # 40 phantoms of the second, separately written generator (data/ood_phantom.py; validation only).
 evaluate-ood: install
 	$(VENV)/bin/miqsam evaluate ood:40:0 --clicks 3 --seed 0 --no-baselines --json benchmarks/results/evaluate_ood.json --overwrite
+
+# Contrast probes: 20 in-family phantoms as made, mirrored (80 - HU) and halved (0.5 HU + 80), labels
+# untouched. A network that reads contrast rather than CT numbers scores about the same on all three.
+evaluate-contrast: install
+	for s in phantom phantom-mirrored phantom-halved; do $(VENV)/bin/miqsam evaluate $$s:20:970000 --clicks 3 --seed 0 --no-baselines --json benchmarks/results/evaluate_contrast_$$(echo $$s | tr - _).json --overwrite || exit 1; done
 
 # One real CT (LiTS case 117, out of the training family; data/real_ct.py): the largest, the
 # median-sized and the smallest tumour clicked in turn. Downloads a 4.5 MB wheel once into the cache.

@@ -151,3 +151,51 @@ def test_evaluate_scores_only_the_data_sets_lesion_labels(tmp_path, capsys):
                  "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["cases"]
     assert [(r["case"], r["class"]) for r in rows] == [("liver_0", 2)]
+
+
+def test_contrast_probes_rewrite_the_image_only():
+    """phantom-mirrored / -halved and ood-...: the same phantoms, HU -> scale * HU + offset, read as CT."""
+    from napari_miqsam.commands.evaluate import resolve_cases
+    from napari_miqsam.data.datasets import CONTRAST_PROBES, ood_phantom_cases
+
+    plain = phantom_cases(1, 5, shape=(16, 32, 32))[0].load()
+    for name, (scale, offset) in CONTRAST_PROBES.items():
+        ref = phantom_cases(1, 5, shape=(16, 32, 32), contrast=name)[0]
+        case = ref.load()
+        assert ref.name == case.name == f"phantom_00005_{name}"
+        np.testing.assert_array_equal(case.labels, plain.labels)
+        np.testing.assert_allclose(case.image, scale * plain.image + offset, atol=1e-3)
+        assert case.meta["modality"] == "ct" and case.meta["contrast_probe"]["name"] == name
+    refs = resolve_cases("phantom-halved:2:7")
+    assert [r.seed for r in refs] == [7, 8] and {r.contrast for r in refs} == {"halved"}
+    refs = resolve_cases("ood-mirrored:1:3")
+    assert refs[0].name == "ood_00003_mirrored" and refs[0].contrast == "mirrored"
+    assert resolve_cases("phantom:1:7")[0].contrast is None and "modality" not in plain.meta
+    with pytest.raises(ValueError):
+        phantom_cases(1, 0, contrast="inverted")
+    with pytest.raises(ValueError):
+        ood_phantom_cases(1, 0, contrast="inverted")
+    with pytest.raises(ReadError):  # not a probe: read as a folder, which is not there
+        resolve_cases("phantom-inverted:1:0")
+
+
+def test_evaluate_reads_a_contrast_probe_as_ct():
+    from napari_miqsam.evaluation.evaluate import evaluate
+    from napari_miqsam.inference.predictor import Predictor
+
+    class Spy:
+        def __init__(self):
+            self.inner, self.seen = Predictor.from_config("tiny"), []
+
+        def set_image(self, image, spacing, **kw):
+            self.seen.append(kw.get("modality"))
+            self.inner.set_image(image, spacing=spacing, **kw)
+
+        def predict(self, *a, **kw):
+            return self.inner.predict(*a, **kw)
+
+    spy = Spy()
+    for contrast in ("mirrored", None):
+        evaluate(phantom_cases(1, 40, shape=(16, 48, 48), contrast=contrast), spy, clicks=1, progress=False,
+                 baselines=False)
+    assert spy.seen == ["ct", None]

@@ -13,13 +13,17 @@ from . import add_model_spacing_argument, add_precision_argument, add_predict_op
 
 HELP = "Evaluate one-click lesion segmentation (model vs region growing vs threshold+CC) on labelled data."
 
-_PHANTOM = re.compile(r"^phantom:(\d+)(?::(-?\d+))?$")
-_OOD = re.compile(r"^ood:(\d+)(?::(-?\d+))?$")  # out-of-family validation phantoms (data/ood_phantom.py)
+# phantom:N:SEED (the training generator), ood:N:SEED (out-of-family validation phantoms,
+# data/ood_phantom.py), either with -mirrored or -halved: the same phantoms with their intensities
+# rewritten (data.datasets.CONTRAST_PROBES)
+_GENERATED = re.compile(r"^(phantom|ood)(?:-(mirrored|halved))?:(\d+)(?::(-?\d+))?$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="data set folder (LiTS, KiTS or MSD layout), phantom:N:SEED (the training "
-                        "generator's phantoms) or ood:N:SEED (out-of-family validation phantoms, never trained on)")
+                        "generator's phantoms) or ood:N:SEED (out-of-family validation phantoms, never trained on); "
+                        "phantom-mirrored, phantom-halved, ood-mirrored or ood-halved:N:SEED: the same phantoms with "
+                        "their contrasts mirrored (80 - HU) or halved (0.5 HU + 80), a check of contrast invariance")
     parser.add_argument("--format", default="auto", choices=("auto", "lits", "kits", "msd", "phantom"),
                         help="data set layout (default: detected)")
     parser.add_argument("--weights", type=Path, default=None,
@@ -72,18 +76,16 @@ def _target_list(text: str) -> list[str]:
 
 
 def resolve_cases(data: str, fmt: str = "auto", limit: int | None = None) -> list:
-    """Case references for ``DATA`` (a folder, ``phantom:N[:SEED]`` or ``ood:N[:SEED]``)."""
+    """Case references for ``DATA`` (a folder, ``phantom[-PROBE]:N[:SEED]`` or ``ood[-PROBE]:N[:SEED]``)."""
     from ..data.datasets import list_cases, ood_phantom_cases, phantom_cases
     from ..errors import InputError
 
-    m = _PHANTOM.match(str(data))
-    ood = _OOD.match(str(data))
-    if ood:
-        cases = ood_phantom_cases(int(ood.group(1)), int(ood.group(2) or 0))
-    elif m or fmt == "phantom":
-        if not m:
-            raise InputError(f"{data!r}: with --format phantom, DATA must be phantom:N:SEED")
-        cases = phantom_cases(int(m.group(1)), int(m.group(2) or 0))
+    m = _GENERATED.match(str(data))
+    if m:
+        family, probe, n, seed = m.group(1), m.group(2), int(m.group(3)), int(m.group(4) or 0)
+        cases = (ood_phantom_cases if family == "ood" else phantom_cases)(n, seed, contrast=probe)
+    elif fmt == "phantom":
+        raise InputError(f"{data!r}: with --format phantom, DATA must be phantom:N:SEED")
     else:
         cases = list_cases(Path(data), fmt)
     if limit is not None:
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     options = PredictOptions.from_cli(args)
     cases = resolve_cases(args.data, args.format, args.limit)
     lesion_classes = None  # phantoms, and MSD sets without a dataset.json: each case's own lesion labels
-    if not (_PHANTOM.match(str(args.data)) or _OOD.match(str(args.data))) and args.format != "phantom":
+    if not _GENERATED.match(str(args.data)) and args.format != "phantom":
         from ..data.datasets import dataset_lesion_classes
 
         # the data set's lesion labels, so an MSD Task03 case without a tumour is not scored on its liver

@@ -31,6 +31,7 @@ from .phantom import CLASS_NAMES, Case, make_phantom
 
 __all__ = [
     "FORMATS",
+    "CONTRAST_PROBES",
     "CaseRef",
     "OodPhantomRef",
     "PhantomRef",
@@ -96,9 +97,32 @@ class CaseRef:
         )
 
 
+#: Label-preserving rewrites of a phantom's intensities, HU -> scale * HU + offset: does a network read
+#: the lesion's contrast to its host, or the absolute CT numbers it was trained on? ``mirrored`` turns
+#: every lesion brighter than its organ by the same margin (the window 40 +- 200 HU maps onto itself);
+#: ``halved`` halves every contrast and lifts the organ to 100-145 HU. A model that has learned "lesions
+#: like the clicked one" scores on them about as on the phantoms as made (docs/experiments.md,
+#: thirteenth session: the shipped weights score Dice 0.00 and 0.03). ``phantom-mirrored:N:SEED`` etc.
+#: in ``miqsam evaluate``.
+CONTRAST_PROBES: dict[str, tuple[float, float]] = {"mirrored": (-1.0, 80.0), "halved": (0.5, 80.0)}
+
+
+def _probe(case: Case, contrast: str | None) -> Case:
+    """``case`` with its image rewritten by the probe ``contrast`` (None: unchanged); labels untouched."""
+    if contrast is None:
+        return case
+    _check_probe(contrast)
+    scale, offset = CONTRAST_PROBES[contrast]
+    case.image = (case.image.astype(np.float32) * np.float32(scale) + np.float32(offset)).astype(np.float32)
+    # still CT: read through the CT window, though mirrored air and bone no longer look like HU
+    case.meta = {**case.meta, "modality": "ct", "contrast_probe": {"name": contrast, "scale": scale, "offset": offset}}
+    return case
+
+
 @dataclass
 class PhantomRef:
-    """A phantom generated on demand (``phantom:N:SEED`` in the CLI)."""
+    """A phantom generated on demand (``phantom:N:SEED`` in the CLI); ``contrast``: one of
+    :data:`CONTRAST_PROBES` applied to its image (``phantom-mirrored:N:SEED``), or None."""
 
     name: str
     seed: int
@@ -106,9 +130,10 @@ class PhantomRef:
     spacing: tuple[float, float, float] | None = None
     format: str = "phantom"
     extra: dict = field(default_factory=dict)
+    contrast: str | None = None
 
     def load(self) -> Case:
-        return make_phantom(self.seed, shape=self.shape, spacing=self.spacing, name=self.name)
+        return _probe(make_phantom(self.seed, shape=self.shape, spacing=self.spacing, name=self.name), self.contrast)
 
 
 def phantom_cases(
@@ -116,17 +141,26 @@ def phantom_cases(
     seed: int,
     shape: Sequence[int] | None = None,
     spacing: Sequence[float] | None = None,
+    contrast: str | None = None,
 ) -> list[PhantomRef]:
-    """``n`` phantom references with seeds ``seed .. seed + n - 1``."""
+    """``n`` phantom references with seeds ``seed .. seed + n - 1`` (``contrast``: a :data:`CONTRAST_PROBES` name)."""
+    _check_probe(contrast)
+    suffix = f"_{contrast}" if contrast else ""
     return [
         PhantomRef(
-            name=f"phantom_{seed + i:05d}",
+            name=f"phantom_{seed + i:05d}{suffix}",
             seed=seed + i,
             shape=tuple(shape) if shape is not None else None,  # type: ignore[arg-type]
             spacing=tuple(spacing) if spacing is not None else None,  # type: ignore[arg-type]
+            contrast=contrast,
         )
         for i in range(int(n))
     ]
+
+
+def _check_probe(contrast: str | None) -> None:
+    if contrast is not None and contrast not in CONTRAST_PROBES:
+        raise ValueError(f"unknown contrast probe {contrast!r}; use one of {', '.join(CONTRAST_PROBES)}")
 
 
 @dataclass
@@ -137,16 +171,20 @@ class OodPhantomRef:
     name: str
     seed: int
     format: str = "phantom"  # the same KiTS labelling: 1 organ, 2 tumour, 3 cyst
+    contrast: str | None = None  # a CONTRAST_PROBES name (ood-mirrored:N:SEED), or None
 
     def load(self) -> Case:
         from .ood_phantom import make_ood_phantom
 
-        return make_ood_phantom(self.seed, name=self.name)
+        return _probe(make_ood_phantom(self.seed, name=self.name), self.contrast)
 
 
-def ood_phantom_cases(n: int, seed: int) -> list[OodPhantomRef]:
-    """``n`` out-of-family phantom references with seeds ``seed .. seed + n - 1``."""
-    return [OodPhantomRef(name=f"ood_{seed + i:05d}", seed=seed + i) for i in range(int(n))]
+def ood_phantom_cases(n: int, seed: int, contrast: str | None = None) -> list[OodPhantomRef]:
+    """``n`` out-of-family phantom references with seeds ``seed .. seed + n - 1`` (``contrast``: a
+    :data:`CONTRAST_PROBES` name)."""
+    _check_probe(contrast)
+    suffix = f"_{contrast}" if contrast else ""
+    return [OodPhantomRef(name=f"ood_{seed + i:05d}{suffix}", seed=seed + i, contrast=contrast) for i in range(int(n))]
 
 
 def _visible(p: Path) -> bool:

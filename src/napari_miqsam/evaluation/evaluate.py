@@ -329,7 +329,9 @@ def _evaluate_case(
     embed_s = float("nan")
     if model is not None:
         t0 = time.perf_counter()
-        model.set_image(image, spacing=spacing)
+        # a case may say what it is (a contrast probe stays CT though its values no longer look like HU)
+        modality = case.meta.get("modality") if isinstance(case.meta, dict) else None
+        model.set_image(image, spacing=spacing, **({"modality": modality} if modality else {}))
         embed_s = time.perf_counter() - t0
     smoothed = denoise(image, spacing) if baselines else None
     rows = []
