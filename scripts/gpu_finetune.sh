@@ -21,6 +21,9 @@
 # EVAL_FIRST (default 970000; move on once a choice has been made there), four click draws, with
 # EVAL_PROCS evaluate processes sharing the GPU (default 8), and prints `miqsam compare` of each run
 # against stage 9 (paired differences with intervals; README Results, "Judging a candidate").
+# EVAL_CONTRAST=1 also scores the same phantoms with their contrasts mirrored and halved
+# (phantom-mirrored / phantom-halved, the contrast probes of `miqsam evaluate`) and prints each
+# weights' means there: a contrast-invariant network scores about as on the phantoms as made.
 # Runs from the repository root without installing the package (PYTHONPATH=src), so it works on a
 # GPU machine whose Python already has torch, numpy, scipy, safetensors and tqdm.
 set -u -f
@@ -53,4 +56,17 @@ if (( cases > 0 )); then
         [[ -f $out/eval_$r.json && -f $out/eval_stage9.json ]] &&
             "${PYTHON:-python3}" -m napari_miqsam.cli compare "$out/eval_stage9.json" "$out/eval_$r.json"
     done
+    if [[ ${EVAL_CONTRAST:-0} == 1 ]]; then
+        for probe in mirrored halved; do
+            for w in stage9:src/napari_miqsam/weights/miqsam_cpu.safetensors a:$out/a/miqsam_cpu.safetensors b:$out/b/miqsam_cpu.safetensors; do
+                name=${w%%:*}
+                [[ -f ${w#*:} ]] || continue
+                "${PYTHON:-python3}" -m torch.distributed.run --nproc_per_node "${EVAL_PROCS:-8}" -m napari_miqsam.cli evaluate \
+                    "phantom-$probe:$cases:${EVAL_FIRST:-970000}" --clicks 3 --seed 0 --no-baselines --quiet --weights "${w#*:}" \
+                    --json "$out/eval_${name}_$probe.json" --overwrite >"$out/eval_${name}_$probe.log" 2>&1 ||
+                    { echo "== evaluate $name $probe failed: $out/eval_${name}_$probe.log"; continue; }
+                "${PYTHON:-python3}" -c "import json, sys; m = json.load(open(sys.argv[1]))['model']; print('== $name $probe:', ' '.join(f'{k} {m[k]:.3f}' for k in ('dice', 'instance_recall', 'instance_f1', 'clicked_found')))" "$out/eval_${name}_$probe.json"
+            done
+        done
+    fi
 fi
