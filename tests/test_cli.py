@@ -105,3 +105,23 @@ def test_kind_argument_names_two_kinds_and_numbers_any():
         kind_index("tumour", 3)  # weights without names: numbers only
     with pytest.raises(InputError, match="no lesion-kind head"):
         kind_index("1", 0)
+
+
+def test_predict_modality_reaches_the_predictor(tmp_path, tiny_weights, monkeypatch):
+    """--modality ct reads a crop without air through the HU window (auto would take it for non-CT)."""
+    seen = []
+    real = Predictor.set_image
+
+    def spy(self, volume, spacing=(1.0, 1.0, 1.0), **kw):
+        seen.append(kw.get("modality"))
+        return real(self, volume, spacing, **kw)
+
+    monkeypatch.setattr(Predictor, "set_image", spy)
+    src = tmp_path / "crop.nii.gz"
+    nifti(src)
+    for modality in ("ct", "auto"):
+        assert main(["predict", str(src), "--point", "10", "8", "12", "--weights", str(tiny_weights), "--device", "cpu",
+                     "--modality", modality, "-o", str(tmp_path / f"{modality}.nii.gz")]) == 0
+    assert seen == ["ct", "auto"]
+    with pytest.raises(SystemExit):
+        main(["predict", str(src), "--point", "10", "8", "12", "--modality", "mr", "-o", str(tmp_path / "x.nii.gz")])

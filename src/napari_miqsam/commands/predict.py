@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=Path, default=None, help=".safetensors weights (default: shipped)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--channel", type=int, default=None, help="channel of a multichannel (4D) volume")
+    p.add_argument("--modality", default="auto", choices=["auto", "ct", "other"],
+                   help="how intensities are read: ct (the HU window), other (MR, microscopy: percentiles) or auto "
+                   "(default: CT when the values look like HU, which a crop without air may not)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output label file (same format as the input), or a folder when IMAGE is a folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -87,7 +90,7 @@ def predict_file(predictor, image: Path, output: Path, args, options=None) -> in
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
-        predictor.set_image(vol.data, vol.spacing, channel=args.channel, progress=progress)
+        predictor.set_image(vol.data, vol.spacing, modality=args.modality, channel=args.channel, progress=progress)
     prediction = predictor.predict(args.point, args.negative, options=options)
     labels, rows = prediction.labels(args.threshold, args.min_volume)
     write_labels(output, labels, like=vol, overwrite=args.overwrite)
