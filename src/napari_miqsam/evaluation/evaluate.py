@@ -330,7 +330,7 @@ def _evaluate_case(
     if model is not None:
         t0 = time.perf_counter()
         # a case may say what it is (a contrast probe stays CT though its values no longer look like HU)
-        modality = case.meta.get("modality") if isinstance(case.meta, dict) else None
+        modality = case.meta.get("modality")
         model.set_image(image, spacing=spacing, **({"modality": modality} if modality else {}))
         embed_s = time.perf_counter() - t0
     smoothed = denoise(image, spacing) if baselines else None
