@@ -22,7 +22,7 @@ from napari_miqsam.data.randomized import (
 )
 from napari_miqsam.errors import InputError
 
-SEEDS = range(8)  # default-size cases; among them K takes every value 1..4
+SEEDS = range(8)  # default-size cases; among them K takes every value 1..4, and 1 and 6 are aerated
 FULL = np.ones((3, 3, 3), bool)
 
 
@@ -112,7 +112,9 @@ def test_kinds_within_a_volume_differ_by_the_rule(cases):
 def test_kind_parameters_in_range(cases):
     for case in cases:
         for kd in case.meta["kinds"]:
-            if kd["rim"] is None:
+            if kd.get("aerated"):  # soft tissue or ground glass in a lung-like host: test_aerated_hosts
+                assert 250.0 <= kd["delta_hu"] <= 1100.0
+            elif kd["rim"] is None:
                 assert 10.0 <= abs(kd["delta_hu"]) <= 120.0
             else:
                 assert abs(kd["delta_hu"]) <= 120.0 and 1.0 <= kd["rim"]["thickness_mm"] <= 3.0
@@ -173,3 +175,25 @@ def test_feeds_the_training_pipeline(cases):
     assert kinds == list(range(2, 2 + case.meta["n_kinds"]))
     assert len(prepared.instance_class) - 1 == len(case.meta["lesions"])
     assert math.isclose(float(prepared.image.max()), 1.0, abs_tol=0.5)
+
+
+def test_aerated_hosts(cases):
+    """About a fifth of the volumes are lung-like: dark hosts, soft-tissue vessels and lesions; the
+    others are exactly what the generator made before the option existed (its rng streams)."""
+    aerated = [c for c in cases if c.meta["aerated"]]
+    assert 1 <= len(aerated) < len(cases)
+    for case in aerated:
+        host = case.labels == 1
+        lesion = case.labels >= 2
+        assert all(-920.0 <= o["base_hu"] <= -700.0 for o in case.meta["organs"])
+        assert all(kd["aerated"] for kd in case.meta["kinds"])
+        spread = np.ptp([o["base_hu"] for o in case.meta["organs"]])  # kinds are drawn on the mean host
+        for les in case.meta["lesions"]:  # ground glass or soft tissue, as painted
+            assert -650.0 - spread <= les["hu"] <= 90.0 + spread
+        # as acquired: the host reads as lung, its lesions hundreds of HU brighter
+        assert np.median(case.image[host]) < -500.0
+        assert np.median(case.image[lesion]) - np.median(case.image[host]) > 250.0
+    for case in cases:
+        if not case.meta["aerated"]:
+            assert all(-20.0 <= o["base_hu"] <= 180.0 for o in case.meta["organs"])
+            assert not any(kd.get("aerated") for kd in case.meta["kinds"])

@@ -21,6 +21,11 @@ What is drawn (canonical mm; see :func:`make_randomized_phantom` for the grid):
 * host organs (label 1): 1-4 smooth lobulated blobs, base -20..180 HU, random two-scale texture and
   gradient, with tubular vessels inside them (brighter or darker than the organ, lesion-sized);
   sometimes one is cut by the volume border;
+* aerated hosts (``AERATED_FRACTION`` of the volumes, lung-like): every host is -920..-700 HU with
+  4-11 soft-tissue vessels (-40..80 HU), and every lesion kind is soft tissue (-80..90 HU) or ground
+  glass (-650..-350 HU), so hundreds of HU brighter than its host; the kind rule below still holds.
+  On the CT window the host then reads as dark as air: a lesion is told from a vessel by its
+  shape, not by being brighter than its surroundings;
 * distractors (label 0, painted only outside the hosts): bowel loops (wall; fluid, gas with a
   level, positive contrast or faeces), large vessels, and round structures (water cysts, lymph
   nodes, and look-alikes with the intensity of one of the drawn lesion kinds);
@@ -65,6 +70,7 @@ from .phantom.geometry import (
 )
 
 __all__ = [
+    "AERATED_FRACTION",
     "FOV_YX_MM",
     "FOV_Z_MM",
     "INPLANE_MM",
@@ -84,6 +90,12 @@ INPLANE_MM = (0.5, 1.5)
 LESION_DIAMETER_MM = (3.0, 60.0)
 MAX_LESIONS = 20
 MAX_KINDS = 4
+#: Share of volumes whose hosts are aerated (lung-like parenchyma; module docstring).
+AERATED_FRACTION = 0.2
+AERATED_HOST_HU = (-920.0, -700.0)
+AERATED_VESSEL_HU = (-40.0, 80.0)
+AERATED_SOLID_HU = (-80.0, 90.0)
+AERATED_GROUND_GLASS_HU = (-650.0, -350.0)
 #: Voxel budget of a default-size case: finer grids get a smaller field of view (then a coarser
 #: in-plane spacing) so one case stays within the training loop's time budget.
 MAX_VOXELS = 9_000_000
@@ -213,6 +225,20 @@ def _draw_kinds(rng: np.random.Generator, n_kinds: int, d_lo: float, d_hi: float
     return kinds
 
 
+def _aerate_kinds(rng: np.random.Generator, kinds: list[dict], host_hu: float) -> None:
+    """Make every kind soft tissue (80 %) or ground glass in an aerated host of about ``host_hu``:
+    ``delta_hu`` is redrawn (in place) until the kind rule holds against the earlier kinds again."""
+    for i, kd in enumerate(kinds):
+        for _attempt in range(40):
+            lo, hi = AERATED_GROUND_GLASS_HU if rng.random() < 0.2 else AERATED_SOLID_HU
+            kd["delta_hu"] = float(rng.uniform(lo, hi)) - host_hu
+            if all(kind_differences(kd, p) for p in kinds[:i]):
+                break
+        else:  # practically never: the next free soft-tissue slot
+            kd["delta_hu"] = max(p["delta_hu"] for p in kinds[:i]) + CONTRAST_STEP_HU
+        kd["aerated"] = True
+
+
 # ----------------------------------------------------------------------------------------------
 # painting helpers
 
@@ -284,7 +310,11 @@ def make_randomized_phantom(
         the organs, the distractors and the acquisition.
     """
     seq = np.random.SeedSequence(int(seed) & 0xFFFFFFFFFFFFFFFF)
-    r_acq, r_body, r_host, r_kind, r_dis, r_les, r_tex, r_noise = (np.random.default_rng(s) for s in seq.spawn(8))
+    # a ninth stream for the host style: the first eight children of a SeedSequence do not depend on
+    # how many are spawned, so a volume that is not aerated is the same as before the option existed
+    r_acq, r_body, r_host, r_kind, r_dis, r_les, r_tex, r_noise, r_style = (
+        np.random.default_rng(s) for s in seq.spawn(9))
+    aerated = bool(r_style.random() < AERATED_FRACTION)
 
     fov = np.array([r_acq.uniform(*FOV_Z_MM), r_acq.uniform(*FOV_YX_MM), r_acq.uniform(*FOV_YX_MM)])
     drawn_spacing = spacing is None
@@ -318,7 +348,7 @@ def make_randomized_phantom(
     body = _paint_body(r_body, img, tis, grid, half)
     spine = _paint_spine(r_body, img, tis, grid, body) if r_body.random() < 0.6 else None
     ribs = _paint_ribs(r_body, img, tis, grid, body) if r_body.random() < 0.4 else 0
-    organs, partial_fov = _paint_hosts(r_host, r_tex, img, tis, grid, body, half)
+    organs, partial_fov = _paint_hosts(r_host, r_tex, img, tis, grid, body, half, r_style if aerated else None)
 
     # kinds: sizes between what the grid resolves and what the hosts hold (the first lesion of every
     # kind together fill at most 30 % of the host volume)
@@ -331,9 +361,11 @@ def make_randomized_phantom(
     d_hi = max(d_hi, d_lo * 1.6)
     noise_sigma = _log_uniform(r_noise, 3.0, 30.0)
     kinds = _draw_kinds(r_kind, n_kinds, d_lo, d_hi, 0.6 * noise_sigma)
+    if aerated and organs:
+        _aerate_kinds(r_style, kinds, float(np.mean([o["base_hu"] for o in organs])))
 
     distractors = _paint_distractors(r_dis, img, tis, grid, body, organs, kinds)
-    n_org_vessels = _paint_organ_vessels(r_dis, img, tis, grid, organs)
+    n_org_vessels = _paint_organ_vessels(r_dis, img, tis, grid, organs, r_style if aerated else None)
 
     labels = (tis >= _HOST).astype(np.uint8)
     lesions = _place_lesions(r_les, img, labels, tis, grid, organs, kinds, d_lo)
@@ -349,6 +381,7 @@ def make_randomized_phantom(
         "scale": k,
         "n_kinds": len(kinds),
         "n_kinds_drawn": n_kinds,
+        "aerated": aerated,
         "kinds": kinds,
         "lesions": lesions,
         "body": body["meta"],
@@ -505,8 +538,12 @@ def _paint_ribs(rng, img, tis, grid: _Grid, body: dict) -> int:
     return n
 
 
-def _paint_hosts(rng, r_tex, img, tis, grid: _Grid, body: dict, half: np.ndarray) -> tuple[list[dict], bool]:
-    """1-4 host organs: perturbed (two-lobe) ellipsoids on the filling, textured, random HU."""
+def _paint_hosts(rng, r_tex, img, tis, grid: _Grid, body: dict, half: np.ndarray,
+                 r_air: np.random.Generator | None = None) -> tuple[list[dict], bool]:
+    """1-4 host organs: perturbed (two-lobe) ellipsoids on the filling, textured, random HU.
+
+    With ``r_air`` (an aerated volume) every host's base HU is drawn from it in ``AERATED_HOST_HU``
+    instead; everything else is drawn as for a solid host."""
     n_org = int(rng.choice((1, 2, 3, 4), p=(0.3, 0.3, 0.22, 0.18)))
     lim = np.array([half[0], min(body["ay"] * body["t_fill"], half[1]), min(body["ax"] * body["t_fill"], half[2])])
     # centres are drawn on a coarse (~4 mm) map of the filling, away from its edges
@@ -548,6 +585,8 @@ def _paint_hosts(rng, r_tex, img, tis, grid: _Grid, body: dict, half: np.ndarray
         hi = np.max([lc + max(ls) for lc, ls, _ in lobes], axis=0) + 4
         sl = grid.box((lo + hi) / 2, (hi - lo) / 2)
         base = float(rng.uniform(-20, 180))
+        if r_air is not None:
+            base = float(r_air.uniform(*AERATED_HOST_HU))
         code = _HOST + i
         info = {"centre_mm": tuple(float(v) for v in c), "semi_mm": tuple(float(s) for s in semi),
                 "base_hu": base, "code": code}
@@ -679,15 +718,22 @@ def _paint_distractors(rng, img, tis, grid: _Grid, body: dict, organs: list[dict
     return out
 
 
-def _paint_organ_vessels(rng, img, tis, grid: _Grid, organs: list[dict]) -> int:
-    """Tubular vessels inside the host organs (they stay label 1): lesion-sized, brighter or darker."""
+def _paint_organ_vessels(rng, img, tis, grid: _Grid, organs: list[dict],
+                         r_air: np.random.Generator | None = None) -> int:
+    """Tubular vessels inside the host organs (they stay label 1): lesion-sized, brighter or darker.
+
+    With ``r_air`` (aerated hosts) 4-11 more per host, soft tissue (``AERATED_VESSEL_HU``), as in a lung."""
     n = 0
     for org in organs:
         code = org["code"]
         sign = 1.0 if rng.random() < 0.7 else -1.0
         hu = org["base_hu"] + sign * float(rng.uniform(25, 150))
+        n_vessels = int(rng.integers(0, 6))
+        if r_air is not None:
+            hu = float(r_air.uniform(*AERATED_VESSEL_HU))
+            n_vessels += int(r_air.integers(4, 7))
         sl = org["_box"]
-        for _ in range(int(rng.integers(0, 6))):
+        for _ in range(n_vessels):
             # a start point inside this organ
             start = None
             for _t in range(40):
