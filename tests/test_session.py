@@ -97,16 +97,18 @@ def test_one_predictor_per_image_embedded_once_per_data_version(session):
     assert session.predictor(other) is None and session.predictor(image) is predictor
 
 
-def test_other_weights_device_or_grid_forget_every_predictor(session):
+def test_other_weights_device_grid_or_modality_forget_every_predictor(session):
     image, volume = Image(), np.zeros(SHAPE, np.float32)
     run(session, image, volume)
     session.settings = Settings()  # the same settings: kept
     assert session.predictor(image) is not None
-    for settings in (Settings(device="cpu"), Settings("my.safetensors", "cpu"), Settings("my.safetensors", "cpu", True)):
+    for settings in (Settings(device="cpu"), Settings("my.safetensors", "cpu"), Settings("my.safetensors", "cpu", True),
+                     Settings("my.safetensors", "cpu", True, "ct")):
         session.settings = settings
         assert session.predictor(image) is None
         job, _ = run(session, image, volume)
-        assert (job.weights, job.device, job.fast) == (settings.weights, settings.device, settings.fast)
+        assert (job.weights, job.device, job.fast, job.modality) == (
+            settings.weights, settings.device, settings.fast, settings.modality)
         assert session.predictor(image) is not None
 
 

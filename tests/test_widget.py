@@ -428,3 +428,32 @@ def test_detail_fast_runs_on_a_coarser_grid_and_embeds_again(phantom_widget, qtb
     assert len(made) == 2 and made[-1].model_spacing == pytest.approx((0.8 * FAST_SPACING_FACTOR,) * 3)
     assert widget.session.predictor(widget.image_layer()) is made[-1]
     assert isinstance(made[-1], Predictor) and widget.output_layer is not None
+
+
+def test_intensities_choice_reads_the_image_as_chosen_and_embeds_again(phantom_widget, qtbot, monkeypatch):
+    """'Intensities' reaches set_image's modality; changing it re-embeds and runs the shown prompt
+    again, and 'CT (HU)' on a CT the auto guess would read as percentiles changes the model's input."""
+    from napari_miqsam.inference import predictor as predictor_module
+
+    viewer, widget = phantom_widget
+    tiny = widget.predictors
+    seen = []
+    real = predictor_module.normalise_intensity
+
+    def spy(volume, level=40.0, half_width=200.0, modality="auto"):
+        out = real(volume, level, half_width, modality)
+        seen.append((modality, float(out.mean())))
+        return out
+
+    monkeypatch.setattr(predictor_module, "normalise_intensity", spy)
+    assert widget.modality_combo.currentData() == "auto"
+    segment(qtbot, widget, tumour_voxel(viewer))
+    assert tiny.set_image_modalities == ["auto"]
+    for text, modality in (("CT (HU)", "ct"), ("other (MR, microscopy)", "other")):
+        calls = tiny.set_image_calls
+        widget.modality_combo.setCurrentText(text)
+        qtbot.waitUntil(lambda calls=calls: tiny.set_image_calls == calls + 1, timeout=10000)
+        wait_done(qtbot, widget)
+        assert tiny.set_image_modalities[-1] == modality and widget.output_layer is not None
+    assert [m for m, _ in seen] == ["auto", "ct", "other"]
+    assert seen[1][1] != pytest.approx(seen[2][1], abs=1e-3)  # the HU window and percentiles differ

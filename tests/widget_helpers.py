@@ -29,6 +29,7 @@ class TinyPredictors:
         self.predict_options: list = []
         self.set_image_calls = 0
         self.set_image_shapes: list[tuple[int, ...]] = []
+        self.set_image_modalities: list[str | None] = []
         self.delay_first_predict = delay_first_predict
         self.error = error
         self.hold: threading.Event | None = None
@@ -63,6 +64,7 @@ class TinyPredictors:
             with self._lock:
                 self.set_image_calls += 1
                 self.set_image_shapes.append(tuple(np.shape(volume)))
+                self.set_image_modalities.append(kw.get("modality"))
             self._wait_for_release()
             return type(predictor).set_image(predictor, volume, *args, **kw)
 

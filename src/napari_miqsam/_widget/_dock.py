@@ -115,6 +115,16 @@ class MiqsamWidget(QWidget):
             "coarser (1.5 mm): 0.65x the voxels and fewer windows, about 1.3-7x faster on a CPU, for "
             "somewhat lower accuracy (README: Speed). Changing it embeds the image again.")
         form.addRow("Detail", self.detail_combo)
+        self.modality_combo = QComboBox()
+        self.modality_combo.addItem("auto", "auto")
+        self.modality_combo.addItem("CT (HU)", "ct")
+        self.modality_combo.addItem("other (MR, microscopy)", "other")
+        self.modality_combo.setToolTip(
+            "How the image's values are read. auto: CT when they look like Hounsfield units (air near "
+            "-1000), then the soft-tissue window; otherwise the 0.5-99.5 percentiles. Choose CT (HU) "
+            "for a CT crop without air (e.g. cut to the liver), other for MR or microscopy. "
+            "Changing it embeds the image again.")
+        form.addRow("Intensities", self.modality_combo)
         layout.addLayout(form)
 
         self.auto_check = checkbox("Run on each new point", "A new prompt point runs the model at once.")
@@ -189,6 +199,7 @@ class MiqsamWidget(QWidget):
         self.device_combo.currentIndexChanged.connect(self._on_settings_changed)
         self.weights_combo.currentIndexChanged.connect(self._on_settings_changed)
         self.detail_combo.currentIndexChanged.connect(self._on_detail_changed)
+        self.modality_combo.currentIndexChanged.connect(self._on_detail_changed)
         self.weights_button.clicked.connect(self._choose_weights)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)
@@ -386,13 +397,14 @@ class MiqsamWidget(QWidget):
     # ----------------------------------------------------------------- run
     def _settings(self) -> Settings:
         return Settings(self.weights_combo.currentData(), self.device_combo.currentText(),
-                        bool(self.detail_combo.currentData()))
+                        bool(self.detail_combo.currentData()), str(self.modality_combo.currentData()))
 
     def _on_settings_changed(self, *_: Any) -> None:
         self.session.settings = self._settings()
 
     def _on_detail_changed(self, *_: Any) -> None:
-        """Another model grid: the embeddings are of the old one; run again when a result is shown."""
+        """Another model grid or intensity reading: the embeddings are of the old one; run again
+        when a result is shown."""
         self._on_settings_changed()
         if self.session.prediction is not None:
             self.run()

@@ -45,11 +45,14 @@ class Settings:
 
     ``weights``: a .safetensors path, None for the shipped default. ``device``: auto, cpu, cuda,
     mps. ``fast``: the predictor runs on a grid 15% coarser than the weights ask for.
+    ``modality``: how the image's intensities are read: 'auto' (CT when the values look like HU),
+    'ct' (the HU window), 'other' (MR, microscopy: percentiles).
     """
 
     weights: str | None = None
     device: str = "auto"
     fast: bool = False
+    modality: str = "auto"
 
 
 @dataclass
@@ -193,7 +196,7 @@ class Session:
 
     @settings.setter
     def settings(self, settings: Settings) -> None:
-        """Other weights, device or grid: every cached predictor is forgotten."""
+        """Other weights, device, grid or intensity reading: every cached predictor is forgotten."""
         if settings != self._settings:
             self._cache.clear()
         self._settings = settings
@@ -276,6 +279,7 @@ class Session:
             device=settings.device,
             options=PredictOptions() if options is None else options,
             fast=settings.fast,
+            modality=settings.modality,
         )
         self.user_cancelled = False
         return self.job
@@ -305,7 +309,7 @@ class Session:
         job = result.job
         self.job = None
         entry = self._cache.get(job.image_key)
-        same_settings = Settings(job.weights, job.device, job.fast) == self._settings
+        same_settings = Settings(job.weights, job.device, job.fast, job.modality) == self._settings
         if image is not None and entry is not None and entry.source() is image and same_settings:
             if result.predictor is not None:
                 entry.predictor = result.predictor

@@ -34,7 +34,8 @@ class Job:
     ``options``: passed to ``predict`` (the kind gate and growing, from the widget's check boxes:
     ``PredictOptions.from_widget``). ``fast``: a newly loaded predictor runs on
     a grid 15% coarser than the one the weights ask for (``Predictor.fast_spacing``; the shipped
-    weights: 1.5 instead of 1.3 mm).
+    weights: 1.5 instead of 1.3 mm). ``modality``: how intensities are read (``set_image``'s
+    'auto', 'ct' for the HU window, 'other' for percentiles).
     """
 
     seq: int
@@ -51,6 +52,7 @@ class Job:
     device: str
     options: PredictOptions = field(default_factory=PredictOptions)
     fast: bool = False
+    modality: str = "auto"
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     _superseded: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -115,7 +117,8 @@ def run_job(job: Job, report: ProgressFn | None = None, loader: Callable[..., An
         if job.embed:
             volume = np.asarray(job.volume)
             result.predictor.set_image(
-                volume, spacing=job.spacing, progress=progress("Embedding volume"), cancel=job.cancelled
+                volume, spacing=job.spacing, modality=job.modality, progress=progress("Embedding volume"),
+                cancel=job.cancelled,
             )
             result.embedded = True
         if job.cancelled():
