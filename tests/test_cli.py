@@ -107,8 +107,9 @@ def test_kind_argument_names_two_kinds_and_numbers_any():
         kind_index("1", 0)
 
 
-def test_predict_modality_reaches_the_predictor(tmp_path, tiny_weights, monkeypatch):
-    """--modality ct reads a crop without air through the HU window (auto would take it for non-CT)."""
+def test_predict_modality_reaches_the_predictor(tmp_path, tiny_weights, monkeypatch, capsys):
+    """--modality ct reads a crop without air through the HU window (auto would take it for non-CT);
+    with auto, the summary says how the values were read."""
     seen = []
     real = Predictor.set_image
 
@@ -119,9 +120,12 @@ def test_predict_modality_reaches_the_predictor(tmp_path, tiny_weights, monkeypa
     monkeypatch.setattr(Predictor, "set_image", spy)
     src = tmp_path / "crop.nii.gz"
     nifti(src)
+    said = []
     for modality in ("ct", "auto"):
         assert main(["predict", str(src), "--point", "10", "8", "12", "--weights", str(tiny_weights), "--device", "cpu",
                      "--modality", modality, "-o", str(tmp_path / f"{modality}.nii.gz")]) == 0
+        said.append(capsys.readouterr().out)
     assert seen == ["ct", "auto"]
+    assert "values read as" not in said[0] and "values read as not CT (percentiles)" in said[1]
     with pytest.raises(SystemExit):
         main(["predict", str(src), "--point", "10", "8", "12", "--modality", "mr", "-o", str(tmp_path / "x.nii.gz")])

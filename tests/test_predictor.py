@@ -9,7 +9,7 @@ from napari_miqsam.inference.options import PredictOptions
 from napari_miqsam.inference.postprocess import split_instances, to_original_grid
 from napari_miqsam.inference.prediction import Instance, Prediction
 from napari_miqsam.inference.predictor import Predictor
-from napari_miqsam.inference.preprocess import GridMap, normalise_intensity
+from napari_miqsam.inference.preprocess import GridMap, normalise_and_read, normalise_intensity
 from napari_miqsam.inference.resample import resample_to_model
 from napari_miqsam.inference.tiling import plan_windows
 from napari_miqsam.model.config import get_config
@@ -293,6 +293,24 @@ def test_normalisation_ct_and_other():
     nan[0, 0, 0] = np.nan
     nan[1, 1, 1] = np.inf
     assert np.isfinite(normalise_intensity(nan)).all()
+    # how the volume was read: what 'auto' decided, or what was asked
+    assert normalise_and_read(ct)[1] == "ct" and normalise_and_read(micro)[1] == "other"
+    assert normalise_and_read(micro, modality="ct")[1] == "ct" and normalise_and_read(ct, modality="other")[1] == "other"
+    assert np.array_equal(normalise_and_read(ct)[0], normalise_intensity(ct))
+
+
+def test_predictor_says_how_it_read_the_image():
+    predictor = Predictor.from_config("tiny", seed=0)
+    assert predictor.read_as is None
+    ct = np.full((16, 16, 16), -1000.0, np.float32)
+    ct[4:12, 4:12, 4:12] = 60.0
+    predictor.set_image(ct, (2.0, 2.0, 2.0))
+    assert predictor.read_as == "ct"
+    assert predictor.predict([(8, 8, 8)]).read_as == "ct"
+    predictor.set_image(ct, (2.0, 2.0, 2.0), modality="other")
+    assert predictor.predict([(8, 8, 8)]).read_as == "other"
+    predictor.reset_image()
+    assert predictor.read_as is None
 
 
 def test_keep_best_caps_the_number_of_instances():

@@ -438,22 +438,24 @@ def test_intensities_choice_reads_the_image_as_chosen_and_embeds_again(phantom_w
     viewer, widget = phantom_widget
     tiny = widget.predictors
     seen = []
-    real = predictor_module.normalise_intensity
+    real = predictor_module.normalise_and_read
 
     def spy(volume, level=40.0, half_width=200.0, modality="auto"):
-        out = real(volume, level, half_width, modality)
+        out, read_as = real(volume, level, half_width, modality)
         seen.append((modality, float(out.mean())))
-        return out
+        return out, read_as
 
-    monkeypatch.setattr(predictor_module, "normalise_intensity", spy)
+    monkeypatch.setattr(predictor_module, "normalise_and_read", spy)
     assert widget.modality_combo.currentData() == "auto"
     segment(qtbot, widget, tumour_voxel(viewer))
     assert tiny.set_image_modalities == ["auto"]
+    assert "Values read as CT (HU window)." in widget.status_label.text()  # what 'auto' decided
     for text, modality in (("CT (HU)", "ct"), ("other (MR, microscopy)", "other")):
         calls = tiny.set_image_calls
         widget.modality_combo.setCurrentText(text)
         qtbot.waitUntil(lambda calls=calls: tiny.set_image_calls == calls + 1, timeout=10000)
         wait_done(qtbot, widget)
         assert tiny.set_image_modalities[-1] == modality and widget.output_layer is not None
+        assert "Values read as" not in widget.status_label.text()  # the user chose: nothing to report
     assert [m for m, _ in seen] == ["auto", "ct", "other"]
     assert seen[1][1] != pytest.approx(seen[2][1], abs=1e-3)  # the HU window and percentiles differ

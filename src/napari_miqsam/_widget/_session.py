@@ -381,7 +381,10 @@ class Session:
         empty = self.prediction.empty_clicks() if self.prediction is not None else 0
         missed = (f" Nothing found under {empty} of your clicks: the model read {'that spot' if empty == 1 else 'those spots'} "
                   "as background (README: When a click finds nothing)." if empty else "")
-        return f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {threshold:.2f}{volume}.{looked_for}{gate}{missed}"
+        read_as = self.prediction.read_as if self.prediction is not None else None
+        read = ({"ct": " Values read as CT (HU window).", "other": " Values read as not CT (percentiles)."}.get(read_as, "")
+                if self._settings.modality == "auto" else "")
+        return f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {threshold:.2f}{volume}.{looked_for}{read}{gate}{missed}"
 
     def row(self, instance_id: int) -> dict | None:
         return next((r for r in self.rows if int(r["id"]) == int(instance_id)), None)

@@ -96,6 +96,7 @@ class Prediction:
     weights; None for weights without a kind head. ``kind_names``: the weights' names of those
     kinds (``Predictor.kind_names``); empty: :func:`named_kinds`'s fallback. ``gated``: (score,
     volume mm³) of each piece the kind gate dropped as another kind (:meth:`hidden_by_kind_gate`).
+    ``read_as``: how the image's values were read, 'ct' (HU window) or 'other' (percentiles).
     """
 
     shape: tuple[int, int, int]
@@ -106,6 +107,7 @@ class Prediction:
     kind: tuple[float, ...] | None = None
     kind_names: tuple[str, ...] = ()
     gated: tuple[tuple[float, float], ...] = ()
+    read_as: str | None = None
 
     def __post_init__(self) -> None:
         self.instances.sort(key=lambda inst: -inst.score)

@@ -46,7 +46,7 @@ from .postprocess import (
 )
 from .precision import embed_dtype
 from .prediction import Prediction, named_kinds
-from .preprocess import GridMap, as_volume, check_spacing, normalise_intensity
+from .preprocess import GridMap, as_volume, check_spacing, normalise_and_read
 from .rescue import contrast_matches
 from .resample import interpolate_separable, resample_to_model
 from .threads import one_blas_thread
@@ -129,6 +129,8 @@ class Predictor:
     Attributes:
         trained: False when the weights are untrained (e.g. ``from_config``); say so to the user.
         embed_calls: how many times the encoder has run (one per window per ``set_image``).
+        read_as: how ``set_image`` read the volume's values: 'ct' (HU window) or 'other'
+            (percentiles); None before an image is set.
     """
 
     def __init__(self, model: MIQSAM3D, *, trained: bool = True, device: str = "auto",
@@ -161,6 +163,7 @@ class Predictor:
         self._grid: GridMap | None = None
         self._padded: tuple[int, int, int] | None = None
         self._model_vol: torch.Tensor | None = None  # padded model-grid volume (CPU): refiner and growing
+        self.read_as: str | None = None
         if spacing is not None:
             self.set_model_spacing(spacing)
 
@@ -241,6 +244,7 @@ class Predictor:
 
     def reset_image(self) -> None:
         self._windows, self._grid, self._padded, self._model_vol = [], None, None, None
+        self.read_as = None
 
     @one_blas_thread
     def set_image(self, volume: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
@@ -257,7 +261,7 @@ class Predictor:
         vol = as_volume(volume, channel)
         sp = check_spacing(spacing)
         grid = GridMap.build(vol.shape, sp, self.cfg.spacing)
-        norm = normalise_intensity(vol, self.cfg.ct_level, self.cfg.ct_half_width, modality)
+        norm, read_as = normalise_and_read(vol, self.cfg.ct_level, self.cfg.ct_half_width, modality)
         self.reset_image()  # input is valid: free the old cache before building the new one
         model_vol = resample_to_model(norm, grid.model_shape)
         del norm
@@ -284,6 +288,7 @@ class Predictor:
         except MemoryError as exc:
             raise OutOfMemoryError(f"out of memory while embedding a {vol.shape} volume; try a smaller window") from exc
         self._windows, self._grid, self._padded, self._model_vol = cached, grid, padded, model_vol
+        self.read_as = read_as
 
     def _embed_window(self, win: Window, crop: torch.Tensor) -> CachedWindow:
         m = self.cfg.pad_multiple
@@ -397,7 +402,7 @@ class Predictor:
         # the kind read at the click, reported only where the kinds are named classes (not clusters)
         looked_for = None if pi is None or self.cfg.relative_kinds else tuple(float(v) for v in pi[0].float().cpu())
         return Prediction(grid.shape, grid.spacing, instances, pos, neg, kind=looked_for, kind_names=self.kind_names,
-                          gated=gated)
+                          gated=gated, read_as=self.read_as)
 
     def _stride_image(self) -> np.ndarray:
         """The model-grid image averaged over each stride-2 cell: the grid of the slot maps."""

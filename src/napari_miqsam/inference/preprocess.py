@@ -70,6 +70,13 @@ def normalise_intensity(volume: np.ndarray, level: float = 40.0, half_width: flo
     Otherwise (microscopy, MR): the 0.5 and 99.5 percentiles. NaN/Inf become the lowest finite
     value; a constant volume becomes all zeros.
     """
+    return normalise_and_read(volume, level, half_width, modality)[0]
+
+
+def normalise_and_read(volume: np.ndarray, level: float = 40.0, half_width: float = 200.0,
+                       modality: str = "auto") -> tuple[np.ndarray, str]:
+    """:func:`normalise_intensity` and how the volume was read: ``'ct'`` (the HU window) or
+    ``'other'`` (percentiles), which is what ``modality='auto'`` decided."""
     vol = np.asarray(volume)
     out = vol.astype(np.float32, copy=True)
     if out.dtype.kind == "f" and not np.isfinite(out).all():
@@ -84,13 +91,14 @@ def normalise_intensity(volume: np.ndarray, level: float = 40.0, half_width: flo
     else:
         sample = out[:: max(1, out.shape[0] // 32), :: max(1, out.shape[1] // 64), :: max(1, out.shape[2] // 64)]
         lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
+    read_as = "ct" if ct else "other"
     if hi - lo <= 1e-12:
         out[...] = 0.0
-        return out
+        return out, read_as
     out -= (lo + hi) / 2
     out *= 2.0 / (hi - lo)
     np.clip(out, -1.0, 1.0, out=out)
-    return out
+    return out, read_as
 
 
 @dataclass(frozen=True)
