@@ -8,6 +8,7 @@ import math
 import re
 from pathlib import Path
 
+from ..data.contrast_probes import CONTRAST_PROBES
 from ..inference.prediction import DEFAULT_MIN_VOLUME, DEFAULT_THRESHOLD
 from . import add_model_spacing_argument, add_precision_argument, add_predict_options
 
@@ -15,8 +16,8 @@ HELP = "Evaluate one-click lesion segmentation (model vs region growing vs thres
 
 # phantom:N:SEED (the training generator), ood:N:SEED (out-of-family validation phantoms,
 # data/ood_phantom.py), either with -mirrored or -halved: the same phantoms with their intensities
-# rewritten (data.datasets.CONTRAST_PROBES)
-_GENERATED = re.compile(r"^(phantom|ood)(?:-(mirrored|halved))?:(\d+)(?::(-?\d+))?$")
+# rewritten (data.contrast_probes)
+_GENERATED = re.compile(rf"^(phantom|ood)(?:-({'|'.join(CONTRAST_PROBES)}))?:(\d+)(?::(-?\d+))?$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

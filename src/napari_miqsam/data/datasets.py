@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ReadError
+from .contrast_probes import CONTRAST_PROBES
 from .io import read_volume
 from .phantom import CLASS_NAMES, Case, make_phantom
 
@@ -97,14 +98,6 @@ class CaseRef:
         )
 
 
-#: Label-preserving rewrites of a phantom's intensities, HU -> scale * HU + offset: does a network read
-#: the lesion's contrast to its host, or the absolute CT numbers it was trained on? ``mirrored`` turns
-#: every lesion brighter than its organ by the same margin (the window 40 +- 200 HU maps onto itself);
-#: ``halved`` halves every contrast and lifts the organ to 100-145 HU. A model that has learned "lesions
-#: like the clicked one" scores on them about as on the phantoms as made (docs/experiments.md,
-#: fourteenth session: the shipped weights score Dice 0.000 and 0.183, 0.797 as made).
-#: ``phantom-mirrored:N:SEED`` etc. in ``miqsam evaluate``.
-CONTRAST_PROBES: dict[str, tuple[float, float]] = {"mirrored": (-1.0, 80.0), "halved": (0.5, 80.0)}
 
 
 def _probe(case: Case, contrast: str | None) -> Case:
