@@ -15,14 +15,15 @@ from . import add_model_spacing_argument, add_precision_argument, add_predict_op
 HELP = "Evaluate one-click lesion segmentation (model vs region growing vs threshold+CC) on labelled data."
 
 # phantom:N:SEED (the training generator), ood:N:SEED (out-of-family validation phantoms,
-# data/ood_phantom.py), either with -mirrored or -halved: the same phantoms with their intensities
-# rewritten (data.contrast_probes)
-_GENERATED = re.compile(rf"^(phantom|ood)(?:-({'|'.join(CONTRAST_PROBES)}))?:(\d+)(?::(-?\d+))?$")
+# data/ood_phantom.py), ood-thorax:N:SEED (out-of-family lung nodules, data/ood_thorax.py), any of
+# them with -mirrored or -halved: the same phantoms with their intensities rewritten (data.contrast_probes)
+_GENERATED = re.compile(rf"^(phantom|ood|ood-thorax)(?:-({'|'.join(CONTRAST_PROBES)}))?:(\d+)(?::(-?\d+))?$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="data set folder (LiTS, KiTS or MSD layout), phantom:N:SEED (the training "
-                        "generator's phantoms) or ood:N:SEED (out-of-family validation phantoms, never trained on); "
+                        "generator's phantoms), ood:N:SEED (out-of-family validation phantoms, never trained on) or "
+                        "ood-thorax:N:SEED (out-of-family chest phantoms: solid and ground-glass lung nodules); "
                         "phantom-mirrored, phantom-halved, ood-mirrored or ood-halved:N:SEED: the same phantoms with "
                         "their contrasts mirrored (80 - HU) or halved (0.5 HU + 80), a check of contrast invariance")
     parser.add_argument("--format", default="auto", choices=("auto", "lits", "kits", "msd", "phantom"),
@@ -77,14 +78,18 @@ def _target_list(text: str) -> list[str]:
 
 
 def resolve_cases(data: str, fmt: str = "auto", limit: int | None = None) -> list:
-    """Case references for ``DATA`` (a folder, ``phantom[-PROBE]:N[:SEED]`` or ``ood[-PROBE]:N[:SEED]``)."""
+    """Case references for ``DATA`` (a folder, ``phantom[-PROBE]:N[:SEED]``, ``ood[-PROBE]:N[:SEED]`` or
+    ``ood-thorax[-PROBE]:N[:SEED]``)."""
     from ..data.datasets import list_cases, ood_phantom_cases, phantom_cases
     from ..errors import InputError
 
     m = _GENERATED.match(str(data))
     if m:
         family, probe, n, seed = m.group(1), m.group(2), int(m.group(3)), int(m.group(4) or 0)
-        cases = (ood_phantom_cases if family == "ood" else phantom_cases)(n, seed, contrast=probe)
+        if family == "phantom":
+            cases = phantom_cases(n, seed, contrast=probe)
+        else:
+            cases = ood_phantom_cases(n, seed, contrast=probe, site="thorax" if family == "ood-thorax" else "abdomen")
     elif fmt == "phantom":
         raise InputError(f"{data!r}: with --format phantom, DATA must be phantom:N:SEED")
     else:

@@ -33,6 +33,7 @@ from .phantom import CLASS_NAMES, Case, make_phantom
 __all__ = [
     "FORMATS",
     "CONTRAST_PROBES",
+    "OOD_SITES",
     "CaseRef",
     "OodPhantomRef",
     "PhantomRef",
@@ -161,27 +162,42 @@ def _probe_suffix(contrast: str | None) -> str:
     return f"_{contrast}" if contrast else ""
 
 
+#: the out-of-family validation sites: ``ood:N:SEED`` (abdomen, :mod:`.ood_phantom`) and
+#: ``ood-thorax:N:SEED`` (lung nodules, :mod:`.ood_thorax`)
+OOD_SITES = ("abdomen", "thorax")
+
+
 @dataclass
 class OodPhantomRef:
-    """An out-of-family validation phantom generated on demand (``ood:N:SEED`` in the CLI; see
-    :mod:`.ood_phantom`, never used in training)."""
+    """An out-of-family validation phantom generated on demand (``ood:N:SEED`` or
+    ``ood-thorax:N:SEED`` in the CLI; see :mod:`.ood_phantom` and :mod:`.ood_thorax`, never used in
+    training)."""
 
     name: str
     seed: int
-    format: str = "phantom"  # the same KiTS labelling: 1 organ, 2 tumour, 3 cyst
+    format: str = "phantom"  # the KiTS labelling: 1 organ, 2 and 3 two lesion kinds
     contrast: str | None = None  # a CONTRAST_PROBES name (ood-mirrored:N:SEED), or None
+    site: str = "abdomen"  # one of OOD_SITES
 
     def load(self) -> Case:
+        if self.site == "thorax":
+            from .ood_thorax import make_ood_thorax
+
+            return _probe(make_ood_thorax(self.seed, name=self.name), self.contrast)
         from .ood_phantom import make_ood_phantom
 
         return _probe(make_ood_phantom(self.seed, name=self.name), self.contrast)
 
 
-def ood_phantom_cases(n: int, seed: int, contrast: str | None = None) -> list[OodPhantomRef]:
+def ood_phantom_cases(n: int, seed: int, contrast: str | None = None, site: str = "abdomen") -> list[OodPhantomRef]:
     """``n`` out-of-family phantom references with seeds ``seed .. seed + n - 1`` (``contrast``: a
-    :data:`CONTRAST_PROBES` name)."""
+    :data:`CONTRAST_PROBES` name; ``site``: one of :data:`OOD_SITES`)."""
+    if site not in OOD_SITES:
+        raise ValueError(f"unknown out-of-family site {site!r}; use one of {', '.join(OOD_SITES)}")
     suffix = _probe_suffix(contrast)
-    return [OodPhantomRef(name=f"ood_{seed + i:05d}{suffix}", seed=seed + i, contrast=contrast) for i in range(int(n))]
+    stem = "ood" if site == "abdomen" else f"ood_{site}"
+    return [OodPhantomRef(name=f"{stem}_{seed + i:05d}{suffix}", seed=seed + i, contrast=contrast, site=site)
+            for i in range(int(n))]
 
 
 def _visible(p: Path) -> bool:
