@@ -34,9 +34,11 @@ benchmark: install
 evaluate: install
 	$(VENV)/bin/miqsam evaluate phantom:40:0 --clicks 3 --seed 0 --json benchmarks/results/evaluate.json
 
-# 40 phantoms of the second, separately written generator (data/ood_phantom.py; validation only).
+# 40 phantoms of the second, separately written generator (data/ood_phantom.py; validation only),
+# then 40 chest phantoms with lung nodules (data/ood_thorax.py; validation only), baselines beside.
 evaluate-ood: install
 	$(VENV)/bin/miqsam evaluate ood:40:0 --clicks 3 --seed 0 --no-baselines --json benchmarks/results/evaluate_ood.json --overwrite
+	$(VENV)/bin/miqsam evaluate ood-thorax:40:0 --clicks 3 --seed 0 --json benchmarks/results/evaluate_ood_thorax.json --overwrite
 
 # Contrast probes: 20 in-family phantoms as made, mirrored (80 - HU) and halved (0.5 HU + 80), labels
 # untouched. A network that reads contrast rather than CT numbers scores about the same on all three.
