@@ -1,8 +1,15 @@
-"""A microscopy probe: what the shipped CT weights do on fluorescence nuclei, and what a few labelled
-volumes and ``miqsam adapt`` make of them. Nothing in the project was made from such images.
+"""A probe of images the model was not made from: what the shipped CT weights do on fluorescence
+nuclei (``--family nuclei``, the default) or on lung nodules (``--family thorax``), and what a few
+labelled volumes and ``miqsam adapt`` make of them.
 
     python benchmarks/nuclei_probe.py --out runs/nuclei                       # about 5 min on 2 cores
     python benchmarks/nuclei_probe.py --out runs/nuclei --steps 48,300 --train all
+    python benchmarks/nuclei_probe.py --family thorax --out runs/thorax --labelled 5 --test 20 --steps 48,300
+
+Thorax: the out-of-family chest phantoms (data/ood_thorax.py, solid nodules kind 2, ground glass
+kind 3), labelled volumes from seed 1000 on and test volumes from seed 0 (``ood-thorax:N:0``, what
+``make evaluate-ood`` scores), so the adapted weights never see a test case; adapting to a family
+and scoring on the same family's other seeds measures adaptation to that family, not a general gain.
 
 Synthetic nuclei (written here, not a training generator): bright ellipsoids of 6-18 voxels across,
 flattened along z, on a dark background with smooth noise and Poisson counts, 64 x 160 x 160 voxels
@@ -28,6 +35,7 @@ from scipy import ndimage
 SHAPE = (64, 160, 160)
 SPACING = (2.0, 1.0, 1.0)
 TEST_SEED = 10_000  # test volumes use seeds from here; labelled ones from 0
+THORAX_LABELLED_SEED = 1000  # chest phantoms to adapt on; the test ones are seeds 0.. (make evaluate-ood)
 
 
 def make_nuclei(seed: int, shape=SHAPE, count: int = 18) -> tuple[np.ndarray, np.ndarray]:
@@ -51,11 +59,17 @@ def make_nuclei(seed: int, shape=SHAPE, count: int = 18) -> tuple[np.ndarray, np
     return rng.poisson(np.clip(img, 1, None)).astype(np.uint16), (inst > 0).astype(np.uint8) * 2
 
 
-def write_set(root: Path, seeds, shape=SHAPE) -> Path:
+def write_set(root: Path, seeds, shape=SHAPE, family: str = "nuclei") -> Path:
     from napari_miqsam.data.user_dataset import add_case
 
     if not root.exists():
         for s in seeds:
+            if family == "thorax":
+                from napari_miqsam.data.ood_thorax import make_ood_thorax
+
+                case = make_ood_thorax(s)
+                add_case(root, case.image, case.labels, case.spacing, source=f"ood-thorax seed {s}")
+                continue
             img, lab = make_nuclei(s, shape, count=max(2, round(18 * np.prod(shape) / np.prod(SHAPE))))
             add_case(root, img, lab, SPACING, source=f"nuclei seed {s}")
     return root
@@ -66,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--family", default="nuclei", choices=("nuclei", "thorax"),
+                   help="synthetic nuclei (microscopy) or the out-of-family chest phantoms (lung nodules)")
     p.add_argument("--labelled", type=int, default=5, help="labelled volumes (adapt trains on all but the last)")
     p.add_argument("--test", type=int, default=10, help="test volumes, never trained on")
     p.add_argument("--steps", default="300", help="adaptation steps, comma-separated")
@@ -73,11 +89,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clicks", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads for adapt (0: every core)")
     p.add_argument("--weights", default=None, help="the weights to probe and adapt (default: the shipped ones)")
-    p.add_argument("--shape", default=",".join(map(str, SHAPE)), help="volume shape z,y,x (default %(default)s)")
+    p.add_argument("--shape", default=",".join(map(str, SHAPE)), help="nuclei volume shape z,y,x (default %(default)s)")
     args = p.parse_args(argv)
     shape = tuple(int(v) for v in args.shape.split(","))
-    labelled = write_set(args.out / "labelled", range(args.labelled), shape)
-    test = write_set(args.out / "test", range(TEST_SEED, TEST_SEED + args.test), shape)
+    if args.family == "thorax":
+        labelled = write_set(args.out / "labelled", range(THORAX_LABELLED_SEED, THORAX_LABELLED_SEED + args.labelled),
+                             family="thorax")
+        test = f"ood-thorax:{args.test}:0"
+    else:
+        labelled = write_set(args.out / "labelled", range(args.labelled), shape)
+        test = write_set(args.out / "test", range(TEST_SEED, TEST_SEED + args.test), shape)
     base = ["--weights", args.weights] if args.weights else []
 
     def evaluate(name: str, weights: list[str]) -> Path:
@@ -99,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
             if code:
                 raise SystemExit(code)
         results[f"{args.train} {steps} steps"] = evaluate(new.stem, ["--weights", str(new)])
-    print(f"\n{args.test} test volumes of synthetic nuclei, {args.clicks} clicks each; "
+    what = "chest phantoms (ood-thorax)" if args.family == "thorax" else "synthetic nuclei"
+    print(f"\n{args.test} test volumes of {what}, {args.clicks} clicks each; "
           f"adapted on {args.labelled - 1} labelled volumes ({args.train})")
     print("| weights | Dice | instance recall | instance precision | instance F1 |\n|---|---|---|---|---|")
     for name, path in results.items():

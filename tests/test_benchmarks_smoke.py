@@ -114,6 +114,20 @@ def test_nuclei_probe(tmp_path, capsys):
     assert "| shipped |" in printed and "| all 1 steps |" in printed and "paired rows" in printed
 
 
+def test_thorax_probe_adapts_on_other_seeds_than_it_tests(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "thorax"
+    load("nuclei_probe").main(["--family", "thorax", "--out", str(out), "--labelled", "2", "--test", "1",
+                               "--steps", "1", "--clicks", "1", "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert "chest phantoms (ood-thorax)" in printed and "| all 1 steps |" in printed
+    sources = [json.loads(p.read_text())["sources"] for p in sorted(out.glob("labelled/case_*/miqsam_case.json"))]
+    assert sources == [["ood-thorax seed 1000"], ["ood-thorax seed 1001"]]
+    scored = json.loads((out / "evaluate_shipped.json").read_text())["cases"]
+    assert {c["case"] for c in scored} == {"ood_thorax_00000"}
+
+
 def test_correction_clicks(tmp_path, capsys):
     import numpy as np
 
