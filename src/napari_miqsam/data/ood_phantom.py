@@ -195,6 +195,73 @@ def _vessel_tree(rng, start, targets, radius, length, generations) -> list:
     return segs
 
 
+def _tube_coverage(weight: np.ndarray, segs, grid: _Grid, sl, zs, u, v) -> None:
+    """Max-accumulate into ``weight`` (the box ``sl`` of the render grid) the coverage of the tubes
+    ``segs`` = (a, b, radius), 0..1 with a half-voxel ramp at the wall."""
+    for a, b, rr in segs:
+        lo, hi = np.minimum(a, b) - rr - 2, np.maximum(a, b) + rr + 2
+        got = grid.box((lo + hi) / 2, ((hi - lo)[0] / 2, 0.6 * max((hi - lo)[1:])))
+        if got is None:
+            continue
+        gsl = tuple(slice(max(g.start, o.start), min(g.stop, o.stop)) for g, o in zip(got[0], sl))
+        if any(g.stop <= g.start for g in gsl):
+            continue
+        dist = _segment_distance(zs[gsl[0], None, None], u[None, gsl[1], gsl[2]], v[None, gsl[1], gsl[2]], a, b)
+        local = tuple(slice(g.start - o.start, g.stop - o.start) for g, o in zip(gsl, sl))
+        np.maximum(weight[local], np.clip(rr - dist + 0.5, 0, 1), out=weight[local])
+
+
+def _inside_fraction(grid: _Grid, centre, radius: float, probe: np.ndarray, mask: np.ndarray) -> float | None:
+    """Share of the points ``centre + radius * probe`` (body frame, mm) that fall in ``mask`` (the
+    render grid); None when one falls outside the grid."""
+    pts = centre[None] + probe * radius
+    yx = [grid.world_yx(p[1], p[2]) for p in pts]
+    ijk = np.rint(np.array([[p[0], y, x] for p, (y, x) in zip(pts, yx)])
+                  / np.array(grid.spacing) + (np.array(grid.shape) - 1) / 2).astype(int)
+    if (ijk < 0).any() or (ijk >= np.array(grid.shape)).any():
+        return None
+    return float(mask[ijk[:, 0], ijk[:, 1], ijk[:, 2]].mean())
+
+
+def _blur_and_slice(img: np.ndarray, sig_z: float, sig_xy: float, spacing, render_spacing, sub: int) -> np.ndarray:
+    """The point-spread function (Gaussian, sigmas in mm), then for thick slices (``sub`` 2: rendered
+    at half the slice spacing) a trapezoid integration over a box as wide as the slice."""
+    img = ndimage.gaussian_filter(img, [sig_z / render_spacing[0], sig_xy / spacing[1], sig_xy / spacing[2]], truncate=3.0)
+    if sub == 2:
+        img = 0.25 * img[0:-2:2] + 0.5 * img[1:-1:2] + 0.25 * img[2::2]
+    return img
+
+
+def _grain(rng, shape, corr_lo: float, corr_hi: float, factor: float = 1.0) -> np.ndarray:
+    """Unit-std noise correlated in-plane (sigma ``corr_lo..corr_hi`` voxels, times ``factor``)."""
+    white = rng.standard_normal(shape, dtype=np.float32)
+    corr = rng.uniform(corr_lo, corr_hi) * factor
+    noise = ndimage.gaussian_filter(white, [0, corr, corr], truncate=2.5)
+    noise /= noise[:, ::4, ::4].std() + 1e-6
+    return noise
+
+
+def _drift(rng, shape, spacing, half, amp_z: float, amp_yx: float) -> np.ndarray:
+    """A smooth additive drift (HU): a cosine along z and linear ramps in y and x."""
+    fz, fy, fx = half
+    zc, yc, xc = ((np.arange(n) - (n - 1) / 2) * sp for n, sp in zip(shape, spacing))
+    drift = (rng.uniform(-amp_z, amp_z) * np.cos(np.pi * zc / fz + rng.uniform(0, np.pi)))[:, None, None] \
+        + (rng.uniform(-amp_yx, amp_yx) * yc / fy)[None, :, None] + (rng.uniform(-amp_yx, amp_yx) * xc / fx)[None, None, :]
+    return drift.astype(np.float32)
+
+
+def _largest_piece(inst: np.ndarray, objects, k: int):
+    """(bounding slices, mask) of instance ``k``'s largest 26-connected piece, or None if it is gone."""
+    osl = objects[k - 1] if k - 1 < len(objects) else None
+    if osl is None:
+        return None
+    m = inst[osl] == k
+    comp, n = ndimage.label(m, np.ones((3, 3, 3), bool))
+    if n > 1:
+        m = comp == 1 + int(np.argmax(np.bincount(comp.ravel())[1:]))
+    return (osl, m) if m.any() else None
+
+
 def _direction_poly(rng, amp: float, degree_max: int = 4):
     """A random polynomial P(n) of the unit direction n = (z, u, v) with |P| <= amp on the sphere:
     a band-limited (degree 2..``degree_max``) spherical-harmonic radius perturbation."""
@@ -471,17 +538,7 @@ def make_ood_phantom(seed: int, name: str | None = None, factors: dict | None = 
     trees = [(nearest([lo_z + 0.45 * (fz - lo_z), -0.1 * A, 0.05 * Bp]), rng.uniform(4.5, 6.0)),
              (nearest([0.8 * fz, ivc_c[0], ivc_c[1]]), rng.uniform(4.0, 5.0))]
     for start, r in trees:
-        for a, b, rr in _vessel_tree(rng, start, targets, r, rng.uniform(20, 28), 4):
-            lo, hi = np.minimum(a, b) - rr - 2, np.maximum(a, b) + rr + 2
-            got = grid.box((lo + hi) / 2, ((hi - lo)[0] / 2, 0.6 * max((hi - lo)[1:])))
-            if got is None:
-                continue
-            gsl = tuple(slice(max(g.start, o.start), min(g.stop, o.stop)) for g, o in zip(got[0], sl))
-            if any(g.stop <= g.start for g in gsl):
-                continue
-            dist = _segment_distance(zs[gsl[0], None, None], u[None, gsl[1], gsl[2]], v[None, gsl[1], gsl[2]], a, b)
-            local = tuple(slice(g.start - o.start, g.stop - o.start) for g, o in zip(gsl, sl))
-            np.maximum(vw[local], np.clip(rr - dist + 0.5, 0, 1), out=vw[local])
+        _tube_coverage(vw, _vessel_tree(rng, start, targets, r, rng.uniform(20, 28), 4), grid, sl, zs, u, v)
     liv = liv * (1 - vw) + vessel_hu * vw
     vessels_outside = (vw > 0.5) & ~obox & (depth[sl] > wall) & ~hard[sl]
     ibox = img[sl]
@@ -498,7 +555,6 @@ def make_ood_phantom(seed: int, name: str | None = None, factors: dict | None = 
     cand = np.flatnonzero(organ)
     probe = rng.normal(size=(26, 3))
     probe /= np.linalg.norm(probe, axis=1, keepdims=True)
-    world = np.array(render_spacing)
     for kind, diam in sizes:
         r = diam / 2
         placed = False
@@ -512,13 +568,8 @@ def make_ood_phantom(seed: int, name: str | None = None, factors: dict | None = 
             centre = np.array([zs[zi], u[yi, xi], v[yi, xi]])
             if any(np.linalg.norm(centre - o.centre) < extent + o.extent + gap for o in lesions):
                 continue
-            pts = centre[None] + probe * (0.6 * r)
-            yx = [grid.world_yx(p[1], p[2]) for p in pts]
-            ijk = np.rint(np.array([[p[0], y, x] for p, (y, x) in zip(pts, yx)])
-                          / world + (np.array(render_shape) - 1) / 2).astype(int)
-            if (ijk < 0).any() or (ijk >= np.array(render_shape)).any():
-                continue
-            if organ[ijk[:, 0], ijk[:, 1], ijk[:, 2]].mean() < 0.9:
+            inside = _inside_fraction(grid, centre, 0.6 * r, probe, organ)
+            if inside is None or inside < 0.9:
                 continue
             lesions.append(_Lesion(kind, centre, r, extent))
             placed = True
@@ -568,46 +619,32 @@ def make_ood_phantom(seed: int, name: str | None = None, factors: dict | None = 
     # acquisition: PSF (Gaussian, then the slice box), noise, drift, gain
     sig_xy = rng.uniform(0.35, 0.7) * fac["psf"]
     sig_z = rng.uniform(0.3, 0.6) * spacing[0] / sub
-    img = ndimage.gaussian_filter(img, [sig_z / render_spacing[0], sig_xy / spacing[1], sig_xy / spacing[2]], truncate=3.0)
-    if sub == 2:  # trapezoid integration of a box as wide as the slice
-        img = 0.25 * img[0:-2:2] + 0.5 * img[1:-1:2] + 0.25 * img[2::2]
+    img = _blur_and_slice(img, sig_z, sig_xy, spacing, render_spacing, sub)
+    if sub == 2:
         inst = inst[1::2]
         organ = organ[1::2]
     noise_sigma = float(rng.uniform(5, 25)) * fac["noise"]
-    white = rng.standard_normal(shape, dtype=np.float32)
-    corr = rng.uniform(0.5, 0.9) * fac["grain"]
-    noise = ndimage.gaussian_filter(white, [0, corr, corr], truncate=2.5)
-    noise /= noise[:, ::4, ::4].std() + 1e-6
-    del white
+    noise = _grain(rng, shape, 0.5, 0.9, fac["grain"])
     # noisier through the body centre (longer paths), quieter in air
     sig_map = np.broadcast_to((0.75 + 0.6 * np.clip(1 - rho / R0, 0, 1)).astype(np.float32)[None], shape).copy()
     sig_map /= max(float(sig_map[organ].mean()) if organ.any() else 1.0, 1e-3)
     sig_map[img < -900] *= 0.35
     img += noise * sig_map * noise_sigma
     del noise, sig_map
-    zc, yc, xc = ((np.arange(n) - (n - 1) / 2) * sp for n, sp in zip(shape, spacing))
-    drift = (rng.uniform(-4, 4) * np.cos(np.pi * zc / fz + rng.uniform(0, np.pi)))[:, None, None] \
-        + (rng.uniform(-3, 3) * yc / fy)[None, :, None] + (rng.uniform(-3, 3) * xc / fx)[None, None, :]
+    drift = _drift(rng, shape, spacing, (fz, fy, fx), 4.0, 3.0)
     gain = rng.uniform(0.99, 1.01)
-    img = (img + 1000.0) * gain - 1000.0 + drift.astype(np.float32)
+    img = (img + 1000.0) * gain - 1000.0 + drift
     img = np.clip(img, -1024, 3071).astype(np.float32)
 
     # labels, one 26-connected component per lesion
     labels = organ.astype(np.uint8)
-    struct = np.ones((3, 3, 3), bool)
     table_rows = []
     objects = ndimage.find_objects(inst)
     for k, (les, info) in enumerate(zip(lesions, drawn), start=1):
-        osl = objects[k - 1] if k - 1 < len(objects) else None
-        if osl is None:
+        piece = _largest_piece(inst, objects, k)
+        if piece is None:
             continue
-        m = inst[osl] == k
-        comp, n = ndimage.label(m, struct)
-        if n > 1:
-            keep = 1 + int(np.argmax(np.bincount(comp.ravel())[1:]))
-            m = comp == keep
-        if not m.any():
-            continue
+        osl, m = piece
         labels[osl][m] = les.kind
         idx = np.argwhere(m) + [s.start for s in osl]
         cz, cy, cx = idx.mean(0)

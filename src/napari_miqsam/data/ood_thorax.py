@@ -45,8 +45,23 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .ood_phantom import _direction_poly, _ellipsoid_sd, _fractal, _Grid, _rotation, _segment_distance, _smin, \
-    _smooth_noise, _vessel_tree
+from .ood_phantom import (
+    _blur_and_slice,
+    _direction_poly,
+    _drift,
+    _ellipsoid_sd,
+    _fractal,
+    _grain,
+    _Grid,
+    _inside_fraction,
+    _largest_piece,
+    _rotation,
+    _segment_distance,
+    _smin,
+    _smooth_noise,
+    _tube_coverage,
+    _vessel_tree,
+)
 from .phantom import Case, affine_from_spacing
 
 __all__ = ["THORAX_CLASSES", "THORAX_MODES", "make_ood_thorax"]
@@ -59,22 +74,6 @@ THORAX_MODES: dict[str, tuple[float, float, float]] = {
 _SOLID, _GGO = 2, 3
 #: label value -> class name
 THORAX_CLASSES = {_SOLID: "solid nodule", _GGO: "ground-glass nodule"}
-
-
-def _paint_segments(weight, segs, grid: _Grid, sl, zs, u, v) -> None:
-    """Max-accumulate the coverage (0..1, a half-voxel ramp) of tubes ``segs`` = (a, b, r) into
-    ``weight`` (the box ``sl`` of the render grid)."""
-    for a, b, rr in segs:
-        lo, hi = np.minimum(a, b) - rr - 2, np.maximum(a, b) + rr + 2
-        got = grid.box((lo + hi) / 2, ((hi - lo)[0] / 2, 0.6 * max((hi - lo)[1:])))
-        if got is None:
-            continue
-        gsl = tuple(slice(max(g.start, o.start), min(g.stop, o.stop)) for g, o in zip(got[0], sl))
-        if any(g.stop <= g.start for g in gsl):
-            continue
-        dist = _segment_distance(zs[gsl[0], None, None], u[None, gsl[1], gsl[2]], v[None, gsl[1], gsl[2]], a, b)
-        local = tuple(slice(g.start - o.start, g.stop - o.start) for g, o in zip(gsl, sl))
-        np.maximum(weight[local], np.clip(rr - dist + 0.5, 0, 1), out=weight[local])
 
 
 def _nodule_sd(rng, kind: int, centre, r0: float, zz, uu, vv) -> np.ndarray:
@@ -237,7 +236,7 @@ def make_ood_thorax(seed: int, name: str | None = None) -> Case:
         targets = np.stack([zs[sel[0]], u[sel[1], sel[2]], v[sel[1], sel[2]]], 1)
         hilum = np.array([rng.uniform(-0.15, 0.15) * fz, med_u + side * (med_a + 4), med_v + rng.uniform(0, 12)])
         segs = _vessel_tree(rng, hilum, targets, rng.uniform(2.5, 6.0), rng.uniform(22, 32), 6)
-        _paint_segments(vw, segs, grid, full, zs, u, v)
+        _tube_coverage(vw, segs, grid, full, zs, u, v)
     vw *= lung
     par = par * (1 - vw) + blood_hu * vw
     del vw
@@ -252,7 +251,6 @@ def make_ood_thorax(seed: int, name: str | None = None) -> Case:
     cand = np.flatnonzero(lung)
     probe = rng.normal(size=(26, 3))
     probe /= np.linalg.norm(probe, axis=1, keepdims=True)
-    world = np.array(render_spacing)
     placed: list[tuple[int, np.ndarray, float, float]] = []  # kind, centre, radius, extent
     for kind, diam in sizes:
         r = diam / 2
@@ -266,13 +264,8 @@ def make_ood_thorax(seed: int, name: str | None = None) -> Case:
             centre = np.array([zs[zi], u[yi, xi], v[yi, xi]])
             if any(np.linalg.norm(centre - c) < extent + e + gap for _, c, _, e in placed):
                 continue
-            pts = centre[None] + probe * (0.6 * r)
-            yx = [grid.world_yx(p[1], p[2]) for p in pts]
-            ijk = np.rint(np.array([[p[0], y, x] for p, (y, x) in zip(pts, yx)]) / world
-                          + (np.array(render_shape) - 1) / 2).astype(int)
-            if (ijk < 0).any() or (ijk >= np.array(render_shape)).any():
-                continue
-            if lung[ijk[:, 0], ijk[:, 1], ijk[:, 2]].mean() < 0.75:
+            inside = _inside_fraction(grid, centre, 0.6 * r, probe, lung)
+            if inside is None or inside < 0.75:
                 continue
             placed.append((kind, centre, r, extent))
             break
@@ -290,10 +283,7 @@ def make_ood_thorax(seed: int, name: str | None = None) -> Case:
     for k, (kind, centre, r, extent) in enumerate(placed, start=1):
         edge = rng.uniform(0.4, 1.2) if kind == _SOLID else rng.uniform(1.5, 4.0)
         edge = min(edge, 0.6 * r)
-        got = grid.box(centre, extent + edge + 1)
-        if got is None:
-            continue
-        lsl, lz_, lu, lv = got
+        lsl, lz_, lu, lv = grid.box(centre, extent + edge + 1)  # the centre is a lung voxel: never empty
         sd = _nodule_sd(rng, kind, centre, r, lz_, lu, lv)
         allowed = (lung[lsl] | (~solid[lsl] & inside_body[lsl])) & ~ribs[lsl]  # may touch the pleura
         w = (1.0 / (1.0 + np.exp(np.clip(sd * (4.4 / edge), -30, 30)))) * allowed
@@ -318,39 +308,25 @@ def make_ood_thorax(seed: int, name: str | None = None) -> Case:
     # acquisition
     sig_xy = rng.uniform(0.35, 0.8)
     sig_z = rng.uniform(0.3, 0.6) * spacing[0] / sub
-    img = ndimage.gaussian_filter(img, [sig_z / render_spacing[0], sig_xy / spacing[1], sig_xy / spacing[2]], truncate=3.0)
+    img = _blur_and_slice(img, sig_z, sig_xy, spacing, render_spacing, sub)
     if sub == 2:
-        img = 0.25 * img[0:-2:2] + 0.5 * img[1:-1:2] + 0.25 * img[2::2]
         inst = inst[1::2]
         lung = lung[1::2]
     noise_sigma = float(rng.uniform(10, 35))
-    white = rng.standard_normal(shape, dtype=np.float32)
-    corr = rng.uniform(0.5, 1.0)
-    noise = ndimage.gaussian_filter(white, [0, corr, corr], truncate=2.5)
-    noise /= noise[:, ::4, ::4].std() + 1e-6
-    del white
+    noise = _grain(rng, shape, 0.5, 1.0)
     quiet = np.where(img < -950, np.float32(0.4), np.float32(1.0))
     img += noise * quiet * noise_sigma
     del noise, quiet
-    zc, yc, xc = ((np.arange(n) - (n - 1) / 2) * sp for n, sp in zip(shape, spacing))
-    drift = (rng.uniform(-5, 5) * np.cos(np.pi * zc / fz + rng.uniform(0, np.pi)))[:, None, None] \
-        + (rng.uniform(-4, 4) * yc / fy)[None, :, None] + (rng.uniform(-4, 4) * xc / fx)[None, None, :]
-    img = np.clip(img + drift.astype(np.float32), -1024, 3071).astype(np.float32)
+    img = np.clip(img + _drift(rng, shape, spacing, (fz, fy, fx), 5.0, 4.0), -1024, 3071).astype(np.float32)
 
     labels = lung.astype(np.uint8)
-    struct = np.ones((3, 3, 3), bool)
     rows = []
     objects = ndimage.find_objects(inst)
     for k, ((kind, _c, r, _e), info) in enumerate(zip(placed, drawn), start=1):
-        osl = objects[k - 1] if k - 1 < len(objects) else None
-        if osl is None:
+        piece = _largest_piece(inst, objects, k)
+        if piece is None:
             continue
-        m = inst[osl] == k
-        comp, n = ndimage.label(m, struct)
-        if n > 1:
-            m = comp == 1 + int(np.argmax(np.bincount(comp.ravel())[1:]))
-        if not m.any():
-            continue
+        osl, m = piece
         labels[osl][m] = kind
         idx = np.argwhere(m) + [s.start for s in osl]
         cz, cy, cx = idx.mean(0)
