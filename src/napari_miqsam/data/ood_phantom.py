@@ -195,6 +195,20 @@ def _vessel_tree(rng, start, targets, radius, length, generations) -> list:
     return segs
 
 
+def _outline(rng, u, v, A: float, Bp: float, Ba: float, p_range: tuple[float, float], harmonics, amp: float):
+    """A body outline in the (u, v) plane: polar angle ``phi``, radius ``rho`` and the outline's
+    radius ``R0`` at each angle, a superellipse (exponent drawn in ``p_range``; lateral half-axis
+    ``A``, posterior ``Bp``, anterior ``Ba``) modulated by angular ``harmonics`` of amplitude up to ``amp``."""
+    phi = np.arctan2(v, u)
+    rho = np.sqrt(u * u + v * v)
+    p_exp = rng.uniform(*p_range)
+    B = np.where(v > 0, Bp, Ba)
+    R0 = (np.abs(np.cos(phi) / A) ** p_exp + np.abs(np.sin(phi) / B) ** p_exp) ** (-1.0 / p_exp)
+    for m in harmonics:
+        R0 = R0 * (1.0 + rng.uniform(0, amp) * np.cos(m * phi + rng.uniform(0, 2 * np.pi)))
+    return phi, rho, R0
+
+
 def _tube_coverage(weight: np.ndarray, segs, grid: _Grid, sl, zs, u, v) -> None:
     """Max-accumulate into ``weight`` (the box ``sl`` of the render grid) the coverage of the tubes
     ``segs`` = (a, b, radius), 0..1 with a half-voxel ramp at the wall."""
@@ -355,13 +369,7 @@ def make_ood_phantom(seed: int, name: str | None = None, factors: dict | None = 
     img[:, table] = rng.uniform(60, 200)
 
     # body outline: polar superellipse with harmonics, scaled along z
-    phi = np.arctan2(v, u)
-    rho = np.sqrt(u * u + v * v)
-    p_exp = rng.uniform(2.0, 2.8)
-    B = np.where(v > 0, Bp, Ba)
-    R0 = (np.abs(np.cos(phi) / A) ** p_exp + np.abs(np.sin(phi) / B) ** p_exp) ** (-1.0 / p_exp)
-    for m in (2, 3, 4):
-        R0 = R0 * (1.0 + rng.uniform(0, 0.02) * np.cos(m * phi + rng.uniform(0, 2 * np.pi)))
+    phi, rho, R0 = _outline(rng, u, v, A, Bp, Ba, (2.0, 2.8), (2, 3, 4), 0.02)
     scale_z = (1.0 + rng.uniform(-0.04, 0.04) * zs / fz + 0.01 * np.sin(zs / fz * rng.uniform(1, 3))).astype(np.float32)
     depth = scale_z[:, None, None] * R0[None].astype(np.float32) - rho[None]
     t0, phi_fat = rng.uniform(4, 12), rng.uniform(-2.0, -1.2)

@@ -55,6 +55,7 @@ from .ood_phantom import (
     _Grid,
     _inside_fraction,
     _largest_piece,
+    _outline,
     _rotation,
     _segment_distance,
     _smin,
@@ -126,13 +127,7 @@ def make_ood_thorax(seed: int, name: str | None = None) -> Case:
     img = np.full(render_shape, -1000.0, np.float32)
 
     # chest wall
-    phi = np.arctan2(v, u)
-    rho = np.sqrt(u * u + v * v)
-    p_exp = rng.uniform(2.2, 3.0)
-    B = np.where(v > 0, Bp, Ba)
-    R0 = (np.abs(np.cos(phi) / A) ** p_exp + np.abs(np.sin(phi) / B) ** p_exp) ** (-1.0 / p_exp)
-    for m in (2, 3):
-        R0 = R0 * (1.0 + rng.uniform(0, 0.025) * np.cos(m * phi + rng.uniform(0, 2 * np.pi)))
+    phi, rho, R0 = _outline(rng, u, v, A, Bp, Ba, (2.2, 3.0), (2, 3), 0.025)
     scale_z = (1.0 + rng.uniform(-0.05, 0.05) * zs / fz).astype(np.float32)
     depth = scale_z[:, None, None] * R0[None].astype(np.float32) - rho[None]
     t_fat = rng.uniform(3, 14)
