@@ -24,6 +24,9 @@
 # EVAL_CONTRAST=1 also scores the same phantoms with their contrasts mirrored and halved
 # (phantom-mirrored / phantom-halved, the contrast probes of `miqsam evaluate`) and prints each
 # weights' means there: a contrast-invariant network scores about as on the phantoms as made.
+# EVAL_FIT=1 prints how well stage 9 and both runs fit the randomized training generator itself
+# (benchmarks/randomized_fit.py: clicked lesions found on 20 fresh randomized volumes): a run on
+# --data ...randomized has to fit its own family before its out-of-family numbers mean much.
 # Runs from the repository root without installing the package (PYTHONPATH=src), so it works on a
 # GPU machine whose Python already has torch, numpy, scipy, safetensors and tqdm.
 set -u -f
@@ -69,4 +72,11 @@ if (( cases > 0 )); then
             done
         done
     fi
+fi
+if [[ ${EVAL_FIT:-0} == 1 ]]; then
+    fit=()
+    for w in src/napari_miqsam/weights/miqsam_cpu.safetensors $out/a/miqsam_cpu.safetensors $out/b/miqsam_cpu.safetensors; do
+        [[ -f $w ]] && fit+=(--weights "$w")
+    done
+    "${PYTHON:-python3}" benchmarks/randomized_fit.py "${fit[@]}" || echo "== randomized_fit failed"
 fi

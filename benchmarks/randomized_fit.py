@@ -1,0 +1,72 @@
+"""How well weights fit the randomized training generator itself (data/randomized.py): before an
+out-of-family number of a network trained on it means much, it should find the lesions of its own
+training family.
+
+    python benchmarks/randomized_fit.py --weights runs/ae1/miqsam_cpu.safetensors [--weights ...]
+
+For each of ``--cases`` fresh randomized volumes (seeds from ``--seed``; training draws other seeds),
+one click on the deepest voxel of the largest lesion; printed per weights: the share of clicks whose
+lesion comes back as an instance with IoU >= 0.5 (clicked found), the share of clicks that land in no
+instance at all (empty), and clicked found on solid and on aerated (lung-like) hosts apart. Shipped
+weights: 2 of 20 found, rc3 (100 CPU minutes on this generator) 3 of 20, none on an aerated host
+(docs/experiments.md, fifteenth session).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+from scipy import ndimage
+
+
+def deepest_click(labels: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """(mask of the largest lesion, its deepest voxel) of a label volume with lesion kinds >= 2."""
+    comps, _ = ndimage.label(labels >= 2, np.ones((3, 3, 3), bool))
+    sizes = np.bincount(comps.ravel())
+    sizes[0] = 0
+    lesion = comps == int(sizes.argmax())
+    depth = ndimage.distance_transform_edt(lesion)
+    return lesion, tuple(int(v) for v in np.unravel_index(np.argmax(depth), depth.shape))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    from napari_miqsam.data.randomized import make_randomized_phantom
+    from napari_miqsam.inference.predictor import Predictor
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--weights", action="append", default=None, help="weights to score (repeatable; default: shipped)")
+    p.add_argument("--config", default=None, help="an untrained config instead of weights (tests: tiny)")
+    p.add_argument("--cases", type=int, default=20)
+    p.add_argument("--seed", type=int, default=700_000)
+    p.add_argument("--shape", default=None, help="volume shape z,y,x (default: the generator's own)")
+    args = p.parse_args(argv)
+    shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
+    cases = [make_randomized_phantom(s, shape=shape) for s in range(args.seed, args.seed + args.cases)]
+    models = [("config " + args.config, Predictor.from_config(args.config, seed=0))] if args.config else \
+        [(w or "shipped", Predictor.from_weights(w)) for w in (args.weights or [None])]
+    results = []
+    for name, predictor in models:
+        found, empty = 0, 0
+        by_host = {False: [0, 0], True: [0, 0]}
+        for case in cases:
+            lesion, click = deepest_click(case.labels)
+            predictor.set_image(case.image, case.spacing)
+            prediction = predictor.predict([click])
+            labels, rows = prediction.labels(threshold=0.2, min_volume=0)
+            hit = any((lesion & (labels == r["id"])).sum() / (lesion | (labels == r["id"])).sum() >= 0.5 for r in rows)
+            found += hit
+            empty += prediction.empty_clicks()
+            by_host[bool(case.meta["aerated"])][0] += hit
+            by_host[bool(case.meta["aerated"])][1] += 1
+        row = {"weights": name, "cases": len(cases), "clicked_found": found / len(cases), "empty": empty / len(cases),
+               "found_solid_hosts": f"{by_host[False][0]}/{by_host[False][1]}",
+               "found_aerated_hosts": f"{by_host[True][0]}/{by_host[True][1]}"}
+        print(json.dumps(row))
+        results.append(row)
+    return results
+
+
+if __name__ == "__main__":
+    main()
