@@ -309,6 +309,7 @@ def test_predictor_says_how_it_read_the_image():
     assert predictor.predict([(8, 8, 8)]).read_as == "ct"
     predictor.set_image(ct, (2.0, 2.0, 2.0), modality="other")
     assert predictor.predict([(8, 8, 8)]).read_as == "other"
+    assert predictor.predict([(8, 8, 8)]).values_read() == "not CT (percentiles)"
     predictor.reset_image()
     assert predictor.read_as is None
 

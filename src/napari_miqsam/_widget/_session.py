@@ -381,9 +381,8 @@ class Session:
         empty = self.prediction.empty_clicks() if self.prediction is not None else 0
         missed = (f" Nothing found under {empty} of your clicks: the model read {'that spot' if empty == 1 else 'those spots'} "
                   "as background (README: When a click finds nothing)." if empty else "")
-        read_as = self.prediction.read_as if self.prediction is not None else None
-        read = ({"ct": " Values read as CT (HU window).", "other": " Values read as not CT (percentiles)."}.get(read_as, "")
-                if self._settings.modality == "auto" else "")
+        values = self.prediction.values_read() if self.prediction is not None and self._settings.modality == "auto" else None
+        read = f" Values read as {values}." if values else ""
         return f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {threshold:.2f}{volume}.{looked_for}{read}{gate}{missed}"
 
     def row(self, instance_id: int) -> dict | None:

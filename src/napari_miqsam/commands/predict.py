@@ -101,8 +101,8 @@ def predict_file(predictor, image: Path, output: Path, args, options=None) -> in
     gate = f"; the kind gate hid {hidden} more read as another kind (--kind-gate 0 keeps them)" if hidden else ""
     empty = prediction.empty_clicks()
     missed = f"; nothing under {empty} of the positive clicks (read as background: README, When a click finds nothing)" if empty else ""
-    values = {"ct": "; values read as CT (HU window)", "other": "; values read as not CT (percentiles)"}.get(
-        prediction.read_as, "") if args.modality == "auto" else ""
+    how = prediction.values_read() if args.modality == "auto" else None
+    values = f"; values read as {how}" if how else ""
     print(f"{image.name}: {len(rows)} instance(s) at threshold {args.threshold}{read}{values}{gate}{missed} -> {output} "
           f"(+ {csv_out.name})")
     return len(rows)

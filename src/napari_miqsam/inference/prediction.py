@@ -125,6 +125,11 @@ class Prediction:
         name = names[k] if names else f"kind {k + 1} of {len(self.kind)}"
         return f"{name} ({self.kind[k]:.2f})"
 
+    def values_read(self) -> str | None:
+        """How the image's values were read, for a user: ``'CT (HU window)'`` or ``'not CT
+        (percentiles)'``; None when unknown."""
+        return {"ct": "CT (HU window)", "other": "not CT (percentiles)"}.get(self.read_as)
+
     def hidden_by_kind_gate(self, threshold: float = DEFAULT_THRESHOLD,
                             min_volume: float = DEFAULT_MIN_VOLUME) -> int:
         """How many pieces the kind gate dropped that would be shown without it at ``threshold``
