@@ -181,12 +181,10 @@ class OodPhantomRef:
 
     def load(self) -> Case:
         if self.site == "thorax":
-            from .ood_thorax import make_ood_thorax
-
-            return _probe(make_ood_thorax(self.seed, name=self.name), self.contrast)
-        from .ood_phantom import make_ood_phantom
-
-        return _probe(make_ood_phantom(self.seed, name=self.name), self.contrast)
+            from .ood_thorax import make_ood_thorax as make
+        else:
+            from .ood_phantom import make_ood_phantom as make
+        return _probe(make(self.seed, name=self.name), self.contrast)
 
 
 def ood_phantom_cases(n: int, seed: int, contrast: str | None = None, site: str = "abdomen") -> list[OodPhantomRef]:
