@@ -16,7 +16,12 @@ from napari_miqsam.data.randomized import (
     MAX_KINDS,
     MAX_LESIONS,
     SLICE_MM,
+    MODEL_WINDOW_HU,
+    ROSE_K,
+    VISIBLE_HU,
+    _drop_unseen_lesions,
     kind_differences,
+    lesion_contrast,
     make_randomized_phantom,
     sample_randomized_spacing,
 )
@@ -188,8 +193,8 @@ def test_aerated_hosts(cases):
         assert all(-920.0 <= o["base_hu"] <= -700.0 for o in case.meta["organs"])
         assert all(kd["aerated"] for kd in case.meta["kinds"])
         spread = np.ptp([o["base_hu"] for o in case.meta["organs"]])  # kinds are drawn on the mean host
-        for les in case.meta["lesions"]:  # ground glass or soft tissue, as painted
-            assert -650.0 - spread <= les["hu"] <= 90.0 + spread
+        for les in case.meta["lesions"]:  # soft tissue, as painted (ground glass would be below the window)
+            assert -80.0 - spread <= les["hu"] <= 90.0 + spread
         # as acquired: the host reads as lung, its lesions hundreds of HU brighter
         assert np.median(case.image[host]) < -500.0
         assert np.median(case.image[lesion]) - np.median(case.image[host]) > 250.0
@@ -197,3 +202,63 @@ def test_aerated_hosts(cases):
         if not case.meta["aerated"]:
             assert all(-20.0 <= o["base_hu"] <= 180.0 for o in case.meta["organs"])
             assert not any(kd.get("aerated") for kd in case.meta["kinds"])
+
+
+def test_model_window_is_the_predictors():
+    from napari_miqsam.inference.preprocess import normalise_intensity
+
+    lo, hi = MODEL_WINDOW_HU
+    ramp = np.linspace(-1000.0, 1000.0, 2001, dtype=np.float32).reshape(1, 1, -1).repeat(2, 0).repeat(2, 1)
+    out = normalise_intensity(ramp, modality="ct")[0, 0]
+    assert np.isclose(out[int(lo) + 1000], -1.0) and out[int(lo) + 1001] > -1.0
+    assert np.isclose(out[int(hi) + 1000], 1.0) and out[int(hi) + 999] < 1.0
+
+
+def _ball(shape, centre, radius):
+    zz, yy, xx = np.indices(shape)
+    return (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius ** 2
+
+
+def test_lesion_contrast_reads_core_and_rim():
+    shape = (24, 24, 24)
+    lesion = _ball(shape, (12, 12, 12), 5)
+    none = np.zeros(shape, bool)
+    flat = np.full(shape, 50.0, np.float32)
+    assert lesion_contrast(flat, lesion, none, (1, 1, 1)) == 0.0
+    dark = flat.copy()
+    dark[lesion] -= 30.0
+    assert lesion_contrast(dark, lesion, none, (1, 1, 1)) == pytest.approx(30.0)
+    rim = flat.copy()  # iso-dense inside, a bright rim: seen by its rim
+    rim[lesion & ~ndimage.binary_erosion(lesion)] += 40.0
+    assert lesion_contrast(rim, lesion, none, (1, 1, 1)) == pytest.approx(40.0)
+
+
+def test_unseen_lesions_get_back_what_they_were_painted_over():
+    """A lesion below the window's floor (ground glass in lung) or too faint for the noise is
+    unlabelled; a clear one stays, with its contrast in the table."""
+    shape = (40, 40, 40)
+    clear, glass, faint = _ball(shape, (10, 10, 10), 4), _ball(shape, (28, 28, 28), 4), _ball(shape, (10, 28, 28), 2)
+    img = np.full(shape, 40.0, np.float32)
+    img[:, :, :] = np.where(np.indices(shape)[0] >= 20, -850.0, 40.0)  # lung below, soft tissue above
+    img[clear] = 90.0
+    img[glass] = -500.0  # brighter than the lung by 350 HU, but both below -160
+    img[faint] = 46.0
+    labels = np.ones(shape, np.uint8)
+    under = labels.copy()
+    table = []
+    for m, lab in ((clear, 2), (glass, 3), (faint, 4)):
+        labels[m] = lab
+        table.append({"_voxel": tuple(int(v) for v in np.argwhere(m)[0]), "label": lab})
+    kept, unseen = _drop_unseen_lesions(img.copy(), labels, under, table, (0.4, 0.5, 0.5), noise_sigma=10.0)
+    assert unseen == 2 and [les["label"] for les in kept] == [2]
+    assert kept[0]["contrast_hu"] >= max(VISIBLE_HU, ROSE_K * 10.0 / np.sqrt(clear.sum()))
+    assert set(np.unique(labels).tolist()) == {1, 2}
+    assert (labels[glass] == 1).all() and (labels[faint] == 1).all() and (labels[clear] == 2).all()
+
+
+def test_every_labelled_lesion_is_visible(cases):
+    for case in cases:
+        assert case.meta["unseen_lesions"] >= 0
+        for les in case.meta["lesions"]:
+            assert les["contrast_hu"] is None or les["contrast_hu"] >= VISIBLE_HU
+            assert "_voxel" not in les

@@ -22,8 +22,9 @@ What is drawn (canonical mm; see :func:`make_randomized_phantom` for the grid):
   gradient, with tubular vessels inside them (brighter or darker than the organ, lesion-sized);
   sometimes one is cut by the volume border;
 * aerated hosts (``AERATED_FRACTION`` of the volumes, lung-like): every host is -920..-700 HU with
-  4-11 soft-tissue vessels (-40..80 HU), and every lesion kind is soft tissue (-80..90 HU) or ground
-  glass (-650..-350 HU), so hundreds of HU brighter than its host; the kind rule below still holds.
+  4-11 soft-tissue vessels (-40..80 HU), and every lesion kind is soft tissue (-80..90 HU), so
+  hundreds of HU brighter than its host; the kind rule below still holds. (Not ground glass: at
+  -650..-350 HU it lies below the CT window the network reads, as flat as the lung around it.)
   On the CT window the host then reads as dark as air: a lesion is told from a vessel by its
   shape, not by being brighter than its surroundings;
 * distractors (label 0, painted only outside the hosts): bowel loops (wall; fluid, gas with a
@@ -33,6 +34,12 @@ What is drawn (canonical mm; see :func:`make_randomized_phantom` for the grid):
   scattered, at most 20 in all, inside the hosts (a few exophytic ones bulge out), each its own
   26-connected component with a gap of at least ``max(1.5 voxel diagonals, 2.8 mm)`` to the next
   (so they stay apart on the 1.3 mm model grid too).
+
+Every label is a lesion the network can see: after the acquisition a lesion whose contrast to its
+surroundings, read noise-free on the CT window the network reads (-160..240 HU), is under 10 HU or
+under Rose's criterion for the noise (5 sigma / sqrt(voxels)) gets back the label it was painted
+over (``meta['unseen_lesions']`` counts them; a kind left without a lesion is dropped). Small,
+soft-edged lesions in noisy thick slices were otherwise targets with nothing in the image to find.
 
 Kinds within a volume must be told apart by eye, else "the same kind" is ill-posed. The rule
 (:func:`kind_differences`; a new kind is redrawn until it holds against every earlier one): two kinds
@@ -95,7 +102,13 @@ AERATED_FRACTION = 0.2
 AERATED_HOST_HU = (-920.0, -700.0)
 AERATED_VESSEL_HU = (-40.0, 80.0)
 AERATED_SOLID_HU = (-80.0, 90.0)
-AERATED_GROUND_GLASS_HU = (-650.0, -350.0)
+#: The CT window the network reads (``inference.preprocess.normalise_intensity``: level 40, half
+#: width 200 HU). A lesion is judged visible on it (``_drop_unseen_lesions``).
+MODEL_WINDOW_HU = (-160.0, 240.0)
+#: A lesion stays labelled only if it stands out by at least this much (HU, noise-free) ...
+VISIBLE_HU = 10.0
+#: ... and by at least ROSE_K noise sigmas / sqrt(its voxels) (Rose's criterion).
+ROSE_K = 5.0
 #: Voxel budget of a default-size case: finer grids get a smaller field of view (then a coarser
 #: in-plane spacing) so one case stays within the training loop's time budget.
 MAX_VOXELS = 9_000_000
@@ -226,12 +239,13 @@ def _draw_kinds(rng: np.random.Generator, n_kinds: int, d_lo: float, d_hi: float
 
 
 def _aerate_kinds(rng: np.random.Generator, kinds: list[dict], host_hu: float) -> None:
-    """Make every kind soft tissue (80 %) or ground glass in an aerated host of about ``host_hu``:
+    """Make every kind soft tissue in an aerated host of about ``host_hu`` (ground glass, -650..-350
+    HU, lies below the CT window the network reads, as flat as the lung around it, so it is not a
+    kind it could be asked to find):
     ``delta_hu`` is redrawn (in place) until the kind rule holds against the earlier kinds again."""
     for i, kd in enumerate(kinds):
         for _attempt in range(40):
-            lo, hi = AERATED_GROUND_GLASS_HU if rng.random() < 0.2 else AERATED_SOLID_HU
-            kd["delta_hu"] = float(rng.uniform(lo, hi)) - host_hu
+            kd["delta_hu"] = float(rng.uniform(*AERATED_SOLID_HU)) - host_hu
             if all(kind_differences(kd, p) for p in kinds[:i]):
                 break
         else:  # practically never: the next free soft-tissue slot
@@ -368,10 +382,14 @@ def make_randomized_phantom(
     n_org_vessels = _paint_organ_vessels(r_dis, img, tis, grid, organs, r_style if aerated else None)
 
     labels = (tis >= _HOST).astype(np.uint8)
+    under = labels.copy()  # what each lesion was painted over (host or not)
     lesions = _place_lesions(r_les, img, labels, tis, grid, organs, kinds, d_lo)
-    kinds = _drop_absent_kinds(labels, kinds, lesions)
+    clean = img.copy()  # as painted: each lesion's contrast is read on it blurred, without noise
 
     acquisition = _acquire(r_noise, img, grid, spacing, noise_sigma)
+    lesions, unseen = _drop_unseen_lesions(clean, labels, under, lesions, acquisition["blur_sigma_vox"], noise_sigma)
+    del clean, under
+    kinds = _drop_absent_kinds(labels, kinds, lesions)
     acquisition.update({"spacing": tuple(float(s) for s in spacing), "shape": tuple(int(n) for n in shape),
                         "fov_mm": tuple(float(e) for e in extent), "voxel_cap_applied": capped,
                         "partial_fov": partial_fov})
@@ -384,6 +402,7 @@ def make_randomized_phantom(
         "aerated": aerated,
         "kinds": kinds,
         "lesions": lesions,
+        "unseen_lesions": unseen,
         "body": body["meta"],
         "spine": spine,
         "ribs": ribs,
@@ -854,6 +873,60 @@ def _shrunk(diam: float, range_lo: float, d_min: float, below_range: bool) -> fl
     return max(0.8 * diam, d_min if below_range else min(range_lo, diam))
 
 
+def lesion_contrast(image: np.ndarray, lesion: np.ndarray, others: np.ndarray, ring_vox) -> float:
+    """How far a lesion stands out from its surroundings in ``image`` (HU): the largest of
+    |median - ring median| over its core and over its outer layer (a rim), the ring being the voxels
+    ``ring_vox`` (z, y, x) to 2 ``ring_vox`` + 1 voxels outside it that are not in ``others``."""
+    near = ndimage.binary_dilation(lesion, iterations=1)
+    edge = lesion & ~ndimage.binary_erosion(lesion)
+    core = lesion & ~edge
+    r = np.maximum(1, np.round(np.asarray(ring_vox, float))).astype(int)
+    outer = np.maximum(r * 2 + 1, 2)
+    rings = []
+    for reach in (r, outer):  # an anisotropic box dilation: reach voxels per axis
+        st = np.zeros(tuple(2 * n + 1 for n in reach), bool)
+        st[reach[0], reach[1], :] = st[reach[0], :, reach[2]] = st[:, reach[1], reach[2]] = True
+        rings.append(ndimage.binary_dilation(lesion, structure=st))
+    ring = rings[1] & ~rings[0] & ~others & ~near
+    if not ring.any():
+        return float("nan")
+    bg = float(np.median(image[ring]))
+    return max(abs(float(np.median(image[part])) - bg) for part in (core, edge, lesion) if part.any())
+
+
+def _drop_unseen_lesions(clean: np.ndarray, labels: np.ndarray, under: np.ndarray, lesions: list[dict],
+                         blur_sigma_vox, noise_sigma: float) -> tuple[list[dict], int]:
+    """Unlabel (in place) the lesions the network cannot see, so no target asks for an invisible one.
+
+    A lesion is read on the painted volume blurred as acquired (no noise), clipped to the CT window
+    the network reads (``MODEL_WINDOW_HU``): below its floor a lung and ground glass are one flat
+    value. It stays a lesion if its :func:`lesion_contrast` is at least ``VISIBLE_HU`` and at least
+    ``ROSE_K`` noise sigmas over the square root of its voxel count (Rose's detectability criterion,
+    taking the voxels as independent); otherwise its voxels get back the label they were painted
+    over. Returns the visible lesions' table and how many were unlabelled."""
+    img = clean
+    for axis, sig in enumerate(blur_sigma_vox):
+        ndimage.gaussian_filter1d(img, sig, axis=axis, output=img, mode="nearest", truncate=3.0)
+    np.clip(img, *MODEL_WINDOW_HU, out=img)
+    comps, _ = ndimage.label(labels >= 2, structure=np.ones((3, 3, 3), bool))
+    boxes = ndimage.find_objects(comps)
+    ring_vox = np.maximum(1.0, 2.0 * np.asarray(blur_sigma_vox, float))
+    kept = []
+    for les in lesions:
+        cid = int(comps[les.pop("_voxel")])
+        sl = tuple(slice(max(0, b.start - 3 * int(r) - 2), b.stop + 3 * int(r) + 2) for b, r in zip(boxes[cid - 1], ring_vox))
+        sub = comps[sl]
+        mine = sub == cid
+        c = lesion_contrast(img[sl], mine, sub > 0, ring_vox)
+        need = max(VISIBLE_HU, ROSE_K * noise_sigma / math.sqrt(max(1, int(mine.sum()))))
+        les["contrast_hu"] = round(c, 1) if np.isfinite(c) else None
+        if np.isfinite(c) and c < need:
+            labels[sl][mine] = under[sl][mine]
+        else:
+            kept.append(les)
+    return kept, len(lesions) - len(kept)
+
+
 def _drop_absent_kinds(labels: np.ndarray, kinds: list[dict], lesions: list[dict]) -> list[dict]:
     """Drop kinds without a placed lesion (a host too small for them) and renumber the labels so
     that the kinds stay 2..1+K; sets each kind's ``n_placed``."""
@@ -937,7 +1010,9 @@ def _paint_lesion(rng, img, labels, tis, grid: _Grid, c, kd: dict, geo: dict, or
     sub_i += w * (val - sub_i)
     sub_l[mask] = kd["label"]
     sp = np.asarray(step) * k
+    first_vox = np.argwhere(mask)[0]
     return {
+        "_voxel": tuple(int(a.start + v) for a, v in zip(sl, first_vox)),  # internal: finds the lesion again
         "label": int(kd["label"]),
         "centre_vox": tuple(int(v) for v in grid.index_of(c)),
         "diameter_mm": float(2.0 * (3.0 * n_vox * float(np.prod(sp)) / (4 * math.pi)) ** (1 / 3)),
