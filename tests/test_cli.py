@@ -129,3 +129,16 @@ def test_predict_modality_reaches_the_predictor(tmp_path, tiny_weights, monkeypa
     assert "values read as" not in said[0] and "values read as not CT (percentiles)" in said[1]
     with pytest.raises(SystemExit):
         main(["predict", str(src), "--point", "10", "8", "12", "--modality", "mr", "-o", str(tmp_path / "x.nii.gz")])
+
+
+def test_predict_says_when_the_click_is_below_the_ct_window(tmp_path, tiny_weights, capsys):
+    src = tmp_path / "lung.nii.gz"
+    data = np.full((24, 20, 16), -850.0, np.float32)  # nibabel order (x, y, z): lung everywhere ...
+    data[:4] = -1000.0  # ... and air
+    data[14:20, 8:14, 6:12] = 40.0  # a solid nodule at z 6..11, y 8..13, x 14..19
+    nib.save(nib.Nifti1Image(data, np.diag([1.0, 1.0, 2.0, 1.0])), str(src))
+    for point, below in ((("8", "10", "17"), False), (("8", "10", "8"), True)):
+        assert main(["predict", str(src), "--point", *point, "--weights", str(tiny_weights), "--device", "cpu",
+                     "-o", str(tmp_path / "out.nii.gz"), "--overwrite"]) == 0
+        out = capsys.readouterr().out
+        assert ("below the CT window (under -160 HU)" in out) == below, out

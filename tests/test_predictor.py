@@ -314,6 +314,25 @@ def test_predictor_says_how_it_read_the_image():
     assert predictor.read_as is None
 
 
+def test_predictor_says_when_a_click_is_below_the_ct_window():
+    """A click in lung-dark tissue (under -160 HU) reads as the window's flat floor: the prediction
+    says so; a click on soft tissue, or the same volume read as percentiles, does not."""
+    predictor = Predictor.from_config("tiny", seed=0)
+    ct = np.full((24, 24, 24), -1000.0, np.float32)
+    ct[2:22, 2:22, 2:22] = -850.0  # lung
+    ct[4:10, 4:10, 4:10] = 40.0  # a solid nodule
+    ct[14:20, 14:20, 14:20] = -550.0  # ground glass
+    predictor.set_image(ct, (2.0, 2.0, 2.0))
+    solid, glass = (7, 7, 7), (17, 17, 17)
+    assert predictor.predict([solid]).below_window == 0 and predictor.predict([solid]).below_window_note() is None
+    one = predictor.predict([glass])
+    assert one.below_window == 1 and one.window_floor_hu == -160.0
+    assert one.below_window_note().startswith("the click lies below the CT window (under -160 HU)")
+    assert predictor.predict([glass, solid]).below_window_note().startswith("1 of the positive clicks lie")
+    predictor.set_image(ct, (2.0, 2.0, 2.0), modality="other")
+    assert predictor.predict([glass]).below_window == 0
+
+
 def test_keep_best_caps_the_number_of_instances():
     from napari_miqsam.inference.postprocess import keep_best
 

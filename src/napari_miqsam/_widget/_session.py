@@ -383,7 +383,10 @@ class Session:
                   "as background (README: When a click finds nothing)." if empty else "")
         values = self.prediction.values_read() if self.prediction is not None and self._settings.modality == "auto" else None
         read = f" Values read as {values}." if values else ""
-        return f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {threshold:.2f}{volume}.{looked_for}{read}{gate}{missed}"
+        floor = self.prediction.below_window_note() if self.prediction is not None else None
+        below = f" {floor[0].upper()}{floor[1:]}." if floor else ""
+        return (f"{n} instance{'s' if n != 1 else ''} with confidence ≥ {threshold:.2f}{volume}."
+                f"{looked_for}{read}{gate}{missed}{below}")
 
     def row(self, instance_id: int) -> dict | None:
         return next((r for r in self.rows if int(r["id"]) == int(instance_id)), None)

@@ -103,7 +103,9 @@ def predict_file(predictor, image: Path, output: Path, args, options=None) -> in
     missed = f"; nothing under {empty} of the positive clicks (read as background: README, When a click finds nothing)" if empty else ""
     how = prediction.values_read() if args.modality == "auto" else None
     values = f"; values read as {how}" if how else ""
-    print(f"{image.name}: {len(rows)} instance(s) at threshold {args.threshold}{read}{values}{gate}{missed} -> {output} "
+    floor = prediction.below_window_note()
+    below = f"; {floor}" if floor else ""
+    print(f"{image.name}: {len(rows)} instance(s) at threshold {args.threshold}{read}{values}{gate}{missed}{below} -> {output} "
           f"(+ {csv_out.name})")
     return len(rows)
 

@@ -97,6 +97,8 @@ class Prediction:
     kinds (``Predictor.kind_names``); empty: :func:`named_kinds`'s fallback. ``gated``: (score,
     volume mm³) of each piece the kind gate dropped as another kind (:meth:`hidden_by_kind_gate`).
     ``read_as``: how the image's values were read, 'ct' (HU window) or 'other' (percentiles).
+    ``below_window``: how many positive clicks lie where the CT window clips the image to its floor
+    (``window_floor_hu``): the network reads that spot as flat as air (:meth:`below_window_note`).
     """
 
     shape: tuple[int, int, int]
@@ -108,6 +110,8 @@ class Prediction:
     kind_names: tuple[str, ...] = ()
     gated: tuple[tuple[float, float], ...] = ()
     read_as: str | None = None
+    below_window: int = 0
+    window_floor_hu: float | None = None
 
     def __post_init__(self) -> None:
         self.instances.sort(key=lambda inst: -inst.score)
@@ -129,6 +133,17 @@ class Prediction:
         """How the image's values were read, for a user: ``'CT (HU window)'`` or ``'not CT
         (percentiles)'``; None when unknown."""
         return {"ct": "CT (HU window)", "other": "not CT (percentiles)"}.get(self.read_as)
+
+    def below_window_note(self) -> str | None:
+        """For a user, when positive clicks lie below the CT window's floor (lung, ground glass,
+        anything under about -160 HU reads as flat as air to the network): what that means; else
+        None."""
+        if not self.below_window or self.window_floor_hu is None:
+            return None
+        n = self.below_window
+        where = "the click lies" if n == 1 and len(self.positive) == 1 else f"{n} of the positive clicks lie"
+        return (f"{where} below the CT window (under {self.window_floor_hu:g} HU), where the network sees only a "
+                "flat floor: it cannot find a lesion there (ground glass in lung is one)")
 
     def hidden_by_kind_gate(self, threshold: float = DEFAULT_THRESHOLD,
                             min_volume: float = DEFAULT_MIN_VOLUME) -> int:

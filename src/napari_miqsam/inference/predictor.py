@@ -402,7 +402,20 @@ class Predictor:
         # the kind read at the click, reported only where the kinds are named classes (not clusters)
         looked_for = None if pi is None or self.cfg.relative_kinds else tuple(float(v) for v in pi[0].float().cpu())
         return Prediction(grid.shape, grid.spacing, instances, pos, neg, kind=looked_for, kind_names=self.kind_names,
-                          gated=gated, read_as=self.read_as)
+                          gated=gated, read_as=self.read_as, below_window=self._below_window(pts_model[: len(pos)]),
+                          window_floor_hu=self.cfg.ct_level - self.cfg.ct_half_width if self.read_as == "ct" else None)
+
+    def _below_window(self, points_model: np.ndarray) -> int:
+        """How many of the (P, 3) model-grid points sit where the CT window clipped the image to its
+        floor: the median of the 3x3x3 voxels around the point is the floor value (-1)."""
+        if self.read_as != "ct" or self._model_vol is None:
+            return 0
+        vol = self._model_vol
+        n = 0
+        for p in np.round(np.asarray(points_model, float)).astype(int).reshape(-1, 3):
+            box = tuple(slice(max(0, int(c) - 1), min(s, int(c) + 2)) for c, s in zip(p, vol.shape))
+            n += bool(float(vol[box].float().median()) <= -1.0 + 1e-3)
+        return n
 
     def _stride_image(self) -> np.ndarray:
         """The model-grid image averaged over each stride-2 cell: the grid of the slot maps."""
