@@ -46,7 +46,7 @@ from .postprocess import (
 )
 from .precision import embed_dtype
 from .prediction import Prediction, named_kinds
-from .preprocess import GridMap, as_volume, check_spacing, normalise_and_read
+from .preprocess import GridMap, as_volume, check_spacing, extra_channels, normalise_and_read
 from .rescue import contrast_matches
 from .resample import interpolate_separable, resample_to_model
 from .threads import one_blas_thread
@@ -264,18 +264,25 @@ class Predictor:
         norm, read_as = normalise_and_read(vol, self.cfg.ct_level, self.cfg.ct_half_width, modality)
         self.reset_image()  # input is valid: free the old cache before building the new one
         model_vol = resample_to_model(norm, grid.model_shape)
-        del norm
         padded = tuple(n + (n % STRIDE) for n in grid.model_shape)
+        pad = [0, padded[2] - grid.model_shape[2], 0, padded[1] - grid.model_shape[1], 0, padded[0] - grid.model_shape[0]]
+        # more input channels (config ct_extra_windows): resampled one at a time; the refiner, growing
+        # and the click checks read the first channel only, as they were made for it
+        extra = [F.pad(resample_to_model(ch, grid.model_shape), pad, value=-1.0)
+                 for ch in extra_channels(vol, self.cfg.ct_extra_windows, read_as, norm)]
+        del norm
         if padded != grid.model_shape:
-            model_vol = F.pad(model_vol, [0, padded[2] - model_vol.shape[2], 0, padded[1] - model_vol.shape[1],
-                                          0, padded[0] - model_vol.shape[0]], value=-1.0)
+            model_vol = F.pad(model_vol, pad, value=-1.0)
+        channels = torch.stack([model_vol, *extra]) if extra else None
+        del extra
         windows = plan_windows(padded, self.cfg.max_window, self.cfg.overlap, self.cfg.pad_multiple)
         cached = []
         try:
             for i, win in enumerate(windows):
                 if cancel is not None and cancel():
                     raise CancelledError("embedding cancelled")
-                crop = model_vol[tuple(slice(a, b) for a, b in zip(win.start, win.stop))]
+                box = tuple(slice(a, b) for a, b in zip(win.start, win.stop))
+                crop = model_vol[box] if channels is None else channels[(slice(None), *box)]
                 cached.append(self._embed_window(win, crop))
                 if progress is not None:
                     progress(i + 1, len(windows))
@@ -291,13 +298,15 @@ class Predictor:
         self.read_as = read_as
 
     def _embed_window(self, win: Window, crop: torch.Tensor) -> CachedWindow:
+        """``crop``: (D, H, W), or (C, D, H, W) with more input channels."""
         m = self.cfg.pad_multiple
-        valid = tuple(crop.shape)
+        valid = tuple(crop.shape[-3:])
         target = [-(-n // m) * m for n in valid]
         x = F.pad(crop, [0, target[2] - valid[2], 0, target[1] - valid[1], 0, target[0] - valid[0]], value=-1.0)
+        x = x[None] if x.ndim == 4 else x[None, None]
         with torch.inference_mode():
             with torch.autocast(self.device.type, dtype=self.embed_dtype, enabled=self.embed_dtype != torch.float32):
-                emb = self.model.embed(x[None, None].to(self.device))
+                emb = self.model.embed(x.to(self.device))
             if self.embed_dtype != torch.float32:  # the decoder and everything after it: float32
                 emb = emb.to(torch.float32)
             self.embed_calls += 1

@@ -88,10 +88,26 @@ class MIQSAMConfig:
     # Intensity handling for CT (Hounsfield units): window centre and half-width.
     ct_level: float = 40.0
     ct_half_width: float = 200.0
+    # More CT windows, each one more input channel after the first: ((level, half_width), ...) in HU.
+    # The one window above clips everything under -160 HU to one flat floor, so lung reads as the air
+    # outside the body and ground glass as lung; a wide window, e.g. ((-400, 700),), shows them.
+    # ``in_channels`` must be 1 + their number (get_config sets it). Images not read as CT (MR,
+    # microscopy: percentiles) repeat their one normalised channel. Empty: one channel (the shipped
+    # weights). Weights of one channel widen with ``--init`` so they predict exactly as before
+    # (model.weights.init_from): the new channels start with zero weight.
+    ct_extra_windows: tuple = ()
     # Ablations.
     gating: bool = True
     pciqg: bool = True
     competition: bool = True
+
+    def __post_init__(self) -> None:
+        windows = tuple(tuple(float(v) for v in w) for w in self.ct_extra_windows)
+        if any(len(w) != 2 or not w[1] > 0 for w in windows):
+            raise ValueError(f"ct_extra_windows must be (level, half_width) pairs with half_width > 0, got {self.ct_extra_windows!r}")
+        object.__setattr__(self, "ct_extra_windows", windows)  # lists from JSON become tuples
+        if self.in_channels != 1 + len(windows):
+            raise ValueError(f"in_channels must be 1 + len(ct_extra_windows) = {1 + len(windows)}, got {self.in_channels}")
 
     @property
     def patch(self) -> int:
@@ -139,4 +155,6 @@ def get_config(name: str = "cpu", **overrides) -> MIQSAMConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown config {name!r}; choose one of {sorted(PRESETS)}")
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    if "ct_extra_windows" in overrides and "in_channels" not in overrides:
+        overrides["in_channels"] = 1 + len(overrides["ct_extra_windows"])
     return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from ..data.io import atomic_write
 from ..errors import WeightsError
 from .config import MIQSAMConfig
@@ -109,6 +111,16 @@ def load_weights(path: str | Path, device: str = "cpu") -> tuple[MIQSAM3D, dict]
     return model.to(device).eval(), meta
 
 
+#: The convolutions that read the input volume: a model with more input channels than a weights file
+#: gets the file's kernels for the first channels and zeros for the rest, so it predicts exactly as
+#: the file's network until training gives the new channels a say.
+INPUT_CONVS = ("encoder.cnn.stem.0.weight", "encoder.patch_embed.proj.weight")
+
+
+def _wider_input(have, want) -> bool:
+    return len(have) == len(want) == 5 and have[0] == want[0] and have[2:] == want[2:] and have[1] < want[1]
+
+
 def init_from(model: MIQSAM3D, path: str | Path) -> list[str]:
     """Warm start: copy every tensor of a weights file whose name and shape fit ``model`` (never unpickles).
 
@@ -127,6 +139,11 @@ def init_from(model: MIQSAM3D, path: str | Path) -> list[str]:
         # a model with more lesion kinds than the file (relative kinds): each trained kind seeds a block
         state[head + "weight"], state[head + "bias"] = widen_kind_head(
             state[head + "weight"], state[head + "bias"], own[head + "weight"].shape[0] - 1)
+    for name in INPUT_CONVS:  # more input channels than the file (ct_extra_windows): the new ones start at zero
+        if name in state and name in own and _wider_input(state[name].shape, own[name].shape):
+            wide = torch.zeros(own[name].shape, dtype=state[name].dtype)
+            wide[:, : state[name].shape[1]] = state[name]
+            state[name] = wide
     fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not fits:
         raise WeightsError(f"no tensor of {path} fits the {model.cfg.name!r} model")

@@ -224,7 +224,8 @@ def train(opt: TrainOptions, log=print, on_step=None) -> TrainResult:
             model.eval()  # the frozen network as the Predictor runs it
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 _, outputs = model(batch["image"].to(device), batch["points"].to(device), batch["labels"].to(device), batch["valid"].to(device))
-            losses = refine_loss(refiner, batch["image"].to(device), outputs[-1], batch["instances"], rng, opt.refine_pieces)
+            # the refiner reads the first input channel, as the Predictor gives it
+            losses = refine_loss(refiner, batch["image"][:, :1].to(device), outputs[-1], batch["instances"], rng, opt.refine_pieces)
         else:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 emb, outputs = ddp(batch["image"].to(device), batch["points"].to(device), batch["labels"].to(device), batch["valid"].to(device))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..data.instances import instances_of
 from ..data.prompts import CLICK_MODES, simulate_click
-from ..inference.preprocess import GridMap, normalise_intensity
+from ..inference.preprocess import GridMap, extra_channels, normalise_and_read
 from ..inference.resample import resample_to_model
 from ..model.config import MIQSAMConfig
 
@@ -37,6 +37,7 @@ class PreparedCase:
     instance_class: np.ndarray
     name: str = ""
     lesion_classes: tuple[int, ...] = LESION_CLASSES  # label values of lesion kinds 0, 1, ... (kind_target)
+    extra: np.ndarray | None = None  # (C - 1, D, H, W): the input channels after ``image`` (config ct_extra_windows)
 
 
 def nearest_to_model(labels: np.ndarray, grid: GridMap) -> np.ndarray:
@@ -51,7 +52,11 @@ def prepare_case(image: np.ndarray, labels: np.ndarray, spacing, cfg: MIQSAMConf
     """Normalise and resample a case exactly as the Predictor does; instances per lesion class.
     ``model_spacing`` (mm, z y x) overrides the config's model grid (scale augmentation)."""
     grid = GridMap.build(image.shape, spacing, cfg.spacing if model_spacing is None else model_spacing)
-    img = resample_to_model(normalise_intensity(image, cfg.ct_level, cfg.ct_half_width), grid.model_shape).numpy()
+    norm, read_as = normalise_and_read(image, cfg.ct_level, cfg.ct_half_width)
+    img = resample_to_model(norm, grid.model_shape).numpy()
+    extra = [resample_to_model(ch, grid.model_shape).numpy()
+             for ch in extra_channels(image, cfg.ct_extra_windows, read_as, norm)]
+    del norm
     cls = nearest_to_model(np.asarray(labels, dtype=np.uint8), grid)
     inst = np.zeros(cls.shape, dtype=np.int32)
     inst_class = [0]
@@ -60,7 +65,8 @@ def prepare_case(image: np.ndarray, labels: np.ndarray, spacing, cfg: MIQSAMConf
         if n:
             inst[ids > 0] = ids[ids > 0] + len(inst_class) - 1
             inst_class += [c] * n
-    return PreparedCase(img, cls, inst, np.asarray(inst_class, dtype=np.int16), name, tuple(lesion_classes))
+    return PreparedCase(img, cls, inst, np.asarray(inst_class, dtype=np.int16), name, tuple(lesion_classes),
+                        np.stack(extra) if extra else None)
 
 
 PATCH_MULTIPLE = 8  # the encoder's token stride: every patch side is a multiple of it
@@ -225,7 +231,9 @@ def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg
         else:
             s = int(click[axis]) - int(rng.integers(margin, patch - margin))
             start.append(int(np.clip(s, 0, n - patch)))
-    image = _crop(case.image, start, size, np.float32(-1.0))
+    image = _crop(case.image, start, size, np.float32(-1.0))[None]
+    if case.extra is not None:
+        image = np.concatenate([image, *(_crop(ch, start, size, np.float32(-1.0))[None] for ch in case.extra)])
     inst_p = _crop(case.instances, start, size, np.int32(0))
     cls_p = _crop(case.classes, start, size, np.uint8(0))
     click_p = click - np.asarray(start)
@@ -243,7 +251,7 @@ def sample_example(case: PreparedCase, patch: int, rng: np.random.Generator, neg
         points.append(_click(inst_p == j, rng)); labels.append(0)
     targets = peak_normalised(instance_occupancy(inst_p, target_ids))
     own = np.where(np.isin(inst_p, target_ids), inst_p, 0).astype(np.int32)
-    return Example(torch.from_numpy(image)[None], torch.tensor(np.asarray(points), dtype=torch.float32),
+    return Example(torch.from_numpy(image), torch.tensor(np.asarray(points), dtype=torch.float32),
                    torch.tensor(labels), targets, boundary_target(cls_p), kind_target(cls_p, case.lesion_classes, inst_p),
                    torch.from_numpy(own))
 
@@ -283,12 +291,17 @@ def augment(ex: Example, rng: np.random.Generator, random_contrast: float = 0.0)
             pts[:, axis] = img.shape[axis + 1] - 1 - pts[:, axis]
     if random_contrast > 0 and rng.random() < random_contrast:
         x, y = random_contrast_curve(rng)
-        img = torch.from_numpy(np.clip(np.interp(img.numpy(), x, y), -1.0, 1.0).astype(np.float32))
+        # another modality, read as percentiles: every input channel is the first one (the Predictor's rule)
+        channels = img.shape[0]
+        img = torch.from_numpy(np.clip(np.interp(img[:1].numpy(), x, y), -1.0, 1.0).astype(np.float32))
+    else:
+        channels = 1  # as they are
     img = img * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.12, 0.12))
     if rng.random() < 0.3:
         g = float(rng.uniform(0.8, 1.25))
         img = torch.sign(img) * img.abs().clamp(max=1.5) ** g
     img = img + torch.randn_like(img) * float(rng.uniform(0.0, 0.06))
+    img = img.repeat(channels, 1, 1, 1) if channels > 1 else img
     return Example(img.clamp(-1.5, 1.5), pts, ex.labels, tg, sal, kinds, inst)
 
 
