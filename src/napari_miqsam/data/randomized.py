@@ -896,7 +896,8 @@ def _drop_unseen_lesions(clean: np.ndarray, labels: np.ndarray, under: np.ndarra
     value. It stays a lesion if its :func:`lesion_contrast` is at least ``VISIBLE_HU`` and at least
     ``ROSE_K`` noise sigmas over the square root of its voxel count (Rose's detectability criterion,
     taking the voxels as independent); otherwise its voxels get back the label they were painted
-    over. Returns the visible lesions' table and how many were unlabelled."""
+    over. ``clean`` is blurred and clipped in place. Returns the visible lesions' table and how many
+    were unlabelled."""
     img = clean
     for axis, sig in enumerate(blur_sigma_vox):
         ndimage.gaussian_filter1d(img, sig, axis=axis, output=img, mode="nearest", truncate=3.0)

@@ -90,7 +90,7 @@ class MIQSAMConfig:
     ct_half_width: float = 200.0
     # More CT windows, each one more input channel after the first: ((level, half_width), ...) in HU.
     # The one window above clips everything under -160 HU to one flat floor, so lung reads as the air
-    # outside the body and ground glass as lung; a wide window, e.g. ((-400, 700),), shows them.
+    # outside the body and ground glass as lung; the lung window ((-600, 750),) shows them.
     # ``in_channels`` must be 1 + their number (get_config sets it). Images not read as CT (MR,
     # microscopy: percentiles) repeat their one normalised channel. Empty: one channel (the shipped
     # weights). Weights of one channel widen with ``--init`` so they predict exactly as before

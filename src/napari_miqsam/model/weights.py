@@ -126,7 +126,8 @@ def init_from(model: MIQSAM3D, path: str | Path) -> list[str]:
 
     For fine-tuning the shipped weights on new data, or for a model that adds parts to the
     architecture of the file; a kind head with more lesion kinds than the file's is widened
-    (:func:`.kind.widen_kind_head`). Returns the names of the model's tensors that kept their fresh
+    (:func:`.kind.widen_kind_head`), and so are the input convolutions of a model with more input
+    channels (``INPUT_CONVS``: zero kernels for the new channels). Returns the names of the model's tensors that kept their fresh
     initialisation. Raises WeightsError when nothing fits.
     """
     from safetensors.torch import load_file
