@@ -7,9 +7,9 @@ training family.
 For each of ``--cases`` fresh randomized volumes (seeds from ``--seed``; training draws other seeds),
 one click on the deepest voxel of the largest lesion; printed per weights: the share of clicks whose
 lesion comes back as an instance with IoU >= 0.5 (clicked found), the share of clicks that land in no
-instance at all (empty), and clicked found on solid and on aerated (lung-like) hosts apart. Shipped
-weights: 2 of 20 found, rc3 (100 CPU minutes on this generator) 3 of 20, none on an aerated host
-(docs/experiments.md, fifteenth session).
+instance at all (empty), and clicked found on solid and on aerated (lung-like) hosts apart. On the
+generator with visible labels only (sixteenth session): shipped weights 2 of 20 found, ae1 and vf1
+(100 CPU minutes each on this generator) 4 and 3 of 20 (docs/experiments.md, sixteenth session).
 """
 
 from __future__ import annotations
