@@ -258,6 +258,17 @@ def test_the_summary_says_when_a_click_found_nothing(session):
     assert Prediction(SHAPE, SPACING, [], positive=np.array([(1, 1, 1)], float)).empty_clicks() == 1
 
 
+def test_the_summary_says_when_a_click_is_below_the_ct_window(session):
+    session.accept(replace(three_instances(), below_window=1, window_floor_hu=-160.0))
+    session.labels(0.0, 0.0)
+    assert session.summary(0.0, 0.0).endswith(
+        "The click lies below the CT window (under -160 HU), where the network sees only a flat floor: it "
+        "cannot find a lesion there (ground glass in lung is one).")
+    session.accept(three_instances())
+    session.labels(0.0, 0.0)
+    assert "CT window" not in session.summary(0.0, 0.0)
+
+
 def test_deleted_instances_stay_hidden_at_every_threshold_until_a_new_result(session):
     session.accept(three_instances())
     session.labels(0.0, 0.0)
