@@ -61,6 +61,7 @@ from scipy import ndimage
 from scipy.special import ndtr, ndtri
 
 from ..errors import InputError
+from ..model.config import MIQSAMConfig
 from .phantom.acquisition import _gauss_noise_gain
 from .phantom.case import Case
 from .phantom.geometry import (
@@ -102,9 +103,9 @@ AERATED_FRACTION = 0.2
 AERATED_HOST_HU = (-920.0, -700.0)
 AERATED_VESSEL_HU = (-40.0, 80.0)
 AERATED_SOLID_HU = (-80.0, 90.0)
-#: The CT window the network reads (``inference.preprocess.normalise_intensity``: level 40, half
-#: width 200 HU). A lesion is judged visible on it (``_drop_unseen_lesions``).
-MODEL_WINDOW_HU = (-160.0, 240.0)
+#: The CT window the network reads (the config's ``ct_level`` +- ``ct_half_width``: -160..240 HU).
+#: A lesion is judged visible on it (``_drop_unseen_lesions``).
+MODEL_WINDOW_HU = (MIQSAMConfig.ct_level - MIQSAMConfig.ct_half_width, MIQSAMConfig.ct_level + MIQSAMConfig.ct_half_width)
 #: A lesion stays labelled only if it stands out by at least this much (HU, noise-free) ...
 VISIBLE_HU = 10.0
 #: ... and by at least ROSE_K noise sigmas / sqrt(its voxels) (Rose's criterion).

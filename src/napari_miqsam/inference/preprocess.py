@@ -101,18 +101,13 @@ def normalise_and_read(volume: np.ndarray, level: float = 40.0, half_width: floa
     return out, read_as
 
 
-def extra_channels(volume: np.ndarray, windows, read_as: str, first: np.ndarray | None = None):
+def extra_channels(volume: np.ndarray, windows, read_as: str, first: np.ndarray):
     """The model's input channels after the first (``MIQSAMConfig.ct_extra_windows``), one at a time
     (a generator, so a large volume holds one more float32 copy at most): each (level, half_width)
     window's normalisation when the volume was read as CT (``read_as == 'ct'``), else ``first`` (the
     normalised volume) again: percentiles have no second window to show."""
     for level, half_width in windows:
-        if read_as == "ct":
-            yield normalise_intensity(volume, level, half_width, modality="ct")
-        else:
-            if first is None:
-                raise ValueError("a volume not read as CT repeats its first channel: pass first=")
-            yield first
+        yield normalise_intensity(volume, level, half_width, modality="ct") if read_as == "ct" else first
 
 
 @dataclass(frozen=True)

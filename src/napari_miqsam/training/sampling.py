@@ -292,16 +292,16 @@ def augment(ex: Example, rng: np.random.Generator, random_contrast: float = 0.0)
     if random_contrast > 0 and rng.random() < random_contrast:
         x, y = random_contrast_curve(rng)
         # another modality, read as percentiles: every input channel is the first one (the Predictor's rule)
-        channels = img.shape[0]
+        repeat = img.shape[0]
         img = torch.from_numpy(np.clip(np.interp(img[:1].numpy(), x, y), -1.0, 1.0).astype(np.float32))
     else:
-        channels = 1  # as they are
+        repeat = 1  # the channels as they are
     img = img * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.12, 0.12))
     if rng.random() < 0.3:
         g = float(rng.uniform(0.8, 1.25))
         img = torch.sign(img) * img.abs().clamp(max=1.5) ** g
     img = img + torch.randn_like(img) * float(rng.uniform(0.0, 0.06))
-    img = img.repeat(channels, 1, 1, 1) if channels > 1 else img
+    img = img.repeat(repeat, 1, 1, 1) if repeat > 1 else img
     return Example(img.clamp(-1.5, 1.5), pts, ex.labels, tg, sal, kinds, inst)
 
 
