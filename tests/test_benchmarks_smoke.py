@@ -170,5 +170,6 @@ def test_ood_factors(tmp_path, monkeypatch):
 def test_randomized_fit(capsys):
     rows = load("randomized_fit").main(["--config", "tiny", "--cases", "2", "--seed", "1", "--shape", "24,40,40"])
     assert len(rows) == 1 and rows[0]["cases"] == 2 and 0.0 <= rows[0]["clicked_found"] <= 1.0
+    assert 0.0 <= rows[0]["clicked_iou"] <= 1.0
     assert "found_aerated_hosts" in capsys.readouterr().out
     assert rows[0]["found_aerated_hosts"].endswith("/1")  # seed 1 is aerated, seed 2 not
