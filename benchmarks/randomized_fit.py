@@ -9,8 +9,9 @@ one click on the deepest voxel of the largest lesion; printed per weights: the s
 lesion comes back as an instance with IoU >= 0.5 (clicked found), the share of clicks that land in no
 instance at all (empty), the mean of the clicked lesion's best IoU with an instance (clicked_iou: moves
 before clicked found does), and clicked found on solid and on aerated (lung-like) hosts apart. On the
-generator with visible labels only (sixteenth session): shipped weights 2 of 20 found, ae1 and vf1
-(100 CPU minutes each on this generator) 4 and 3 of 20 (docs/experiments.md, sixteenth session).
+generator with visible labels only (sixteenth session): shipped weights 2 of 20 found (clicked IoU
+0.10), ae1 and vf1 (100 CPU minutes each on this generator) 4 and 3 of 20 (vf1 0.15), sc1 (70 minutes
+on 64^3 crops, seventeenth session) 2 of 20 (0.28) (docs/experiments.md).
 """
 
 from __future__ import annotations
