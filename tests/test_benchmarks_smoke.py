@@ -173,3 +173,14 @@ def test_randomized_fit(capsys):
     assert 0.0 <= rows[0]["clicked_iou"] <= 1.0
     assert "found_aerated_hosts" in capsys.readouterr().out
     assert rows[0]["found_aerated_hosts"].endswith("/1")  # seed 1 is aerated, seed 2 not
+
+
+def test_scan_adaptation(tmp_path, capsys):
+    out = tmp_path / "sa"
+    base, adapted = load("scan_adaptation").main(["phantom:1:0", "--config", "tiny", "--steps", "2", "--replay", "1",
+                                                  "--patch", "16", "--shape", "24,40,40", "--json", str(out)])
+    log = adapted["adaptation"]["log"]
+    assert log and all(entry["adapted"] for entry in log)  # an untrained base holds no click: every row adapts
+    assert [r["points"] for r in base["cases"]] == [r["points"] for r in adapted["cases"]]  # the same clicks
+    assert json.loads(Path(f"{out}.adapted.json").read_text())["n_rows"] == base["n_rows"]
+    assert "adapted vs base" in capsys.readouterr().out
