@@ -10,19 +10,20 @@ Gaussian), else that ball. Transformed copies of that lesion (flips, transpositi
 a copy of the whole network (mask refiner frozen, saliency loss off) is trained for ``--steps``
 steps of two examples, one pasted and one from four training phantoms (replay, so the copy does not
 forget what it knew), at ``--lr``; the scan is embedded with the copy and the same click predicted.
-The weights on disk never change. About 30 s a click on 2 cores (60 steps).
+The weights on disk never change. 25-30 s a click (60 steps, one thread, beside a second run).
 
-    python benchmarks/scan_adaptation.py ood:12:1000 --json runs/tt/val.json [--shard 0/2]
-    python benchmarks/scan_adaptation.py --merge runs/tt/val.0.json runs/tt/val.1.json --json runs/tt/val.json
+    python benchmarks/scan_adaptation.py ood:12:1000 --json runs/tt/val
+    python benchmarks/scan_adaptation.py ood:12:1000 --json runs/tt/val.0 --shard 0/2 --threads 1  # and val.1, 1/2
+    python benchmarks/scan_adaptation.py --merge runs/tt/val.0 runs/tt/val.1 --json runs/tt/val
 
-writes the base and the adapted result (``miqsam evaluate``'s JSON; ``OUT.base.json`` and
-``OUT.adapted.json`` beside ``--json``, so ``miqsam compare`` reads them) and prints both summaries
+writes the base and the adapted result (``miqsam evaluate``'s JSON: ``STEM.base.json`` and
+``STEM.adapted.json`` for ``--json STEM``, so ``miqsam compare`` reads them) and prints both summaries
 and the paired comparison. ``--policy if-missed`` adapts only when no shown instance holds the
 click; ``--mask oracle`` takes the clicked lesion from the labels (an upper bound on the mask step).
 
 Measured (docs/experiments.md, eighteenth session), shipped weights, 1 click: on `ood:12:1000` Dice
 0.439 -> 0.50-0.54 and wrong-class 0.139 -> 0.05-0.10, but instance F1 0.369 -> 0.35-0.39 (two runs
-differ by 0.04); on `ood:12:1012` F1 0.417 -> 0.370; on the real LiTS case (largest / median /
+differ by 0.04; 150 steps: 0.239); on `ood:12:1012` F1 0.417 -> 0.370; on the real LiTS case (largest / median /
 smallest tumour) Dice 0.349 -> 0.443, F1 0.156 -> 0.245; lung CT and brain MR stay at 0. Not shipped.
 """
 
