@@ -251,7 +251,8 @@ class AdaptingPredictor:
         cfg = model.cfg
         if cfg.in_channels != 1:
             raise SystemExit("scan adaptation reads one input channel; these weights have more")
-        case = prepare_case(self.image, labels, self.spacing, cfg, lesion_classes=(2, 3), model_spacing=self.base.model_spacing)
+        kinds = tuple(range(2, 2 + max(cfg.kinds, kind + 1)))  # label 2 + k is the weights' kind k
+        case = prepare_case(self.image, labels, self.spacing, cfg, lesion_classes=kinds, model_spacing=self.base.model_spacing)
         exemplar = nearest_to_model(mask.astype(np.uint8), GridMap.build(self.image.shape, self.spacing, self.base.model_spacing)) > 0
         if not exemplar.any():  # smaller than a model voxel: the click's voxel
             z = self.base.grid.to_model(np.asarray([positive[0]], float))[0]
