@@ -42,6 +42,7 @@ from scipy import ndimage
 HOST_TOLERANCE = 0.6  # a pasting place's smoothed level lies within this share of the lesion's contrast of its ring's
 MIN_TOLERANCE = 0.04  # ... or within this many input units (8 HU in the CT window)
 OWN_CROP = 0.3  # the share of pasted examples whose crop is centred near the clicked lesion itself
+SURE_SCORE = 0.5  # a shown instance holding the click is the clicked lesion's mask from this confidence up
 REPLAY_SEED = 5_000_000  # training phantoms replayed during adaptation (seeds far from every yardstick's)
 
 
@@ -61,16 +62,17 @@ def blob_radius(image, point, spacing, sigmas_mm=(1.0, 1.5, 2.0, 2.8, 4.0, 5.6, 
 
 
 def clicked_lesion(prediction, point, image, spacing) -> tuple[np.ndarray, str]:
-    """The clicked lesion's mask on the image's grid, and where it came from."""
+    """The clicked lesion's mask on the image's grid, and where it came from (``prediction`` was made
+    from the one positive click ``point``)."""
     from napari_miqsam.evaluation.baselines import grow_with_window
 
+    held = np.nonzero(prediction.clicked() & (prediction.scores >= SURE_SCORE))[0]  # by descending score
+    if len(held):
+        inst = prediction.instances[int(held[0])]
+        mask = np.zeros(image.shape, bool)
+        mask[inst.bbox] = inst.mask
+        return mask, "model"
     p = tuple(int(round(c)) for c in point)
-    for inst in prediction.instances:
-        loc = tuple(c - s.start for c, s in zip(p, inst.bbox))
-        if inst.score >= 0.5 and all(0 <= c < n for c, n in zip(loc, inst.mask.shape)) and inst.mask[loc]:
-            mask = np.zeros(image.shape, bool)
-            mask[inst.bbox] = inst.mask
-            return mask, "model"
     grown = np.asarray(grow_with_window(image, p, spacing, max_diameter_mm=60.0)[0]) > 0
     grids = np.ogrid[tuple(slice(0, n) for n in image.shape)]
     d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, p, spacing))
