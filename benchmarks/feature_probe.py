@@ -4,14 +4,14 @@ frozen encoder (no decoder, no clicks).
     python benchmarks/feature_probe.py --fit ood:2000:36 --fit phantom:5200000:36 --test ood:3000:12 --test real
 
 Every volume is embedded once, whole, on the weights' model grid. Each stride-2 cell gets the
-encoder's 16 mask features and its 96 token features (trilinear from stride 8), with their mean over
-the 3x3x3 neighbouring cells beside them (224 numbers); its target is "on a lesion of any kind".
-Per ``--fit`` family, a small MLP (224 -> 64 -> 1) is trained on those cells (all lesion cells and
+encoder's mask features and its token features (trilinear from stride 8), with their mean over the
+3x3x3 neighbouring cells beside them (224 numbers for the ``cpu`` config); its target is "on a lesion
+of any kind". Per ``--fit`` family, a small MLP (224 -> 64 -> 1) is trained on those cells (all lesion cells and
 ``--background`` random others per volume, weighted back to the volume's share) and read on every
 ``--test`` family, beside the reading training gave the network: its kind head's lesion-versus-
 background logit. Printed per (reading, test family): average precision (AP) of lesion cells, and the
 share of lesions "seen" (half of their cells above the score that 0.1% / 1% of non-lesion cells
-exceed), for all lesions and for those under and over 15 cells (about 8 mm).
+exceed), for all lesions and for those smaller and larger than 264 mm3 (an 8 mm ball).
 
 A reading fitted on the test family itself is an oracle: it tells what the frozen features hold. If
 it finds far more than the kind head, the encoder holds the information and the reading misses it;
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SMALL_CELLS = 15  # a lesion of 15 stride-2 cells at 1.3 mm is about 8 mm across
+SMALL_MM3 = 15 * 2.6 ** 3  # "small": under 15 stride-2 cells of the 1.3 mm grid (264 mm3, an 8 mm ball)
 
 
 def load_cases(spec: str, shape=None):
@@ -56,13 +56,14 @@ def load_cases(spec: str, shape=None):
     return out
 
 
-def cells(model, case, rng: np.random.Generator, background: int) -> dict:
+def cells(model, case, rng: np.random.Generator, background: int, model_spacing: float | None = None) -> dict:
     """Features, targets and weights of one volume's stride-2 cells (all lesion cells, some others)."""
     from napari_miqsam.training.sampling import prepare_case
 
     image, labels, spacing = case
     kinds = tuple(int(v) for v in np.unique(labels) if v >= 2)
-    pc = prepare_case(image, labels, spacing, model.cfg, lesion_classes=kinds)
+    grid = None if model_spacing is None else (model_spacing,) * 3
+    pc = prepare_case(image, labels, spacing, model.cfg, lesion_classes=kinds, model_spacing=grid)
     img = torch.from_numpy(pc.image)
     pad = [-(-n // 8) * 8 - n for n in img.shape]
     x = F.pad(img, [0, pad[2], 0, pad[1], 0, pad[0]], value=-1.0)[None, None]
@@ -73,8 +74,11 @@ def cells(model, case, rng: np.random.Generator, background: int) -> dict:
         tok = F.interpolate(tok, size=mf.shape[1:], mode="trilinear", align_corners=False)[0]
         feat = torch.cat([mf, tok], 0)
         feat = torch.cat([feat, F.avg_pool3d(feat[None], 3, 1, 1, count_include_pad=False)[0]], 0)
-        kl = emb.kind_logits[0].float()
-        kind = torch.logsumexp(kl[1:], 0) - kl[0]
+        if emb.kind_logits is None:  # weights without a kind head: no reading of their own to compare
+            kind = torch.zeros(mf.shape[1:])
+        else:
+            kl = emb.kind_logits[0].float()
+            kind = torch.logsumexp(kl[1:], 0) - kl[0]
     d2, h2, w2 = ((n + 1) // 2 for n in img.shape)
     lesion = (pc.classes[::2, ::2, ::2] >= 2)[:d2, :h2, :w2].ravel()
     inst = pc.instances[::2, ::2, ::2][:d2, :h2, :w2].ravel()
@@ -84,14 +88,15 @@ def cells(model, case, rng: np.random.Generator, background: int) -> dict:
     keep = rng.choice(neg, min(background, len(neg)), replace=False)
     idx = np.concatenate([pos, keep])
     w = np.concatenate([np.ones(len(pos)), np.full(len(keep), len(neg) / max(len(keep), 1))])
+    cell_mm3 = float(np.prod([2.0 * v for v in (grid or model.cfg.spacing)]))
     return {"X": feat[idx].astype(np.float32), "y": lesion[idx].astype(np.float32), "w": w.astype(np.float32),
-            "kind": kind[idx], "inst": inst[idx]}
+            "kind": kind[idx], "inst": inst[idx], "cell_mm3": np.full(len(idx), cell_mm3, np.float32)}
 
 
-def gather(model, spec: str, background: int, shape=None) -> dict:
+def gather(model, spec: str, background: int, shape=None, model_spacing: float | None = None) -> dict:
     parts = []
     for i, case in enumerate(load_cases(spec, shape)):
-        c = cells(model, case, np.random.default_rng(i), background)
+        c = cells(model, case, np.random.default_rng(i), background, model_spacing)
         c["vol"] = np.full(len(c["y"]), i)
         parts.append(c)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -141,10 +146,11 @@ def lesions_seen(score: np.ndarray, t: dict, false_share: float) -> dict:
         for i in np.unique(t["inst"][m]):
             if i == 0:
                 continue
-            c = score[m][t["inst"][m] == i]
+            own = t["inst"][m] == i
+            c = score[m][own]
             hit = float((c > thr).mean() >= 0.5)
             seen["all"].append(hit)
-            seen["small" if len(c) < SMALL_CELLS else "large"].append(hit)
+            seen["small" if len(c) * t["cell_mm3"][m][own][0] < SMALL_MM3 else "large"].append(hit)
     return {k: [round(float(np.mean(v)), 3) if v else None, len(v)] for k, v in seen.items()}
 
 
@@ -167,6 +173,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=16384)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model-spacing", type=float, default=None,
+                   help="embed on this isotropic grid (mm) instead of the weights' own")
     p.add_argument("--shape", default=None, help="phantom shape z,y,x (tests; the ood family keeps its own)")
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args(argv)
@@ -174,10 +182,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
     predictor = Predictor.from_config(args.config) if args.config else Predictor.from_weights(args.weights)
     model = predictor.model.eval()
-    tests = {spec: gather(model, spec, args.background, shape) for spec in args.test}
-    rows = [report("kind head", spec, t["kind"], t) for spec, t in tests.items()]
+    tests = {spec: gather(model, spec, args.background, shape, args.model_spacing) for spec in args.test}
+    rows = [report("kind head", spec, t["kind"], t) for spec, t in tests.items()] if model.cfg.kind_prior else []
     for spec in args.fit:
-        score = fit_reading(gather(model, spec, args.background, shape), args.steps, args.batch)
+        score = fit_reading(gather(model, spec, args.background, shape, args.model_spacing), args.steps, args.batch)
         rows += [report(f"fitted on {spec}", name, score(t), t) for name, t in tests.items()]
     if args.json:
         with open(args.json, "w") as fh:
