@@ -56,8 +56,20 @@ def load_cases(spec: str, shape=None):
     return out
 
 
-def cells(model, case, rng: np.random.Generator, background: int, model_spacing: float | None = None) -> dict:
-    """Features, targets and weights of one volume's stride-2 cells (all lesion cells, some others)."""
+def image_features(x: torch.Tensor, shape) -> torch.Tensor:
+    """The model-grid image itself per stride-2 cell, no network: the cell's mean, its means over 3, 5
+    and 9 cells (centre-surround contrasts for the MLP to form), the spread, minimum and maximum over
+    3 cells. (7, *shape)."""
+    m = F.avg_pool3d(x, 2, 2)[..., : shape[0], : shape[1], : shape[2]]
+    mean = [F.avg_pool3d(m, k, 1, k // 2, count_include_pad=False) for k in (3, 5, 9)]
+    var = F.avg_pool3d(m * m, 3, 1, 1, count_include_pad=False) - mean[0] ** 2
+    return torch.cat([m, *mean, var.clamp(min=0).sqrt(), -F.max_pool3d(-m, 3, 1, 1), F.max_pool3d(m, 3, 1, 1)], 1)[0]
+
+
+def cells(model, case, rng: np.random.Generator, background: int, model_spacing: float | None = None,
+          features: str = "encoder") -> dict:
+    """Features, targets and weights of one volume's stride-2 cells (all lesion cells, some others).
+    ``features``: ``encoder`` (the network's), ``image`` (:func:`image_features`, no network) or ``both``."""
     from napari_miqsam.training.sampling import prepare_case
 
     image, labels, spacing = case
@@ -74,6 +86,9 @@ def cells(model, case, rng: np.random.Generator, background: int, model_spacing:
         tok = F.interpolate(tok, size=mf.shape[1:], mode="trilinear", align_corners=False)[0]
         feat = torch.cat([mf, tok], 0)
         feat = torch.cat([feat, F.avg_pool3d(feat[None], 3, 1, 1, count_include_pad=False)[0]], 0)
+        if features != "encoder":
+            pixels = image_features(x[:, :1], mf.shape[1:])
+            feat = pixels if features == "image" else torch.cat([feat, pixels], 0)
         if emb.kind_logits is None:  # weights without a kind head: no reading of their own to compare
             kind = torch.zeros(mf.shape[1:])
         else:
@@ -93,10 +108,11 @@ def cells(model, case, rng: np.random.Generator, background: int, model_spacing:
             "kind": kind[idx], "inst": inst[idx], "cell_mm3": np.full(len(idx), cell_mm3, np.float32)}
 
 
-def gather(model, spec: str, background: int, shape=None, model_spacing: float | None = None) -> dict:
+def gather(model, spec: str, background: int, shape=None, model_spacing: float | None = None,
+           features: str = "encoder") -> dict:
     parts = []
     for i, case in enumerate(load_cases(spec, shape)):
-        c = cells(model, case, np.random.default_rng(i), background, model_spacing)
+        c = cells(model, case, np.random.default_rng(i), background, model_spacing, features)
         c["vol"] = np.full(len(c["y"]), i)
         parts.append(c)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -173,6 +189,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=16384)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--features", choices=("encoder", "image", "both"), default="encoder",
+                   help="what the fitted readings read: the encoder's features, the image alone (no network), or both")
     p.add_argument("--model-spacing", type=float, default=None,
                    help="embed on this isotropic grid (mm) instead of the weights' own")
     p.add_argument("--shape", default=None, help="phantom shape z,y,x (tests; the ood family keeps its own)")
@@ -182,10 +200,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
     predictor = Predictor.from_config(args.config) if args.config else Predictor.from_weights(args.weights)
     model = predictor.model.eval()
-    tests = {spec: gather(model, spec, args.background, shape, args.model_spacing) for spec in args.test}
+    tests = {spec: gather(model, spec, args.background, shape, args.model_spacing, args.features) for spec in args.test}
     rows = [report("kind head", spec, t["kind"], t) for spec, t in tests.items()] if model.cfg.kind_prior else []
     for spec in args.fit:
-        score = fit_reading(gather(model, spec, args.background, shape, args.model_spacing), args.steps, args.batch)
+        score = fit_reading(gather(model, spec, args.background, shape, args.model_spacing, args.features), args.steps, args.batch)
         rows += [report(f"fitted on {spec}", name, score(t), t) for name, t in tests.items()]
     if args.json:
         with open(args.json, "w") as fh:

@@ -190,7 +190,20 @@ def test_feature_probe(tmp_path, capsys):
     out = tmp_path / "probe.json"
     rows = load("feature_probe").main(["--config", "tiny", "--fit", "phantom:0:1", "--test", "phantom:5:1",
                                        "--shape", "32,64,64", "--steps", "5", "--batch", "256",
-                                       "--background", "500", "--threads", "1", "--json", str(out)])
+                                       "--background", "500", "--threads", "1", "--features", "both",
+                                       "--json", str(out)])
     assert [r["reading"] for r in rows] == ["kind head", "fitted on phantom:0:1"]
     assert all(0.0 <= r["ap"] <= 1.0 and r["seen_1%"]["all"][1] >= 1 for r in rows)
     assert json.loads(out.read_text()) == rows and capsys.readouterr().out.count('"reading"') == 2
+
+
+def test_feature_probe_image_features():
+    probe = load("feature_probe")
+    x = torch.full((1, 1, 24, 24, 24), 0.25)
+    x[..., 10:12, 10:12, 10:12] = 1.0  # one bright stride-2 cell at (5, 5, 5)
+    f = probe.image_features(x, (12, 12, 12))
+    assert f.shape == (7, 12, 12, 12)
+    assert f[0, 5, 5, 5] == 1.0 and f[0, 0, 0, 0] == 0.25  # the cell's own mean
+    assert f[6, 4, 4, 4] == 1.0 and f[5, 4, 4, 4] == 0.25  # max and min over 3 cells see the bright one
+    assert f[4, 0, 0, 0] == 0.0 and f[4, 5, 5, 5] > 0  # no spread away from it
+    assert f[1, 5, 5, 5] > f[2, 5, 5, 5] > f[3, 5, 5, 5] > 0.25  # wider means dilute it
