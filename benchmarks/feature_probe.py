@@ -77,8 +77,9 @@ def cells(model, case, rng: np.random.Generator, background: int, model_spacing:
     grid = None if model_spacing is None else (model_spacing,) * 3
     pc = prepare_case(image, labels, spacing, model.cfg, lesion_classes=kinds, model_spacing=grid)
     img = torch.from_numpy(pc.image)
+    channels = img[None] if pc.extra is None else torch.cat([img[None], torch.from_numpy(pc.extra)])  # more CT windows
     pad = [-(-n // 8) * 8 - n for n in img.shape]
-    x = F.pad(img, [0, pad[2], 0, pad[1], 0, pad[0]], value=-1.0)[None, None]
+    x = F.pad(channels, [0, pad[2], 0, pad[1], 0, pad[0]], value=-1.0)[None]
     with torch.inference_mode():
         emb = model.embed(x)
         mf = emb.mask_features[0].float()

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
@@ -207,3 +208,16 @@ def test_feature_probe_image_features():
     assert f[6, 4, 4, 4] == 1.0 and f[5, 4, 4, 4] == 0.25  # max and min over 3 cells see the bright one
     assert f[4, 0, 0, 0] == 0.0 and f[4, 5, 5, 5] > 0  # no spread away from it
     assert f[1, 5, 5, 5] > f[2, 5, 5, 5] > f[3, 5, 5, 5] > 0.25  # wider means dilute it
+
+
+def test_feature_probe_reads_every_input_channel():
+    """Weights with a second CT window (the GPU run's B) are embedded with both channels."""
+    from napari_miqsam.data.phantom.generator import make_phantom
+    from napari_miqsam.model.config import get_config
+    from napari_miqsam.model.miqsam import MIQSAM3D
+
+    probe = load("feature_probe")
+    model = MIQSAM3D(get_config("tiny", ct_extra_windows=((-600.0, 750.0),))).eval()
+    case = make_phantom(5, shape=(32, 64, 64))
+    c = probe.cells(model, (case.image, case.labels, case.spacing), np.random.default_rng(0), 200)
+    assert c["X"].shape[0] == len(c["y"]) > 0 and c["y"].sum() > 0
