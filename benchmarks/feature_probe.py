@@ -1,7 +1,7 @@
 """Where is a family's lesion information lost: in the encoder, or in what reads it? A probe of the
 frozen encoder (no decoder, no clicks).
 
-    python benchmarks/feature_probe.py --fit ood:2000:36 --fit phantom:5200000:36 --test ood:3000:12 --test real
+    python benchmarks/feature_probe.py --fit ood:36:2000 --fit phantom:36:5200000 --test ood:12:3000 --test "$(miqsam fetch-real-ct)"
 
 Every volume is embedded once, whole, on the weights' model grid. Each stride-2 cell gets the
 encoder's mask features and its token features (trilinear from stride 8), with their mean over the
@@ -15,9 +15,9 @@ exceed), for all lesions and for those smaller and larger than 264 mm3 (an 8 mm 
 
 A reading fitted on the test family itself is an oracle: it tells what the frozen features hold. If
 it finds far more than the kind head, the encoder holds the information and the reading misses it;
-if it finds no more, only a changed encoder can. Families: ``phantom``, ``ood``, ``randomized`` as
-``FAMILY:SEED:N`` (N volumes from SEED), and ``real`` (LiTS 117 from ``miqsam fetch-real-ct``: a
-test only, never fitted). Nineteenth session's numbers: docs/experiments.md.
+if it finds no more, only a changed encoder can. Data as ``miqsam evaluate`` takes it (``ood:N:SEED``:
+N volumes from SEED; a folder, such as LiTS 117 from ``miqsam fetch-real-ct``, a test only, never
+fitted), plus ``randomized:N:SEED``. Nineteenth session's numbers: docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -33,27 +33,26 @@ SMALL_MM3 = 15 * 2.6 ** 3  # "small": under 15 stride-2 cells of the 1.3 mm grid
 
 
 def load_cases(spec: str, shape=None):
-    """(image, labels, spacing) of each volume of ``FAMILY:SEED:N`` or ``real``."""
-    if spec == "real":
-        from napari_miqsam.data.datasets import list_cases
-        from napari_miqsam.data.real_ct import fetch_real_ct
+    """(image, labels, spacing) of each case of ``spec``: anything ``miqsam evaluate`` takes as DATA
+    (``phantom:N:SEED``, ``ood:N:SEED``, a folder), or ``randomized:N:SEED`` (the randomized training
+    generator). ``shape`` replaces the phantoms' own (tests)."""
+    from dataclasses import replace
 
-        case = list_cases(fetch_real_ct(None))[0].load()
-        return [(case.image, case.labels, case.spacing)]
-    family, seed, n = spec.split(":")
-    if family == "phantom":
-        from napari_miqsam.data.phantom.generator import make_phantom as make
-    elif family == "ood":
-        from napari_miqsam.data.ood_phantom import make_ood_phantom as make
-    elif family == "randomized":
-        from napari_miqsam.data.randomized import make_randomized_phantom as make
+    from napari_miqsam.commands.evaluate import resolve_cases
+    from napari_miqsam.data.datasets import PhantomRef
+
+    family, _, rest = spec.partition(":")
+    if family == "randomized":
+        from napari_miqsam.data.randomized import make_randomized_phantom
+
+        n, _, seed = rest.partition(":")
+        cases = [make_randomized_phantom(s, shape=shape) for s in range(int(seed or 0), int(seed or 0) + int(n))]
     else:
-        raise SystemExit(f"unknown family {family!r} (phantom, ood, randomized or real)")
-    out = []
-    for s in range(int(seed), int(seed) + int(n)):
-        case = make(s) if shape is None or family == "ood" else make(s, shape=shape)
-        out.append((case.image, case.labels, case.spacing))
-    return out
+        refs = resolve_cases(spec)
+        if shape is not None:
+            refs = [replace(r, shape=tuple(shape)) if isinstance(r, PhantomRef) else r for r in refs]
+        cases = [r.load() for r in refs]
+    return [(c.image, c.labels, c.spacing) for c in cases]
 
 
 def image_features(x: torch.Tensor, shape) -> torch.Tensor:
@@ -104,9 +103,8 @@ def cells(model, case, rng: np.random.Generator, background: int, model_spacing:
     keep = rng.choice(neg, min(background, len(neg)), replace=False)
     idx = np.concatenate([pos, keep])
     w = np.concatenate([np.ones(len(pos)), np.full(len(keep), len(neg) / max(len(keep), 1))])
-    cell_mm3 = float(np.prod([2.0 * v for v in (grid or model.cfg.spacing)]))
     return {"X": feat[idx].astype(np.float32), "y": lesion[idx].astype(np.float32), "w": w.astype(np.float32),
-            "kind": kind[idx], "inst": inst[idx], "cell_mm3": np.full(len(idx), cell_mm3, np.float32)}
+            "kind": kind[idx], "inst": inst[idx]}
 
 
 def gather(model, spec: str, background: int, shape=None, model_spacing: float | None = None,
@@ -151,8 +149,9 @@ def average_precision(score: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
     return float((tp / np.maximum(tp + fp, 1e-12) * y * w).sum() / max((y * w).sum(), 1e-12))
 
 
-def lesions_seen(score: np.ndarray, t: dict, false_share: float) -> dict:
-    """Share of lesions with half their cells above the score ``false_share`` of background exceeds."""
+def lesions_seen(score: np.ndarray, t: dict, false_share: float, cell_mm3: float) -> dict:
+    """Share of lesions with half their cells above the score ``false_share`` of background exceeds
+    (``cell_mm3``: one stride-2 cell's volume, to tell small lesions from large)."""
     neg = t["y"] == 0
     s, w = score[neg], t["w"][neg]
     order = np.argsort(-s)
@@ -163,17 +162,16 @@ def lesions_seen(score: np.ndarray, t: dict, false_share: float) -> dict:
         for i in np.unique(t["inst"][m]):
             if i == 0:
                 continue
-            own = t["inst"][m] == i
-            c = score[m][own]
+            c = score[m][t["inst"][m] == i]
             hit = float((c > thr).mean() >= 0.5)
             seen["all"].append(hit)
-            seen["small" if len(c) * t["cell_mm3"][m][own][0] < SMALL_MM3 else "large"].append(hit)
+            seen["small" if len(c) * cell_mm3 < SMALL_MM3 else "large"].append(hit)
     return {k: [round(float(np.mean(v)), 3) if v else None, len(v)] for k, v in seen.items()}
 
 
-def report(reading: str, test: str, score: np.ndarray, t: dict) -> dict:
+def report(reading: str, test: str, score: np.ndarray, t: dict, cell_mm3: float) -> dict:
     row = {"reading": reading, "test": test, "ap": round(average_precision(score, t["y"], t["w"]), 3),
-           "seen_0.1%": lesions_seen(score, t, 1e-3), "seen_1%": lesions_seen(score, t, 1e-2)}
+           "seen_0.1%": lesions_seen(score, t, 1e-3, cell_mm3), "seen_1%": lesions_seen(score, t, 1e-2, cell_mm3)}
     print(json.dumps(row), flush=True)
     return row
 
@@ -184,8 +182,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--weights", default=None, help="weights file (default: shipped)")
     p.add_argument("--config", default=None, help="an untrained config instead of weights (tests: tiny)")
-    p.add_argument("--fit", action="append", default=[], help="FAMILY:SEED:N to fit a reading on (repeatable)")
-    p.add_argument("--test", action="append", default=[], help="FAMILY:SEED:N or real (repeatable)")
+    p.add_argument("--fit", action="append", default=[], help="phantom:N:SEED, ood:N:SEED or randomized:N:SEED to fit a reading on (repeatable)")
+    p.add_argument("--test", action="append", default=[], help="what to read: any miqsam evaluate DATA, e.g. ood:12:3000 or \"$(miqsam fetch-real-ct)\" (repeatable)")
     p.add_argument("--background", type=int, default=30_000, help="background cells kept per volume")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=16384)
@@ -201,11 +199,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
     predictor = Predictor.from_config(args.config) if args.config else Predictor.from_weights(args.weights)
     model = predictor.model.eval()
+    cell_mm3 = float(np.prod([2.0 * (args.model_spacing or v) for v in model.cfg.spacing]))
     tests = {spec: gather(model, spec, args.background, shape, args.model_spacing, args.features) for spec in args.test}
-    rows = [report("kind head", spec, t["kind"], t) for spec, t in tests.items()] if model.cfg.kind_prior else []
+    rows = [report("kind head", spec, t["kind"], t, cell_mm3) for spec, t in tests.items()] if model.cfg.kind_prior else []
     for spec in args.fit:
         score = fit_reading(gather(model, spec, args.background, shape, args.model_spacing, args.features), args.steps, args.batch)
-        rows += [report(f"fitted on {spec}", name, score(t), t) for name, t in tests.items()]
+        rows += [report(f"fitted on {spec}", name, score(t), t, cell_mm3) for name, t in tests.items()]
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

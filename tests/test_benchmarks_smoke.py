@@ -189,11 +189,11 @@ def test_scan_adaptation(tmp_path, capsys):
 
 def test_feature_probe(tmp_path, capsys):
     out = tmp_path / "probe.json"
-    rows = load("feature_probe").main(["--config", "tiny", "--fit", "phantom:0:1", "--test", "phantom:5:1",
+    rows = load("feature_probe").main(["--config", "tiny", "--fit", "phantom:1:0", "--test", "phantom:1:5",
                                        "--shape", "32,64,64", "--steps", "5", "--batch", "256",
                                        "--background", "500", "--threads", "1", "--features", "both",
                                        "--json", str(out)])
-    assert [r["reading"] for r in rows] == ["kind head", "fitted on phantom:0:1"]
+    assert [r["reading"] for r in rows] == ["kind head", "fitted on phantom:1:0"]
     assert all(0.0 <= r["ap"] <= 1.0 and r["seen_1%"]["all"][1] >= 1 for r in rows)
     assert json.loads(out.read_text()) == rows and capsys.readouterr().out.count('"reading"') == 2
 
